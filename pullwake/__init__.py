@@ -1,0 +1,60 @@
+"""pullwake: resilient pull-wake workers for Durable Streams servers.
+
+Start at README.md; the lifecycle lives in machine_spec.yaml (docs/lifecycle.md).
+"""
+
+from .errors import (
+    CacheError,
+    ConfigError,
+    ConnectError,
+    ConnectTimeout,
+    ControlPlaneError,
+    HandlerError,
+    IdleTimeout,
+    InvalidMessage,
+    LeaseLost,
+    MalformedMessage,
+    MessageError,
+    OversizedMessage,
+    ProtocolError,
+    PullwakeError,
+    RequestTimeout,
+    SpecError,
+    SpecErrors,
+    StreamStatusError,
+    SubscriptionError,
+    TransportError,
+)
+from .machine import Lifecycle, LifecycleEffects, WorkTicket
+from .spec import LifecycleSpec, load_spec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CacheError",
+    "ConfigError",
+    "ConnectError",
+    "ConnectTimeout",
+    "ControlPlaneError",
+    "HandlerError",
+    "IdleTimeout",
+    "InvalidMessage",
+    "LeaseLost",
+    "Lifecycle",
+    "LifecycleEffects",
+    "LifecycleSpec",
+    "MalformedMessage",
+    "MessageError",
+    "OversizedMessage",
+    "ProtocolError",
+    "PullwakeError",
+    "RequestTimeout",
+    "SpecError",
+    "SpecErrors",
+    "StreamStatusError",
+    "SubscriptionError",
+    "TransportError",
+    "WorkTicket",
+    "__version__",
+    "load_spec",
+]

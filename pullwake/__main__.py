@@ -1,0 +1,7 @@
+"""``python -m pullwake``: the same command line as the ``pullwake`` script."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
