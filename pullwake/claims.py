@@ -1,0 +1,197 @@
+"""Claims: turning wake hints into dispatched work, one claim per key at a time.
+
+Owns the claim tasks of one runner. A wake is a hint; the claim decides.
+
+- Wakes with the same claim key (the stream path; the subscription in the
+  Durable Streams profile) are claimed one at a time: a wake arriving while
+  one is in flight is counted as skipped and deferred, then claimed again
+  when the first settles (keeping only the latest deferred wake).
+- If the runtime reports that key as still active, the wake is skipped
+  locally and retried every ``busy_retry`` seconds (on the injectable clock)
+  until the runtime is free.
+- Claims run concurrently with reading the stream and with each other.
+- :meth:`close` (stop began) stops all dispatching: a claim that completes
+  afterwards is not dispatched. :meth:`settle` gives in-flight claims a
+  grace period, then cancels them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .clock import Clock, TimerHandle
+from .control import ControlPlane, WakeEvent
+from .health import Stats
+from .http import HttpClient
+
+__all__ = ["ClaimScheduler"]
+
+log = logging.getLogger("pullwake.claims")
+
+
+class ClaimScheduler:
+    def __init__(
+        self,
+        *,
+        control: ControlPlane,
+        http: HttpClient,
+        runtime: Any,
+        clock: Clock,
+        stats: Stats,
+        busy_retry: float,
+        claim_headers: Callable[[], Awaitable[dict[str, str]]],
+        claim_token_header: str | None,
+        report_error: Callable[[BaseException], None],
+        notify: Callable[[], None],
+        spawn: Callable[[Awaitable[Any], str], asyncio.Task[Any]],
+    ) -> None:
+        self._control = control
+        self._http = http
+        self._runtime = runtime
+        self._clock = clock
+        self._stats = stats
+        self._busy_retry = busy_retry
+        self._claim_headers = claim_headers
+        self._claim_token_header = claim_token_header
+        self._report_error = report_error
+        self._notify = notify
+        self._spawn = spawn
+        self._in_flight: dict[str, asyncio.Task[Any]] = {}
+        self._waiting: dict[str, TimerHandle] = {}
+        self._deferred: dict[str, WakeEvent] = {}
+        self._open = False
+        self.dispatched = 0
+
+    # ------------------------------------------------------------------ public
+
+    def open(self) -> None:
+        """A new run: dispatching allowed again."""
+        self._open = True
+
+    def close(self) -> None:
+        """Stop began: nothing is dispatched any more; pending retries are dropped."""
+        self._open = False
+        for handle in self._waiting.values():
+            handle.cancel()
+        self._waiting.clear()
+        self._deferred.clear()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight) + len(self._waiting)
+
+    def submit(self, wake: WakeEvent) -> None:
+        """Claim ``wake`` now, or defer it behind the claim already running for its key."""
+        if not self._open:
+            return
+        key = self._control.claim_key(wake)
+        if key in self._in_flight or key in self._waiting:
+            self._stats.claims_skipped += 1
+            self._deferred[key] = wake
+            self._notify()
+            return
+        self._start(key, wake)
+
+    async def settle(self, grace: float) -> None:
+        """Wait up to ``grace`` seconds for in-flight claims, then cancel the rest."""
+        tasks = list(self._in_flight.values())
+        if not tasks:
+            return
+        done, pending = await asyncio.wait(tasks, timeout=grace) if grace > 0 else (set(), tasks)
+        for t in pending:
+            t.cancel()
+        if pending:
+            log.warning("abandoned %d claim(s) still unanswered after the %.3gs grace",
+                        len(pending), grace)
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    # ---------------------------------------------------------------- internals
+
+    def _start(self, key: str, wake: WakeEvent) -> None:
+        if self._runtime_busy(key):
+            self._stats.claims_skipped += 1
+            self._notify()
+            self._wait_for_runtime(key, wake)
+            return
+        self._in_flight[key] = self._spawn(self._claim(key, wake), f"pullwake-claim:{key[:64]}")
+
+    def _runtime_busy(self, key: str) -> bool:
+        check = getattr(self._runtime, "is_wake_active", None)
+        if check is None:
+            return False
+        try:
+            return bool(check(key))
+        except Exception:  # noqa: BLE001 - a broken check must not stop claiming
+            log.exception("runtime.is_wake_active raised; treating %r as free", key)
+            return False
+
+    def _wait_for_runtime(self, key: str, wake: WakeEvent) -> None:
+        def retry() -> None:
+            self._waiting.pop(key, None)
+            if not self._open:
+                return
+            latest = self._deferred.pop(key, wake)
+            if self._runtime_busy(key):
+                self._wait_for_runtime(key, latest)
+            else:
+                self._in_flight[key] = self._spawn(self._claim(key, latest),
+                                                   f"pullwake-claim:{key[:64]}")
+
+        self._waiting[key] = self._clock.call_later(self._busy_retry, retry)
+
+    async def _claim(self, key: str, wake: WakeEvent) -> None:
+        stats = self._stats
+        try:
+            stats.last_claim_at = self._clock.time()
+            try:
+                outcome = await self._control.claim(self._http, wake)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - reported, never raised
+                stats.claims_failed += 1
+                stats.last_claim_result = "error"
+                self._notify()
+                self._report_error(exc)
+                return
+            if not outcome.claimed:
+                stats.claims_skipped += 1
+                stats.last_claim_result = "no_work"
+                self._notify()
+                return
+            stats.claims_succeeded += 1
+            stats.last_claim_result = "claimed"
+            if not self._open:
+                log.info("claim for %r completed after stop began: not dispatched", key)
+                self._notify()
+                return
+            self._dispatch(outcome.notification or {})
+        finally:
+            if self._in_flight.get(key) is asyncio.current_task():
+                del self._in_flight[key]
+            deferred = self._deferred.pop(key, None)
+            if deferred is not None and self._open:
+                self._start(key, deferred)
+
+    def _dispatch(self, notification: Any) -> None:
+        try:
+            result = self._runtime.dispatch_wake(
+                notification,
+                claim_headers=self._claim_headers,
+                claim_token_header=self._claim_token_header,
+            )
+        except Exception as exc:  # noqa: BLE001 - a runtime bug must not kill the runner
+            self._report_error(exc)
+            return
+        if inspect.isawaitable(result):
+            self._spawn(_await(result), "pullwake-dispatch")
+        self.dispatched += 1
+        self._stats.last_dispatch_at = self._clock.time()
+        self._notify()
+
+
+async def _await(aw: Awaitable[Any]) -> None:
+    await aw

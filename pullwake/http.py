@@ -1,0 +1,296 @@
+"""The aiohttp boundary: sessions, bounded requests, and the ONE error translation.
+
+This module owns everything pullwake does with aiohttp directly:
+
+- :func:`make_session` builds a ``ClientSession`` whose timeouts never include
+  aiohttp's cumulative ``total`` (a live stream would die after 5 minutes);
+  every phase is bounded by pullwake's own deadlines instead.
+- :func:`translate` maps aiohttp / OS / timeout exceptions to pullwake's
+  exception tree, by phase (``connect``, ``read``, ``request``), raised
+  ``from`` the original. No other module catches aiohttp exceptions.
+- :class:`HttpClient` runs control-plane requests (claim, heartbeat, ack, …)
+  under ``request_timeout`` with bounded bodies, and remembers every header
+  value it sent so that error text can be scrubbed of secrets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import ssl
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import aiohttp
+from yarl import URL
+
+from .clock import Clock, deadline
+from .errors import (
+    ConfigError,
+    ConnectError,
+    ConnectTimeout,
+    ControlPlaneError,
+    IdleTimeout,
+    ProtocolError,
+    PullwakeError,
+    RequestTimeout,
+    redact_text,
+)
+
+__all__ = [
+    "HeadersSource",
+    "HttpAnswer",
+    "HttpClient",
+    "error_code",
+    "make_session",
+    "read_bounded",
+    "to_url",
+    "translate",
+]
+
+Phase = Literal["connect", "read", "request"]
+HeadersSource = (
+    Mapping[str, str] | Callable[[], Awaitable[Mapping[str, str]]] | Callable[[], Mapping[str, str]]
+    | None
+)
+#: Control-plane answers larger than this are an error (they are small JSON).
+MAX_CONTROL_BODY = 1024 * 1024
+
+
+def to_url(url: str) -> URL:
+    """A yarl URL sent exactly as built (no re-quoting, no dot-segment folding)."""
+    return URL(url, encoded=True)
+
+
+def make_session(*, verify_tls: bool = True, connect_timeout: float | None = None,
+                 limit: int = 100) -> aiohttp.ClientSession:
+    """A session for one runner: no cumulative timeout; TLS verified unless told not to."""
+    timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=connect_timeout,
+                                    sock_read=None)
+    ssl_ctx: ssl.SSLContext | bool = True if verify_tls else False
+    connector = aiohttp.TCPConnector(limit=limit, ssl=ssl_ctx, enable_cleanup_closed=False)
+    return aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=True,
+                                 raise_for_status=False, trust_env=False)
+
+
+@contextlib.contextmanager
+def translate(phase: Phase, *, url: str | None = None, operation: str = "request",
+              secrets: tuple[str, ...] = ()) -> Iterator[None]:
+    """Map transport exceptions raised in the body to pullwake's tree.
+
+    ``connect``: until response headers of the wake stream; ``read``: reading
+    an open wake stream; ``request``: a control-plane call.
+    """
+    try:
+        yield
+    except PullwakeError:
+        raise
+    except asyncio.CancelledError:
+        raise
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        if phase == "connect":
+            raise ConnectTimeout(f"no response headers in time: {exc}", url=url) from exc
+        if phase == "read":
+            raise IdleTimeout(f"stream silent too long: {exc}", url=url) from exc
+        raise RequestTimeout(str(exc) or "timed out", operation=operation, url=url) from exc
+    except aiohttp.InvalidURL as exc:
+        raise ConfigError(f"invalid URL for {operation}") from exc
+    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError,
+            aiohttp.ClientConnectionError, aiohttp.ClientResponseError, OSError,
+            UnicodeDecodeError, ValueError) as exc:
+        text = redact_text(f"{type(exc).__name__}: {exc}", secrets)
+        if phase == "connect":
+            raise ConnectError(f"connection failed: {text}", url=url) from exc
+        if phase == "read":
+            raise ProtocolError(f"stream broken: {text}", url=url) from exc
+        raise ControlPlaneError(f"transport failure: {text}", operation=operation,
+                                url=url) from exc
+    except aiohttp.ClientError as exc:
+        text = redact_text(f"{type(exc).__name__}: {exc}", secrets)
+        if phase == "connect":
+            raise ConnectError(f"connection failed: {text}", url=url) from exc
+        if phase == "read":
+            raise ProtocolError(f"stream broken: {text}", url=url) from exc
+        raise ControlPlaneError(f"transport failure: {text}", operation=operation,
+                                url=url) from exc
+
+
+async def read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """Read a whole body, failing with ProtocolError once it passes ``limit`` bytes."""
+    if resp.content_length is not None and resp.content_length > limit:
+        raise ProtocolError(f"response body of {resp.content_length} bytes exceeds the "
+                            f"{limit}-byte limit", url=str(resp.url))
+    buf = bytearray()
+    async for chunk in resp.content.iter_any():
+        buf += chunk
+        if len(buf) > limit:
+            raise ProtocolError(f"response body exceeds the {limit}-byte limit",
+                                url=str(resp.url))
+    return bytes(buf)
+
+
+def error_code(body: Any) -> str | None:
+    """The machine-readable code of a JSON error body, in any of the shapes servers use.
+
+    ``{"error": {"code": "X"}}``, ``{"code": "X"}``, ``{"error": "X"}`` (when X
+    looks like a code). Never matched by substring.
+    """
+    if not isinstance(body, dict):
+        return None
+    err = body.get("error")
+    if isinstance(err, dict) and isinstance(err.get("code"), str):
+        return str(err["code"])
+    if isinstance(body.get("code"), str):
+        return str(body["code"])
+    if isinstance(err, str) and err.replace("_", "").isalnum() and err.isupper():
+        return err
+    return None
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    raw = headers.get("Retry-After")
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return value if 0 <= value <= 3600 else None
+
+
+@dataclass(frozen=True)
+class HttpAnswer:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    def json(self) -> Any:
+        if not self.body:
+            return None
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return None
+
+    @property
+    def code(self) -> str | None:
+        return error_code(self.json())
+
+
+class HttpClient:
+    """Control-plane HTTP for one runner: a session, headers, timeouts, secrets.
+
+    ``headers`` is a mapping or a (sync or async) provider, resolved before
+    every connection attempt and request. Every header value it yields is
+    remembered as a secret so :meth:`scrub` can remove it from any text.
+    """
+
+    def __init__(self, *, headers: HeadersSource, clock: Clock, request_timeout: float,
+                 verify_tls: bool = True, connect_timeout: float | None = None,
+                 session: aiohttp.ClientSession | None = None) -> None:
+        self._headers = headers
+        self._clock = clock
+        self.request_timeout = request_timeout
+        self._verify_tls = verify_tls
+        self._connect_timeout = connect_timeout
+        self._external = session
+        self._session: aiohttp.ClientSession | None = session
+        self._secrets: set[str] = set()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = make_session(verify_tls=self._verify_tls,
+                                         connect_timeout=self._connect_timeout)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None and self._session is not self._external:
+            await self._session.close()
+        self._session = self._external
+
+    def close_nowait(self) -> None:
+        """Close the owned session's connector without awaiting (cancellation paths)."""
+        s = self._session
+        if s is not None and s is not self._external and not s.closed:
+            connector = s.connector
+            if connector is not None:
+                connector._close()  # noqa: SLF001 - sync close of sockets
+            s._connector = None  # noqa: SLF001
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(self._secrets)
+
+    def remember_secrets(self, headers: Mapping[str, str]) -> None:
+        for value in headers.values():
+            if isinstance(value, str) and len(value) >= 4:
+                self._secrets.add(value)
+                if " " in value:  # "Bearer xyz": the credential alone too
+                    self._secrets.add(value.split(" ", 1)[1])
+
+    def scrub(self, text: str) -> str:
+        return redact_text(text, self._secrets)
+
+    async def resolve_headers(self, source: HeadersSource = None, *,
+                              use_default: bool = True) -> dict[str, str]:
+        src = self._headers if use_default and source is None else source
+        if src is None:
+            return {}
+        value: Any = src
+        if callable(src):
+            value = src()
+            if asyncio.iscoroutine(value) or isinstance(value, Awaitable):
+                value = await value
+        if not isinstance(value, Mapping):
+            raise ConfigError("headers provider must return a mapping of str to str")
+        out: dict[str, str] = {}
+        for k, v in value.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise ConfigError(f"header {k!r} must map str to str")
+            if "\r" in k or "\n" in k or "\r" in v or "\n" in v:
+                raise ConfigError(f"header {k!r} contains a line break")
+            out[k] = v
+        self.remember_secrets(out)
+        return out
+
+    async def request(self, method: str, url: str, *, operation: str, json_body: Any = None,
+                      headers: Mapping[str, str] | None = None, timeout: float | None = None,
+                      max_body: int = MAX_CONTROL_BODY) -> HttpAnswer:
+        """One bounded control-plane request; the whole exchange under ``timeout``."""
+        limit = self.request_timeout if timeout is None else timeout
+        with translate("request", url=url, operation=operation, secrets=self.secrets):
+            async with deadline(self._clock, limit):
+                hdrs = await self.resolve_headers()
+                if headers:
+                    hdrs.update(headers)
+                    self.remember_secrets(headers)
+                data = None
+                if json_body is not None:
+                    data = json.dumps(json_body, separators=(",", ":")).encode()
+                    hdrs.setdefault("content-type", "application/json")
+                async with self.session.request(method, to_url(url), data=data,
+                                                headers=hdrs, allow_redirects=False) as resp:
+                    body = b"" if method == "HEAD" else await read_bounded(resp, max_body)
+                    return HttpAnswer(resp.status, dict(resp.headers), body)
+
+
+def raise_for_answer(answer: HttpAnswer, *, operation: str, url: str,
+                     scrub: Callable[[str], str] = lambda s: s,
+                     cls: type[ControlPlaneError] = ControlPlaneError) -> None:
+    """Raise ``cls`` for a non-2xx answer, carrying status, code and Retry-After."""
+    if answer.ok:
+        return
+    code = answer.code
+    detail = ""
+    if code is None and answer.body:
+        detail = scrub(answer.body[:200].decode("utf-8", errors="replace"))
+    raise cls(f"unexpected answer {detail!r}" if detail else "unexpected answer",
+              operation=operation, status=answer.status, code=code, url=url,
+              retry_after=retry_after(answer.headers))

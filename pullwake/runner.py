@@ -1,0 +1,464 @@
+"""PullWakeRunner: the resilient runner, driven by the spec machine.
+
+This module owns the runner's tasks and timers and nothing about *when*:
+the lifecycle machine (:mod:`pullwake.machine`, from ``machine_spec.yaml``)
+decides, and the runner implements its hooks (:class:`LifecycleEffects`).
+
+What each state owns (started on entry, cancelled on exit by the machine):
+
+- ``running``: the heartbeat schedule (:class:`~pullwake.heartbeat.Heartbeater`);
+- ``running.connecting``: one connection attempt, bounded by ``connect_timeout``;
+- ``running.streaming``: the stream consumer, each read bounded by
+  ``read_idle_timeout``;
+- ``running.reconnecting``: the backoff timer;
+- ``stopping``: the shutdown sequence (close claims to dispatch, abort wakes,
+  give claims their grace, drain wakes, close the HTTP session).
+
+Claims (:mod:`pullwake.claims`) outlive reconnects and are settled by the
+shutdown sequence. Every task the runner creates is tracked; after ``stop()``
+none is left. Results of cancelled work are dropped by the machine's tickets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Mapping
+from types import TracebackType
+from typing import Any, Protocol, runtime_checkable
+
+from .claims import ClaimScheduler
+from .clock import Clock, LoopClock, deadline
+from .config import RunnerConfig
+from .control import ControlPlane, ElectricControlPlane, WakeEvent
+from .errors import (
+    ConnectError,
+    ConnectTimeout,
+    MessageError,
+    PullwakeError,
+    TransportError,
+)
+from .health import Health, Stats
+from .heartbeat import Heartbeater
+from .http import HttpClient, translate
+from .machine import Lifecycle, WorkTicket
+from .spec import load_spec
+from .transport import BadMessage, Checkpoint, Message, StreamRequest, aiohttp_stream_factory
+
+__all__ = ["PullWakeRunner", "Runtime"]
+
+log = logging.getLogger("pullwake.runner")
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """What the application provides: where claimed wakes go.
+
+    ``dispatch_wake`` must not block (start the work and return; returning an
+    awaitable makes the runner own it as a task). ``drain_wakes`` waits for
+    dispatched work at stop; ``abort_wakes`` asks it to stop early. The
+    optional ``is_wake_active(stream_path) -> bool`` lets the runner hold a
+    wake back while the runtime is still busy with that stream.
+    """
+
+    def dispatch_wake(self, notification: Any, *, claim_headers: Any,
+                      claim_token_header: str | None) -> Any: ...
+
+    async def drain_wakes(self) -> None: ...
+
+    def abort_wakes(self) -> None: ...
+
+
+class _StopCycle:
+    """One stop: every concurrent ``stop()`` awaits the same event and error."""
+
+    def __init__(self) -> None:
+        self.done = asyncio.Event()
+        self.error: BaseException | None = None
+
+
+class PullWakeRunner:
+    """Reads a wake stream, claims wakes, dispatches them, heartbeats, recovers.
+
+    ``start()`` is idempotent and a no-op while stopping; ``await stop()`` is
+    shared by concurrent callers and re-raises a drain error; ``async with``
+    starts on enter and stops on exit.
+    """
+
+    def __init__(self, config: RunnerConfig, runtime: Runtime, *,
+                 control_plane: ControlPlane | None = None) -> None:
+        self.config = config
+        self.runtime = runtime
+        self._clock: Clock = config.clock if config.clock is not None else LoopClock()
+        self._label = config.name or config.runner_id
+        self._stats = Stats()
+        self._offset: str | None = config.offset
+        self._cursor: str | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._cycle: _StopCycle | None = None
+        self._stopped = asyncio.Event()
+        self._stopped.set()
+        self._reset_reason: BaseException | None = None
+        self.http = HttpClient(headers=config.headers, clock=self._clock,
+                               request_timeout=config.request_timeout,
+                               verify_tls=config.verify_tls,
+                               connect_timeout=config.connect_timeout, session=config.session)
+        self.control: ControlPlane = control_plane or ElectricControlPlane(
+            claim_url=config.claim_url, heartbeat_url=config.heartbeat_url)
+        self._stream_factory = config.stream_factory or aiohttp_stream_factory(
+            lambda: self.http.session, self._clock)
+        self._heartbeat = Heartbeater(
+            send=self._send_heartbeat, clock=self._clock,
+            interval=config.heartbeat_interval, throttle=config.event_heartbeat_throttle,
+            failures_before_reset=config.heartbeat_failures_before_reset,
+            on_result=self._on_heartbeat_result, on_reset=self._on_heartbeat_reset,
+            spawn=self._spawn,
+        )
+        self.claims = ClaimScheduler(
+            control=self.control, http=self.http, runtime=runtime, clock=self._clock,
+            stats=self._stats, busy_retry=config.runtime_busy_retry,
+            claim_headers=self._resolve_claim_headers,
+            claim_token_header=config.claim_token_header,
+            report_error=self._report_error, notify=self._heartbeat.notify, spawn=self._spawn,
+        )
+        spec = load_spec(config.spec_path) if config.spec_path else None
+        kwargs: dict[str, Any] = {"name": self._label}
+        if config.rng is not None:
+            kwargs["rng"] = config.rng
+        self.lifecycle = Lifecycle(self, spec, **kwargs)
+
+    # =============================================================== public API
+
+    @property
+    def running(self) -> bool:
+        """True from ``start()`` until the runner is stopped again."""
+        return self.lifecycle.state != "stopped"
+
+    @property
+    def status(self) -> str:
+        return self.lifecycle.state
+
+    @property
+    def offset(self) -> str | None:
+        """The wake-stream offset after the last fully read batch."""
+        return self._offset
+
+    def health(self) -> Health:
+        return Health.build(running=self.running, status=self.lifecycle.state,
+                            offset=self._offset, stats=self._stats,
+                            runner_id=self.config.runner_id,
+                            claims_in_flight=self.claims.in_flight)
+
+    def start(self) -> None:
+        """Start (idempotent; ignored while stopping). Needs a running event loop."""
+        asyncio.get_running_loop()  # fail fast, clearly, outside a loop
+        self.lifecycle.fire("START")
+
+    async def stop(self) -> None:
+        """Stop and wait; concurrent calls share one shutdown. Re-raises a drain error."""
+        if self.lifecycle.state == "stopped":
+            return
+        cycle = self._cycle
+        self.lifecycle.fire("STOP")
+        cycle = self._cycle or cycle
+        if cycle is None:  # pragma: no cover - STOP from running always creates one
+            return
+        await cycle.done.wait()
+        await self._reap()
+        if cycle.error is not None:
+            raise cycle.error
+
+    async def wait_for_stopped(self) -> None:
+        """Resolve once the runner is stopped (without raising a drain error)."""
+        await self._stopped.wait()
+
+    async def __aenter__(self) -> PullWakeRunner:
+        self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.stop()
+
+    # ====================================================== lifecycle effects
+
+    def on_transition(self, source: str, event: str, dest: str, kind: str) -> None:
+        if kind == "ignored":
+            log.debug("[%s] %s ignored in %s", self._label, event, source)
+        else:
+            log.debug("[%s] %s --%s--> %s", self._label, source, event, dest)
+
+    def on_start(self, payload: Mapping[str, Any]) -> None:
+        self._stats.reset_for_start(self._clock.time())
+        self._stopped.clear()
+        self._cycle = None
+        self._reset_reason = None
+        self.claims.open()
+        log.info("[%s] starting (wake stream %s)", self._label, self.config.wake_stream_url)
+
+    def on_stopped(self, payload: Mapping[str, Any]) -> None:
+        self._stats.stream_connected = False
+        self._stopped.set()
+        if self._cycle is not None:
+            self._cycle.done.set()
+        log.info("[%s] stopped", self._label)
+
+    def start_heartbeat(self, ticket: WorkTicket) -> Heartbeater:
+        return self._heartbeat.start()
+
+    def start_connect_attempt(self, ticket: WorkTicket) -> asyncio.Task[Any]:
+        return self._spawn(self._connect(ticket), "pullwake-connect")
+
+    def start_stream_consumer(self, ticket: WorkTicket) -> asyncio.Task[Any]:
+        stats = self._stats
+        stats.stream_connected = True
+        stats.stream_connected_since = self._clock.time()
+        self._heartbeat.notify()
+        log.info("[%s] wake stream connected at offset %s", self._label, self._offset or "-1")
+        task = self._spawn(self._consume(ticket), "pullwake-consume")
+
+        def ended(t: asyncio.Task[Any]) -> None:
+            ticket.payload["stream"].close()  # also when cancelled before it ever ran
+            stats.stream_connected = False
+            stats.stream_connected_since = None
+            # A cancel while the ticket is still current can only be an
+            # interrupt (STREAM_RESET): the stream ended with the reset error.
+            if t.cancelled() and ticket.current:
+                ticket.report("STREAM_END", error=self.lifecycle.reset_error)
+
+        task.add_done_callback(ended)
+        return task
+
+    def start_backoff_timer(self, ticket: WorkTicket) -> Any:
+        self._stats.reconnect_count += 1
+        self._heartbeat.notify()
+        delay = ticket.delay or 0.0
+        log.warning("[%s] reconnecting in %.3gs (attempt %d)", self._label, delay,
+                    self.lifecycle.backoff.attempt)
+        return self._clock.call_later(delay, ticket.report, "BACKOFF_ELAPSED")
+
+    def start_shutdown(self, ticket: WorkTicket) -> asyncio.Task[Any]:
+        self._cycle = _StopCycle()
+        self.claims.close()
+        return self._spawn(self._shutdown(ticket), "pullwake-shutdown")
+
+    def claim_wake(self, payload: Mapping[str, Any]) -> None:
+        wake: WakeEvent = payload["wake"]
+        self._stats.events_received += 1
+        self._heartbeat.notify()
+        self.claims.submit(wake)
+
+    def record_offset(self, payload: Mapping[str, Any]) -> None:
+        offset = payload["offset"]
+        if offset != self._offset:
+            self._offset = offset
+            self._heartbeat.notify()
+
+    def interrupt_stream(self, payload: Mapping[str, Any]) -> None:
+        ticket = self.lifecycle.owned()
+        if ticket is not None and ticket.handle is not None:
+            ticket.handle.cancel()
+
+    def report_connect_failure(self, payload: Mapping[str, Any]) -> None:
+        self._report_error(payload.get("error"), where="connect")
+
+    def report_stream_reset(self, payload: Mapping[str, Any]) -> None:
+        log.warning("[%s] connection attempt aborted by a stream reset: %s", self._label,
+                    self._text(payload.get("error")))
+
+    def report_stream_end(self, payload: Mapping[str, Any]) -> None:
+        error = payload.get("error")
+        if error is None:
+            log.warning("[%s] wake stream ended; reconnecting", self._label)
+        else:
+            self._report_error(error, where="stream")
+
+    def report_reset_error(self, payload: Mapping[str, Any]) -> None:
+        log.warning("[%s] wake stream reset: %s", self._label,
+                    self._text(self.lifecycle.reset_error))
+
+    def report_stream_closed(self, payload: Mapping[str, Any]) -> None:
+        self._report_error(TransportError("the wake stream was closed by the server; "
+                                          "nothing more will arrive: stopping",
+                                          url=self.config.wake_stream_url), where="stream")
+
+    def record_shutdown_error(self, payload: Mapping[str, Any]) -> None:
+        error = payload.get("error")
+        if self._cycle is not None:
+            self._cycle.error = error
+        self._report_error(error, where="drain")
+
+    # ============================================================ owned work
+
+    async def _connect(self, ticket: WorkTicket) -> None:
+        cfg = self.config
+        try:
+            with translate("connect", url=cfg.wake_stream_url, secrets=self.http.secrets):
+                async with deadline(self._clock, cfg.connect_timeout):
+                    headers = await self.http.resolve_headers()
+                    stream = await self._stream_factory(StreamRequest(
+                        url=cfg.wake_stream_url,
+                        offset=self._offset or "-1",
+                        live=cfg.live,
+                        cursor=self._cursor,
+                        headers=headers,
+                        read_idle_timeout=cfg.read_idle_timeout,
+                        max_message_bytes=cfg.max_message_bytes,
+                        max_response_bytes=cfg.max_response_bytes,
+                        clock=self._clock,
+                        secrets=self.http.secrets,
+                    ))
+        except asyncio.CancelledError:
+            raise
+        except ConnectTimeout as exc:
+            ticket.report("CONNECT_FAILED", error=exc)
+            return
+        except PullwakeError as exc:
+            ticket.report("CONNECT_FAILED", error=exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - a custom stream factory's failure
+            ticket.report("CONNECT_FAILED", error=ConnectError(
+                self.http.scrub(f"stream factory raised {type(exc).__name__}: {exc}"),
+                url=cfg.wake_stream_url))
+            return
+        if not ticket.report("CONNECTED", stream=stream):
+            stream.close()
+
+    async def _consume(self, ticket: WorkTicket) -> None:
+        stream = ticket.payload["stream"]
+        error: BaseException | None = None
+        closed = False
+        try:
+            async for item in stream:
+                if isinstance(item, Message):
+                    self._on_message(ticket, item.value)
+                elif isinstance(item, Checkpoint):
+                    if item.cursor:
+                        self._cursor = item.cursor
+                    ticket.report("OFFSET", offset=item.next_offset)
+                    if item.closed:
+                        closed = True
+                        break
+                elif isinstance(item, BadMessage):
+                    self._reject(item.error)
+                if not ticket.current:
+                    return
+        except asyncio.CancelledError:
+            raise
+        except PullwakeError as exc:
+            error = exc
+        except Exception as exc:  # noqa: BLE001 - a custom stream's failure ends the session
+            error = TransportError(self.http.scrub(
+                f"wake stream raised {type(exc).__name__}: {exc}"))
+        finally:
+            stream.close()
+        if closed:
+            ticket.report("STREAM_CLOSED")
+        else:
+            ticket.report("STREAM_END", error=error)
+
+    def _on_message(self, ticket: WorkTicket, value: Any) -> None:
+        try:
+            wake = WakeEvent.parse(value)
+        except MessageError as exc:
+            self._reject(exc)
+            return
+        if wake is not None:
+            ticket.report("WAKE", wake=wake)
+
+    def _reject(self, error: MessageError) -> None:
+        self._stats.messages_rejected += 1
+        self._report_error(error, where="message")
+
+    async def _shutdown(self, ticket: WorkTicket) -> None:
+        error: BaseException | None = None
+        try:
+            try:
+                self.runtime.abort_wakes()
+            except Exception as exc:  # noqa: BLE001 - abort is best effort
+                log.exception("[%s] runtime.abort_wakes raised", self._label)
+                error = exc
+            await self.claims.settle(self.config.claim_grace)
+            try:
+                await self.runtime.drain_wakes()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - re-raised by stop()
+                error = exc
+        finally:
+            await self.http.close()
+        if error is not None:
+            ticket.report("SHUTDOWN_FAILED", error=error)
+        else:
+            ticket.report("SHUTDOWN_DONE")
+
+    # ============================================================= heartbeats
+
+    async def _send_heartbeat(self) -> None:
+        self._stats.last_heartbeat_at = self._clock.time()
+        await self.control.heartbeat(
+            self.http, lease_ms=self.config.effective_lease_ms, offset=self._offset,
+            diagnostics=self.health().diagnostics())
+
+    def _on_heartbeat_result(self, ok: bool, error: BaseException | None) -> None:
+        self._stats.last_heartbeat_ok = ok
+        self._stats.heartbeat_failures = self._heartbeat.failures
+        if not ok and error is not None:
+            self._report_error(error, where="heartbeat")
+
+    def _on_heartbeat_reset(self, error: BaseException) -> None:
+        log.warning("[%s] %d heartbeat failures in a row: resetting the wake stream",
+                    self._label, self.config.heartbeat_failures_before_reset)
+        ticket = self.lifecycle.owned("running")
+        if ticket is not None:
+            ticket.report("STREAM_RESET", error=error)
+
+    # ================================================================ helpers
+
+    async def _resolve_claim_headers(self) -> dict[str, str]:
+        headers = await self.http.resolve_headers(self.config.claim_headers, use_default=False)
+        if not any(k.lower() == "electric-runner-id" for k in headers):
+            headers["electric-runner-id"] = self.config.runner_id
+        return headers
+
+    def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        task.set_name(f"{name}[{self._label}]")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("[%s] internal task %s failed: %r", self._label, task.get_name(), exc)
+
+    async def _reap(self) -> None:
+        """After stop: cancel and await anything still running (nothing should be)."""
+        current = asyncio.current_task()
+        leftover = [t for t in self._tasks if t is not current and not t.done()]
+        for t in leftover:
+            t.cancel()
+        if leftover:
+            await asyncio.gather(*leftover, return_exceptions=True)
+
+    def _text(self, error: object) -> str:
+        if error is None:
+            return "unknown error"
+        return self.http.scrub(str(error) or type(error).__name__)
+
+    def _report_error(self, error: object, *, where: str = "runner") -> None:
+        if not isinstance(error, BaseException):
+            error = PullwakeError(str(error))
+        text = self._text(error)
+        self._stats.last_error = f"{type(error).__name__}: {text}"
+        self._stats.last_error_at = self._clock.time()
+        log.warning("[%s] %s error: %s: %s", self._label, where, type(error).__name__, text)
+        reporter = self.config.on_error
+        if reporter is not None:
+            try:
+                reporter(error)
+            except Exception:  # noqa: BLE001 - the reporter only reports
+                log.exception("[%s] on_error raised; ignoring", self._label)
+
