@@ -25,13 +25,32 @@ from .errors import (
     SubscriptionError,
     TransportError,
 )
+from .clock import Clock, LoopClock
+from .config import RunnerConfig
+from .control import ClaimOutcome, ControlPlane, ElectricControlPlane, WakeEvent
+from .health import Health
 from .machine import Lifecycle, LifecycleEffects, WorkTicket
+from .runner import PullWakeRunner, Runtime
 from .spec import LifecycleSpec, load_spec
+from .transport import StreamFactory, StreamRequest, WakeStream
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CacheError",
+    "ClaimOutcome",
+    "Clock",
+    "ControlPlane",
+    "ElectricControlPlane",
+    "Health",
+    "LoopClock",
+    "PullWakeRunner",
+    "RunnerConfig",
+    "Runtime",
+    "StreamFactory",
+    "StreamRequest",
+    "WakeEvent",
+    "WakeStream",
     "ConfigError",
     "ConnectError",
     "ConnectTimeout",

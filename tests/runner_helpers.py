@@ -1,0 +1,90 @@
+"""Helpers for runner tests: a recording runtime, polling, and a runner factory.
+
+Runner tests talk to a real EmbeddedServer over 127.0.0.1 sockets. ``eventually``
+polls a condition with a hard limit; it never asserts on elapsed time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from pullwake import PullWakeRunner, RunnerConfig
+from pullwake.testing import EmbeddedServer
+
+
+class RecordingRuntime:
+    """A Runtime that records every call, in order."""
+
+    def __init__(self) -> None:
+        self.dispatched: list[Any] = []
+        self.calls: list[str] = []
+        self.claim_headers: list[Any] = []
+        self.token_headers: list[str | None] = []
+        self.active: set[str] = set()
+        self.drain_error: BaseException | None = None
+        self.drain_gate: asyncio.Event | None = None
+        self.abort_error: BaseException | None = None
+
+    def dispatch_wake(self, notification: Any, *, claim_headers: Any,
+                      claim_token_header: str | None) -> None:
+        self.calls.append("dispatch")
+        self.dispatched.append(notification)
+        self.claim_headers.append(claim_headers)
+        self.token_headers.append(claim_token_header)
+
+    async def drain_wakes(self) -> None:
+        self.calls.append("drain")
+        if self.drain_gate is not None:
+            await self.drain_gate.wait()
+        if self.drain_error is not None:
+            raise self.drain_error
+
+    def abort_wakes(self) -> None:
+        self.calls.append("abort")
+        if self.abort_error is not None:
+            raise self.abort_error
+
+    def is_wake_active(self, stream_path: str) -> bool:
+        return stream_path in self.active
+
+
+async def eventually(predicate: Callable[[], Any], *, timeout: float = 5.0,
+                     interval: float = 0.005, message: str = "") -> None:
+    """Wait until ``predicate()`` is truthy; fail after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        if predicate():
+            return
+        if loop.time() > end:
+            raise AssertionError(f"condition not reached in {timeout}s: {message or predicate}")
+        await asyncio.sleep(interval)
+
+
+def wake(stream: str = "s1", generation: int = 1, sub: str = "sub1") -> dict[str, Any]:
+    return {"type": "wake", "subscription_id": sub, "stream": stream, "generation": generation}
+
+
+def make_runner(server: EmbeddedServer, runtime: Any | None = None, *,
+                runner_id: str = "r1", **overrides: Any) -> PullWakeRunner:
+    cfg: dict[str, Any] = {"base_url": server.url, "runner_id": runner_id,
+                           "heartbeat_interval": 30.0}
+    cfg.update(overrides)
+    return PullWakeRunner(RunnerConfig(**cfg), runtime or RecordingRuntime())
+
+
+@contextlib.asynccontextmanager
+async def started(runner: PullWakeRunner) -> AsyncIterator[PullWakeRunner]:
+    runner.start()
+    try:
+        yield runner
+    finally:
+        with contextlib.suppress(Exception):
+            await runner.stop()
+
+
+def wake_requests(server: EmbeddedServer) -> list[Any]:
+    return [r for r in server.requests_matching("/wake", method="GET")]
