@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-__all__ = ["Clock", "LoopClock", "TimerHandle", "deadline", "iso"]
+__all__ = ["Clock", "LoopClock", "TimerHandle", "deadline", "iso", "sleep"]
 
 
 class TimerHandle(Protocol):
@@ -91,3 +91,19 @@ def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds")
+
+
+async def sleep(clock: Clock, seconds: float) -> None:
+    """Sleep ``seconds`` on ``clock`` (cancellable; a ManualClock makes it instant)."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    handle = clock.call_later(seconds, wake)
+    try:
+        await fut
+    finally:
+        handle.cancel()

@@ -89,6 +89,24 @@ class Heartbeater:
         delay = 0.0 if self._last_sent is None else max(0.0, self._last_sent + self.throttle - now)
         self._throttled = self._clock.call_later(delay, self._fire_throttled)
 
+    def record(self, ok: bool, error: BaseException | None = None) -> bool:
+        """Count one liveness result (a heartbeat, or a lease extension).
+
+        Returns True when this failure completed a run of
+        ``failures_before_reset`` and ``on_reset`` was called.
+        """
+        if ok:
+            self.failures = 0
+            self._on_result(True, None)
+            return False
+        self.failures += 1
+        self._on_result(False, error)
+        if self.failures >= self.failures_before_reset and error is not None:
+            self.failures = 0
+            self._on_reset(error)
+            return True
+        return False
+
     # ---------------------------------------------------------------- internals
 
     def _fire_throttled(self) -> None:
@@ -120,16 +138,10 @@ class Heartbeater:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - every failure counts
-            self.failures += 1
-            self._on_result(False, exc)
-            if self.failures >= self.failures_before_reset:
-                self.failures = 0
-                self._on_reset(exc)
-            else:
+            if not self.record(False, exc):
                 self._follow_up = True  # confirm at once rather than an interval later
         else:
-            self.failures = 0
-            self._on_result(True, None)
+            self.record(True)
         finally:
             if self._in_flight is task:
                 self._in_flight = None

@@ -172,6 +172,11 @@ class PullWakeRunner:
         """Resolve once the runner is stopped (without raising a drain error)."""
         await self._stopped.wait()
 
+    def record_liveness(self, ok: bool, error: BaseException | None = None) -> None:
+        """Count an outside liveness result (e.g. a lease extension) like a heartbeat."""
+        if self.running:
+            self._heartbeat.record(ok, error)
+
     async def __aenter__(self) -> PullWakeRunner:
         self.start()
         return self
@@ -216,6 +221,9 @@ class PullWakeRunner:
         self._heartbeat.notify()
         log.info("[%s] wake stream connected at offset %s", self._label, self._offset or "-1")
         task = self._spawn(self._consume(ticket), "pullwake-consume")
+        hook = getattr(self.control, "on_connected", None)
+        if hook is not None:
+            self._spawn(self._call_connected_hook(hook), "pullwake-on-connected")
 
         def ended(t: asyncio.Task[Any]) -> None:
             ticket.payload["stream"].close()  # also when cancelled before it ever ran
@@ -356,6 +364,14 @@ class PullWakeRunner:
             ticket.report("STREAM_CLOSED")
         else:
             ticket.report("STREAM_END", error=error)
+
+    async def _call_connected_hook(self, hook: Any) -> None:
+        try:
+            await hook(self.http)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported; the stream keeps going
+            self._report_error(exc, where="control plane")
 
     def _on_message(self, ticket: WorkTicket, value: Any) -> None:
         try:

@@ -306,3 +306,58 @@ def aiohttp_stream_factory(session_getter: Callable[[], aiohttp.ClientSession],
             raise
 
     return open_stream
+
+
+async def catch_up(
+    session: aiohttp.ClientSession,
+    url: str,
+    offset: str,
+    *,
+    until: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    clock: Clock,
+    timeout: float,
+    max_response_bytes: int = 16 * 1024 * 1024,
+    max_message_bytes: int = 1024 * 1024,
+    secrets: tuple[str, ...] = (),
+) -> AsyncIterator[tuple[list[Any], str]]:
+    """Catch-up read: yield ``(messages, next_offset)`` chunks from ``offset``.
+
+    Stops when the server says up to date or closed, or once ``next_offset >=
+    until`` (reads cannot be bounded on the server, so the last chunk may run
+    past ``until``). Each request is bounded by ``timeout`` as a whole; an
+    oversized or malformed message is a typed error, not skipped: a handler
+    asked for exactly these messages.
+    """
+    current = offset
+    while True:
+        with translate("request", url=url, operation="read", secrets=secrets):
+            async with deadline(clock, timeout):
+                async with session.get(to_url(_query(url, {"offset": current})),
+                                       headers=dict(headers or {}),
+                                       allow_redirects=False) as resp:
+                    if resp.status not in (200, 204):
+                        raise await _status_error(resp, url)
+                    body = b"" if resp.status == 204 else await read_bounded(
+                        resp, max_response_bytes)
+                    nxt = resp.headers.get("Stream-Next-Offset")
+                    up_to_date = resp.headers.get("Stream-Up-To-Date", "").lower() == "true"
+                    closed = resp.headers.get("Stream-Closed", "").lower() == "true"
+        if not valid_offset(nxt):
+            raise ProtocolError("catch-up answer without a valid Stream-Next-Offset", url=url)
+        assert nxt is not None
+        messages: list[Any] = []
+        if body:
+            items, err = _decode_array(body, what="catch-up body",
+                                       max_message_bytes=max_message_bytes)
+            if err is not None:
+                raise err
+            for item in items:
+                if isinstance(item, BadMessage):
+                    raise item.error
+                if isinstance(item, Message):
+                    messages.append(item.value)
+        yield messages, nxt
+        if up_to_date or closed or nxt == current or (until is not None and nxt >= until):
+            return
+        current = nxt

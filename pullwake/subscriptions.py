@@ -1,0 +1,256 @@
+"""The Durable Streams pull-wake control plane (PROTOCOL.md §7.2).
+
+This module owns the subscription API calls and their error mapping:
+
+- :class:`SubscriptionClient`: ensure a stream / a subscription exists
+  (idempotent ``PUT``), ``claim``, ``ack`` (lease extension without ``done``,
+  offsets, ``done``), ``release``, ``GET`` of a subscription;
+- :class:`SubscriptionControlPlane`: the runner's control-plane profile for
+  subscriptions: a wake is claimed with ``POST {root}/__ds/subscriptions/{id}/claim
+  {"worker": name}``; the runner's own liveness heartbeat is a ``HEAD`` of the
+  wake stream, so a hung server is noticed even when no lease is held.
+
+Error mapping (by status and JSON code, never substring): 409 ``ALREADY_CLAIMED``
+/ ``NO_PENDING_WORK`` → skip; 409 ``FENCED`` or 401 → :class:`LeaseLost`;
+404 ``SUBSCRIPTION_NOT_FOUND`` / 409 ``SUBSCRIPTION_ALREADY_EXISTS`` →
+:class:`SubscriptionError`; anything else non-2xx → :class:`ControlPlaneError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .control import SKIP_CODES, ClaimOutcome, WakeEvent
+from .errors import ConfigError, ControlPlaneError, LeaseLost, SubscriptionError
+from .http import HttpAnswer, HttpClient, raise_for_answer
+from .urls import encode_path, join_url, segment
+
+__all__ = [
+    "Claim",
+    "ClaimedStream",
+    "SubscriptionClient",
+    "SubscriptionConfig",
+    "SubscriptionControlPlane",
+]
+
+NOT_FOUND = "SUBSCRIPTION_NOT_FOUND"
+EXISTS = "SUBSCRIPTION_ALREADY_EXISTS"
+
+
+@dataclass(frozen=True)
+class SubscriptionConfig:
+    """One pull-wake subscription: which streams wake it, and its lease."""
+
+    id: str
+    wake_stream: str
+    pattern: str | None = None
+    streams: tuple[str, ...] = ()
+    lease_ttl_ms: int = 30_000
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.id, str) or not self.id or len(self.id) > 256:
+            raise ConfigError("subscription id must be a non-empty string of at most 256 chars")
+        if not self.pattern and not self.streams:
+            raise ConfigError(f"subscription {self.id!r} needs a pattern or streams")
+        if not isinstance(self.lease_ttl_ms, int) or not 1000 <= self.lease_ttl_ms <= 600_000:
+            raise ConfigError("lease_ttl_ms must be an int from 1000 to 600000")
+        if not isinstance(self.wake_stream, str) or not self.wake_stream.strip("/"):
+            raise ConfigError("wake_stream must be a stream path")
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": "pull-wake", "wake_stream": self.wake_stream,
+                               "lease_ttl_ms": self.lease_ttl_ms}
+        if self.pattern:
+            out["pattern"] = self.pattern
+        if self.streams:
+            out["streams"] = list(self.streams)
+        return out
+
+
+@dataclass(frozen=True)
+class ClaimedStream:
+    """A stream of a claimed wake: handle messages in ``(acked_offset, tail_offset]``."""
+
+    path: str
+    acked_offset: str
+    tail_offset: str
+    has_pending: bool = True
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A granted claim: the token authorises ack and release until the lease ends."""
+
+    subscription_id: str
+    wake_id: str
+    generation: int
+    token: str
+    streams: tuple[ClaimedStream, ...]
+    lease_ttl_ms: int
+
+    @classmethod
+    def parse(cls, subscription_id: str, body: Mapping[str, Any]) -> Claim:
+        try:
+            streams = tuple(
+                ClaimedStream(path=str(s["path"]), acked_offset=str(s["acked_offset"]),
+                              tail_offset=str(s["tail_offset"]),
+                              has_pending=bool(s.get("has_pending", True)))
+                for s in body.get("streams", [])
+            )
+            return cls(subscription_id=subscription_id, wake_id=str(body["wake_id"]),
+                       generation=int(body["generation"]), token=str(body["token"]),
+                       streams=streams, lease_ttl_ms=int(body.get("lease_ttl_ms", 30_000)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ControlPlaneError(f"claim answer has the wrong shape ({exc!r})",
+                                    operation="claim") from exc
+
+    def fence(self) -> dict[str, Any]:
+        return {"wake_id": self.wake_id, "generation": self.generation}
+
+
+class SubscriptionClient:
+    """Subscription API calls against one stream root (``http://host/v1/stream``)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root.rstrip("/")
+
+    def stream_url(self, path: str) -> str:
+        return join_url(self.root, encode_path(path.strip("/")))
+
+    def subscription_url(self, sub_id: str, action: str | None = None) -> str:
+        url = join_url(self.root, f"__ds/subscriptions/{segment(sub_id)}")
+        return f"{url}/{action}" if action else url
+
+    async def ensure_stream(self, http: HttpClient, path: str) -> bool:
+        """Create a JSON stream if missing. True if it was created now."""
+        url = self.stream_url(path)
+        answer = await http.request("PUT", url, operation="create stream",
+                                    headers={"content-type": "application/json"})
+        raise_for_answer(answer, operation="create stream", url=url, scrub=http.scrub)
+        return answer.status == 201
+
+    async def ensure_subscription(self, http: HttpClient, sub: SubscriptionConfig) -> bool:
+        """Create the subscription or confirm it. True if it was created now.
+
+        A subscription with the same id and another configuration is a
+        :class:`SubscriptionError` (``SUBSCRIPTION_ALREADY_EXISTS``).
+        """
+        url = self.subscription_url(sub.id)
+        answer = await http.request("PUT", url, operation="create subscription",
+                                    json_body=sub.body())
+        if answer.status == 409 and answer.code == EXISTS:
+            raise SubscriptionError(
+                f"subscription {sub.id!r} already exists with a different configuration; "
+                "delete it or use another id", operation="create subscription",
+                status=409, code=EXISTS, url=url)
+        raise_for_answer(answer, operation="create subscription", url=url, scrub=http.scrub,
+                         cls=SubscriptionError)
+        return answer.status == 201
+
+    async def get_subscription(self, http: HttpClient, sub_id: str) -> dict[str, Any] | None:
+        url = self.subscription_url(sub_id)
+        answer = await http.request("GET", url, operation="get subscription")
+        if answer.status == 404:
+            return None
+        raise_for_answer(answer, operation="get subscription", url=url, scrub=http.scrub)
+        body = answer.json()
+        return body if isinstance(body, dict) else None
+
+    async def claim(self, http: HttpClient, sub_id: str, worker: str) -> Claim | str:
+        """A Claim, or the skip code (``NO_PENDING_WORK`` / ``ALREADY_CLAIMED``)."""
+        url = self.subscription_url(sub_id, "claim")
+        answer = await http.request("POST", url, operation="claim", json_body={"worker": worker})
+        if answer.status == 409 and answer.code in SKIP_CODES:
+            return str(answer.code)
+        self._raise(answer, "claim", url, http)
+        body = answer.json()
+        if not isinstance(body, dict):
+            raise ControlPlaneError("claim answer is not a JSON object", operation="claim",
+                                    status=answer.status, url=url)
+        return Claim.parse(sub_id, body)
+
+    async def ack(self, http: HttpClient, claim: Claim, *,
+                  acks: Sequence[tuple[str, str]] = (), done: bool = False,
+                  timeout: float | None = None) -> dict[str, Any]:
+        """Extend the lease (no acks, not done), move acked offsets, or finish."""
+        url = self.subscription_url(claim.subscription_id, "ack")
+        body: dict[str, Any] = claim.fence()
+        if acks:
+            body["acks"] = [{"stream": s, "offset": o} for s, o in acks]
+        if done:
+            body["done"] = True
+        op = "ack done" if done else ("ack" if acks else "extend lease")
+        answer = await http.request("POST", url, operation=op, json_body=body,
+                                    headers={"Authorization": f"Bearer {claim.token}"},
+                                    timeout=timeout)
+        self._raise(answer, op, url, http)
+        out = answer.json()
+        return out if isinstance(out, dict) else {}
+
+    async def release(self, http: HttpClient, claim: Claim, *,
+                      timeout: float | None = None) -> None:
+        url = self.subscription_url(claim.subscription_id, "release")
+        answer = await http.request("POST", url, operation="release", json_body=claim.fence(),
+                                    headers={"Authorization": f"Bearer {claim.token}"},
+                                    timeout=timeout)
+        self._raise(answer, "release", url, http)
+
+    @staticmethod
+    def _raise(answer: HttpAnswer, op: str, url: str, http: HttpClient) -> None:
+        if answer.ok:
+            return
+        code = answer.code
+        if answer.status == 401 or (answer.status == 409 and code == "FENCED"):
+            raise LeaseLost("the lease is no longer ours", operation=op, status=answer.status,
+                            code=code, url=url)
+        if answer.status == 404 and code == NOT_FOUND:
+            raise SubscriptionError("the server does not know this subscription (restarted?)",
+                                    operation=op, status=404, code=code, url=url)
+        raise_for_answer(answer, operation=op, url=url, scrub=http.scrub)
+
+
+class SubscriptionControlPlane:
+    """The runner's control plane for Durable Streams pull-wake subscriptions.
+
+    Only wakes of the given subscriptions are claimed (others sharing the wake
+    stream are skipped). A claim that finds the subscription gone calls
+    ``on_missing(sub)`` (the worker re-creates it) and retries once.
+    """
+
+    def __init__(self, client: SubscriptionClient, *, worker: str,
+                 subscriptions: Mapping[str, SubscriptionConfig], wake_stream_url: str,
+                 on_missing: Callable[[HttpClient, SubscriptionConfig], Awaitable[None]],
+                 on_connected: Callable[[HttpClient], Awaitable[None]] | None = None) -> None:
+        self.client = client
+        self.worker = worker
+        self.subscriptions = subscriptions
+        self.wake_stream_url = wake_stream_url
+        self._on_missing = on_missing
+        if on_connected is not None:
+            self.on_connected = on_connected
+
+    def claim_key(self, wake: WakeEvent) -> str:
+        return wake.subscription_id or wake.stream
+
+    async def claim(self, http: HttpClient, wake: WakeEvent) -> ClaimOutcome:
+        sub = self.subscriptions.get(wake.subscription_id or "")
+        if sub is None:
+            return ClaimOutcome.skip("not_ours")
+        try:
+            result = await self.client.claim(http, sub.id, self.worker)
+        except SubscriptionError as exc:
+            if exc.code != NOT_FOUND:
+                raise
+            await self._on_missing(http, sub)
+            result = await self.client.claim(http, sub.id, self.worker)
+        if isinstance(result, str):
+            return ClaimOutcome.skip(result)
+        return ClaimOutcome(True, {"claim": result})
+
+    async def heartbeat(self, http: HttpClient, *, lease_ms: int, offset: str | None,
+                        diagnostics: Mapping[str, Any]) -> None:
+        answer = await http.request("HEAD", self.wake_stream_url, operation="heartbeat")
+        raise_for_answer(answer, operation="heartbeat", url=self.wake_stream_url,
+                         scrub=http.scrub)

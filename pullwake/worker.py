@@ -1,0 +1,514 @@
+"""Worker: pull-wake subscriptions on a Durable Streams server, for applications.
+
+This module owns the application-facing worker: it ensures the wake stream
+and its subscriptions exist, runs a :class:`~pullwake.runner.PullWakeRunner`
+with the subscription control plane (:mod:`pullwake.subscriptions`), and is
+that runner's :class:`~pullwake.runner.Runtime`: each claimed wake becomes a
+job that keeps the lease alive, runs the handler and acks or releases.
+
+Delivery is at least once:
+
+- handler returns → ``ack`` with ``done`` at the offsets handed over (or read
+  past, if the handler read further);
+- handler raises → ``release`` (the server writes a new wake) and the error is
+  reported as :class:`~pullwake.errors.HandlerError`; the subscription cools
+  down (1 s, doubling, capped at 30 s) before it is claimed again;
+- lease lost (409 ``FENCED``, 401) → the handler is cancelled, nothing is acked;
+- the server forgot the subscription (restart) → it is re-created; ranges the
+  new subscription marks as acked but this worker never saw acked are handed
+  to the handler again as *recovered* wakes (``wake.recovered``), so a server
+  restart loses nothing (it may repeat some messages).
+
+Handlers may be ``async def`` (cancelled on lease loss or stop) or plain
+functions (run in a thread; they cannot be interrupted, and their result is
+discarded if the lease was lost meanwhile).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import socket
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from .clock import Clock, LoopClock, sleep
+from .config import RunnerConfig
+from .errors import (
+    ConfigError,
+    HandlerError,
+    LeaseLost,
+    PullwakeError,
+    SubscriptionError,
+)
+from .http import HttpClient, HeadersSource
+from .runner import PullWakeRunner
+from .subscriptions import (
+    NOT_FOUND,
+    Claim,
+    ClaimedStream,
+    SubscriptionClient,
+    SubscriptionConfig,
+    SubscriptionControlPlane,
+)
+from .transport import catch_up
+from .urls import encode_path, validate_base_url
+
+__all__ = ["Wake", "Worker", "WorkerStats"]
+
+log = logging.getLogger("pullwake.worker")
+
+Handler = Callable[["Wake"], Any]
+
+
+@dataclass
+class WorkerStats:
+    wakes_claimed: int = 0
+    wakes_handled: int = 0
+    wakes_acked: int = 0
+    wakes_released: int = 0
+    handler_errors: int = 0
+    leases_lost: int = 0
+    lease_extensions: int = 0
+    recovered_wakes: int = 0
+    subscriptions_recreated: int = 0
+    jobs_active: int = 0
+
+
+class _Messages:
+    """``wake.messages(path)``: async-iterable on the loop, iterable in a sync handler."""
+
+    def __init__(self, wake: Wake, stream: ClaimedStream) -> None:
+        self._wake = wake
+        self._stream = stream
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        worker = self._wake._worker
+        s = self._stream
+        headers = await worker._http.resolve_headers()
+        async for messages, nxt in catch_up(
+            worker._http.session, worker._client.stream_url(s.path), s.acked_offset,
+            until=s.tail_offset, headers=headers, clock=worker._clock,
+            timeout=worker._request_timeout, secrets=worker._http.secrets,
+        ):
+            for m in messages:
+                yield m
+            self._wake._read_to(s.path, nxt)
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise RuntimeError("use `async for` in an async handler; `for` is for sync handlers")
+        from .reader import read_stream
+
+        worker = self._wake._worker
+        s = self._stream
+        result = read_stream(worker._client.stream_url(s.path), s.acked_offset,
+                             until=s.tail_offset, headers=dict(worker._sync_headers),
+                             session=worker._sync_session(),
+                             timeout=worker._request_timeout)
+        self._wake._read_to(s.path, result.next_offset)
+        return iter(result.messages)
+
+
+@dataclass
+class Wake:
+    """One claimed wake handed to a handler: streams with ``(acked, tail]`` ranges."""
+
+    subscription_id: str
+    wake_id: str | None
+    generation: int | None
+    streams: tuple[ClaimedStream, ...]
+    recovered: bool = False
+    _worker: Worker = field(repr=False, default=None)  # type: ignore[assignment]
+    _read: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def stream(self, path: str) -> ClaimedStream:
+        for s in self.streams:
+            if s.path == path.strip("/") or s.path == path:
+                return s
+        raise KeyError(f"stream {path!r} is not part of this wake")
+
+    def messages(self, path: str) -> _Messages:
+        """The messages of ``path`` in ``(acked_offset, tail_offset]``."""
+        return _Messages(self, self.stream(path))
+
+    def _read_to(self, path: str, offset: str) -> None:
+        if offset > self._read.get(path, ""):
+            self._read[path] = offset
+
+
+class Worker:
+    """Handle pull-wake subscriptions on a Durable Streams server.
+
+    ``server`` is the stream root (``http://host:port/v1/stream``). Pass a
+    ``pattern`` (glob) or ``streams`` for the default subscription, or several
+    :class:`SubscriptionConfig` as ``subscriptions``. ``max_concurrency``
+    bounds handlers across all subscriptions.
+    """
+
+    def __init__(
+        self,
+        *,
+        server: str,
+        handler: Handler,
+        subscription: str | None = None,
+        wake_stream: str = "wake/pool",
+        pattern: str | None = None,
+        streams: Sequence[str] = (),
+        subscriptions: Sequence[SubscriptionConfig] = (),
+        worker_name: str | None = None,
+        lease_ms: int = 30_000,
+        headers: HeadersSource = None,
+        max_concurrency: int = 4,
+        stop_grace: float = 10.0,
+        live: str = "sse",
+        request_timeout: float = 10.0,
+        connect_timeout: float = 10.0,
+        read_idle_timeout: float | None = None,
+        heartbeat_interval: float = 10.0,
+        fetch_cache: str | None = None,
+        on_error: Callable[[BaseException], Any] | None = None,
+        clock: Clock | None = None,
+        runner_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.server = validate_base_url(server, field="server")
+        if not callable(handler):
+            raise ConfigError("handler must be callable")
+        subs = list(subscriptions)
+        if subscription is not None:
+            subs.insert(0, SubscriptionConfig(id=subscription, wake_stream=wake_stream,
+                                              pattern=pattern, streams=tuple(streams),
+                                              lease_ttl_ms=lease_ms))
+        if not subs:
+            raise ConfigError("a worker needs a subscription (id plus pattern or streams)")
+        wake_streams = {s.wake_stream.strip("/") for s in subs}
+        if len(wake_streams) != 1:
+            raise ConfigError("all subscriptions of one worker must share its wake stream")
+        if not isinstance(max_concurrency, int) or max_concurrency < 1:
+            raise ConfigError("max_concurrency must be an int >= 1")
+        self.subscriptions = {s.id: s for s in subs}
+        self.wake_stream = wake_streams.pop()
+        self.worker_name = worker_name or f"{socket.gethostname()}-{id(self):x}"
+        self.handler = handler
+        self.max_concurrency = max_concurrency
+        self.stop_grace = stop_grace
+        self.stats = WorkerStats()
+        self._clock: Clock = clock or LoopClock()
+        self._request_timeout = request_timeout
+        self._on_error = on_error
+        self._fetch_cache = fetch_cache
+        self._session_sync: Any = None
+        self._session_lock = threading.Lock()
+        self._sync_headers: dict[str, str] = dict(headers) if isinstance(headers, Mapping) else {}
+        self._client = SubscriptionClient(self.server)
+        self._jobs: dict[str, asyncio.Task[Any]] = {}
+        self._recoveries: set[asyncio.Task[Any]] = set()
+        self._cooldown_until: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
+        self._confirmed: set[str] = set()
+        self._ledger: dict[str, dict[str, str]] = {s: {} for s in self.subscriptions}
+        self._closing = False
+        opts: dict[str, Any] = {
+            "base_url": self.server,
+            "runner_id": self.worker_name,
+            "wake_stream_path": encode_path(self.wake_stream),
+            "headers": headers,
+            "live": live,
+            "request_timeout": request_timeout,
+            "connect_timeout": connect_timeout,
+            "heartbeat_interval": heartbeat_interval,
+            "on_error": on_error,
+            "clock": clock,
+            "name": self.worker_name,
+        }
+        if read_idle_timeout is not None:
+            opts["read_idle_timeout"] = read_idle_timeout
+        opts.update(runner_options or {})
+        config = RunnerConfig(**opts)
+        control = SubscriptionControlPlane(
+            self._client, worker=self.worker_name, subscriptions=self.subscriptions,
+            wake_stream_url=config.wake_stream_url, on_missing=self._recreate,
+            on_connected=self._on_connected)
+        self.runner = PullWakeRunner(config, self, control_plane=control)
+        self._http: HttpClient = self.runner.http
+
+    # ================================================================ public
+
+    async def start(self) -> None:
+        """Ensure the wake stream and subscriptions exist, then start reading."""
+        self._closing = False
+        await self._client.ensure_stream(self._http, self.wake_stream)
+        for sub in self.subscriptions.values():
+            await self._client.ensure_subscription(self._http, sub)
+            self._confirmed.add(sub.id)
+        self.runner.start()
+
+    async def stop(self) -> None:
+        """Stop gracefully: running handlers get ``stop_grace``, then are released."""
+        try:
+            await self.runner.stop()
+        finally:
+            await self._cancel_recoveries()
+            if self._session_sync is not None:
+                self._session_sync.close()
+                self._session_sync = None
+
+    async def run(self) -> None:
+        """Start and run until cancelled or the wake stream is closed; then stop."""
+        await self.start()
+        try:
+            await self.runner.wait_for_stopped()
+        finally:
+            await asyncio.shield(self.stop())
+
+    async def __aenter__(self) -> Worker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.stop()
+
+    def health(self) -> dict[str, Any]:
+        out = self.runner.health().to_dict()
+        out["worker"] = {**self.stats.__dict__, "jobs_active": len(self._jobs)}
+        return out
+
+    # ============================================== Runtime (for the runner)
+
+    def is_wake_active(self, key: str) -> bool:
+        if key in self._jobs or len(self._jobs) >= self.max_concurrency:
+            return True
+        until = self._cooldown_until.get(key)
+        return until is not None and self._clock.monotonic() < until
+
+    def dispatch_wake(self, notification: Any, *, claim_headers: Any,
+                      claim_token_header: str | None) -> None:
+        claim: Claim = notification["claim"]
+        self.stats.wakes_claimed += 1
+        task = asyncio.ensure_future(self._job(claim))
+        task.set_name(f"pullwake-job[{claim.subscription_id}#{claim.generation}]")
+        self._jobs[claim.subscription_id] = task
+
+        def done(t: asyncio.Task[Any]) -> None:
+            if self._jobs.get(claim.subscription_id) is t:
+                del self._jobs[claim.subscription_id]
+
+        task.add_done_callback(done)
+
+    def abort_wakes(self) -> None:
+        self._closing = True
+
+    async def drain_wakes(self) -> None:
+        jobs = list(self._jobs.values())
+        if not jobs:
+            return
+        _, pending = await asyncio.wait(jobs, timeout=self.stop_grace)
+        for t in pending:
+            t.cancel()  # the job releases its claim on the way out
+        if pending:
+            log.warning("[%s] %d handler(s) still running after %.3gs: released",
+                        self.worker_name, len(pending), self.stop_grace)
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    # ================================================================= jobs
+
+    async def _job(self, claim: Claim) -> None:
+        self._learn(claim.subscription_id, claim.streams)
+        wake = Wake(subscription_id=claim.subscription_id, wake_id=claim.wake_id,
+                    generation=claim.generation, streams=claim.streams, _worker=self)
+        keeper = asyncio.ensure_future(self._keep_lease(claim))
+        handler = asyncio.ensure_future(self._call_handler(wake))
+        try:
+            await asyncio.wait({keeper, handler}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            keeper.cancel()
+            handler.cancel()
+            await asyncio.gather(keeper, handler, return_exceptions=True)
+            await self._release(claim, why="stopped")
+            raise
+        if not handler.done():  # the keeper ended: the lease is gone
+            handler.cancel()
+            await asyncio.gather(handler, return_exceptions=True)
+            lost = keeper.exception() if not keeper.cancelled() else None
+            self.stats.leases_lost += 1
+            self._report(lost or LeaseLost("lease lost", operation="extend lease"))
+            return
+        keeper.cancel()
+        await asyncio.gather(keeper, return_exceptions=True)
+        if handler.cancelled():
+            await self._release(claim, why="handler cancelled")
+            return
+        error = handler.exception()
+        if error is not None:
+            self.stats.handler_errors += 1
+            self._cool_down(claim.subscription_id)
+            herr = HandlerError(f"handler failed on {claim.subscription_id}#{claim.generation}: "
+                                f"{type(error).__name__}: {self._http.scrub(str(error))}")
+            herr.__cause__ = error
+            self._report(herr)
+            await self._release(claim, why="handler failed")
+            return
+        self.stats.wakes_handled += 1
+        self._failures.pop(claim.subscription_id, None)
+        await self._finish(claim, wake)
+
+    async def _call_handler(self, wake: Wake) -> None:
+        if inspect.iscoroutinefunction(self.handler):
+            await self.handler(wake)
+            return
+        result = await asyncio.to_thread(self.handler, wake)
+        if inspect.isawaitable(result):
+            await result
+
+    async def _keep_lease(self, claim: Claim) -> None:
+        """Extend the lease every third of its TTL until cancelled; return when lost."""
+        interval = max(0.2, claim.lease_ttl_ms / 3000)
+        while True:
+            await sleep(self._clock, interval)
+            try:
+                await self._client.ack(self._http, claim, timeout=min(self._request_timeout,
+                                                                      interval))
+            except LeaseLost:
+                raise
+            except SubscriptionError as exc:
+                if exc.code == NOT_FOUND:
+                    raise LeaseLost("the subscription is gone (server restarted?)",
+                                    operation="extend lease", status=404, code=NOT_FOUND) from exc
+                self.runner.record_liveness(False, exc)
+            except PullwakeError as exc:
+                self.runner.record_liveness(False, exc)
+            else:
+                self.stats.lease_extensions += 1
+                self.runner.record_liveness(True)
+
+    async def _finish(self, claim: Claim, wake: Wake) -> None:
+        acks = []
+        for s in claim.streams:
+            end = max(s.tail_offset, wake._read.get(s.path, ""))
+            if end > s.acked_offset:
+                acks.append((s.path, end))
+        try:
+            await self._client.ack(self._http, claim, acks=acks, done=True)
+        except (LeaseLost, SubscriptionError) as exc:
+            self.stats.leases_lost += 1
+            self._report(exc)
+            return
+        except PullwakeError as exc:
+            self._report(exc)  # not acked: the lease expires and the wake comes back
+            return
+        self.stats.wakes_acked += 1
+        ledger = self._ledger[claim.subscription_id]
+        for path, offset in acks:
+            if offset > ledger.get(path, "-1"):
+                ledger[path] = offset
+
+    async def _release(self, claim: Claim, *, why: str) -> None:
+        try:
+            await asyncio.shield(self._client.release(self._http, claim,
+                                                      timeout=min(self._request_timeout, 5.0)))
+        except (PullwakeError, asyncio.CancelledError) as exc:
+            log.info("[%s] release of %s#%d (%s) failed: %s", self.worker_name,
+                     claim.subscription_id, claim.generation, why, exc)
+            return
+        self.stats.wakes_released += 1
+
+    def _cool_down(self, sub_id: str) -> None:
+        n = self._failures.get(sub_id, 0) + 1
+        self._failures[sub_id] = n
+        self._cooldown_until[sub_id] = self._clock.monotonic() + min(30.0, 2.0 ** (n - 1))
+
+    # ============================================== subscriptions and recovery
+
+    def _learn(self, sub_id: str, streams: Sequence[ClaimedStream]) -> None:
+        ledger = self._ledger.setdefault(sub_id, {})
+        for s in streams:
+            if s.acked_offset > ledger.get(s.path, "-1"):
+                ledger[s.path] = s.acked_offset
+
+    async def _on_connected(self, http: HttpClient) -> None:
+        """After every (re)connect: the server may have restarted and forgotten us."""
+        for sub in self.subscriptions.values():
+            await self._recreate(http, sub, quiet=True)
+
+    async def _recreate(self, http: HttpClient, sub: SubscriptionConfig, *,
+                        quiet: bool = False) -> None:
+        created = await self._client.ensure_subscription(http, sub)
+        if not created:
+            return
+        if sub.id in self._confirmed:
+            self.stats.subscriptions_recreated += 1
+            log.warning("[%s] subscription %r was gone (server restart?): re-created",
+                        self.worker_name, sub.id)
+            task = asyncio.ensure_future(self._recover(http, sub))
+            self._recoveries.add(task)
+            task.add_done_callback(self._recoveries.discard)
+        self._confirmed.add(sub.id)
+
+    async def _recover(self, http: HttpClient, sub: SubscriptionConfig) -> None:
+        """Hand over ranges the re-created subscription skipped (at least once)."""
+        body = await self._client.get_subscription(http, sub.id)
+        if body is None:
+            return
+        ledger = self._ledger.setdefault(sub.id, {})
+        streams = []
+        for s in body.get("streams", []):
+            path, server_acked = str(s.get("path")), str(s.get("acked_offset"))
+            known = ledger.get(path, "-1")
+            if server_acked > known:
+                streams.append(ClaimedStream(path=path, acked_offset=known,
+                                             tail_offset=server_acked))
+        if not streams:
+            return
+        wake = Wake(subscription_id=sub.id, wake_id=None, generation=None,
+                    streams=tuple(streams), recovered=True, _worker=self)
+        try:
+            await self._call_handler(wake)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported
+            self._report(HandlerError(f"handler failed on a recovered wake of {sub.id}: {exc}"))
+            return
+        self.stats.recovered_wakes += 1
+        for s in streams:
+            ledger[s.path] = max(s.tail_offset, wake._read.get(s.path, ""))
+
+    async def _cancel_recoveries(self) -> None:
+        for t in list(self._recoveries):
+            t.cancel()
+        if self._recoveries:
+            await asyncio.gather(*self._recoveries, return_exceptions=True)
+
+    # ================================================================ helpers
+
+    def _sync_session(self) -> Any:
+        """The worker's own requests.Session for sync handlers (cached if configured)."""
+        with self._session_lock:
+            if self._session_sync is None:
+                import requests
+
+                if self._fetch_cache:
+                    from .cache import cached_session
+
+                    self._session_sync = cached_session(self._fetch_cache)  # type: ignore[arg-type]
+                else:
+                    self._session_sync = requests.Session()
+            return self._session_sync
+
+    def _report(self, error: BaseException) -> None:
+        log.warning("[%s] %s: %s", self.worker_name, type(error).__name__,
+                    self._http.scrub(str(error)))
+        if self._on_error is not None:
+            try:
+                self._on_error(error)
+            except Exception:  # noqa: BLE001 - the reporter only reports
+                log.exception("[%s] on_error raised; ignoring", self.worker_name)
+
