@@ -32,13 +32,20 @@ from .health import Health
 from .machine import Lifecycle, LifecycleEffects, WorkTicket
 from .runner import PullWakeRunner, Runtime
 from .spec import LifecycleSpec, load_spec
+from .subscriptions import ClaimedStream, SubscriptionConfig
 from .transport import StreamFactory, StreamRequest, WakeStream
+from .worker import Wake, Worker, WorkerStats
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CacheError",
     "ClaimOutcome",
+    "ClaimedStream",
+    "SubscriptionConfig",
+    "Wake",
+    "Worker",
+    "WorkerStats",
     "Clock",
     "ControlPlane",
     "ElectricControlPlane",

@@ -99,6 +99,7 @@ class PullWakeRunner:
         self._stopped = asyncio.Event()
         self._stopped.set()
         self._reset_reason: BaseException | None = None
+        self._listeners: list[Any] = []
         self.http = HttpClient(headers=config.headers, clock=self._clock,
                                request_timeout=config.request_timeout,
                                verify_tls=config.verify_tls,
@@ -172,6 +173,13 @@ class PullWakeRunner:
         """Resolve once the runner is stopped (without raising a drain error)."""
         await self._stopped.wait()
 
+    def observe(self, listener: Any) -> None:
+        """Call ``listener(source, event, dest, kind)`` after every decided event.
+
+        Listeners observe only; one that raises is logged and ignored.
+        """
+        self._listeners.append(listener)
+
     def record_liveness(self, ok: bool, error: BaseException | None = None) -> None:
         """Count an outside liveness result (e.g. a lease extension) like a heartbeat."""
         if self.running:
@@ -192,6 +200,11 @@ class PullWakeRunner:
             log.debug("[%s] %s ignored in %s", self._label, event, source)
         else:
             log.debug("[%s] %s --%s--> %s", self._label, source, event, dest)
+        for listener in self._listeners:
+            try:
+                listener(source, event, dest, kind)
+            except Exception:  # noqa: BLE001 - observers only observe
+                log.exception("[%s] transition listener raised; ignoring", self._label)
 
     def on_start(self, payload: Mapping[str, Any]) -> None:
         self._stats.reset_for_start(self._clock.time())
