@@ -101,7 +101,7 @@ class ClaimScheduler:
         tasks = list(self._in_flight.values())
         if not tasks:
             return
-        done, pending = await asyncio.wait(tasks, timeout=grace) if grace > 0 else (set(), tasks)
+        _, pending = await asyncio.wait(tasks, timeout=grace) if grace > 0 else (set(), tasks)
         for t in pending:
             t.cancel()
         if pending:
@@ -125,7 +125,7 @@ class ClaimScheduler:
             return False
         try:
             return bool(check(key))
-        except Exception:  # noqa: BLE001 - a broken check must not stop claiming
+        except Exception:
             log.exception("runtime.is_wake_active raised; treating %r as free", key)
             return False
 

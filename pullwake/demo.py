@@ -46,7 +46,6 @@ async def _wait(predicate: Any, timeout: float) -> bool:
 
 async def run_demo(*, verbose: bool = False, out: TextIO = sys.stdout) -> int:
     story = _Story(out)
-    handled: dict[str, int] = {}
     appended: dict[str, int] = {}
     seen: set[tuple[str, int]] = set()
     duplicates = 0

@@ -30,9 +30,9 @@ BASENAME = "lifecycle"
 FORMATS = ("dot", "svg", "png")
 
 
-class _GraphMachine(HierarchicalGraphMachine):  # type: ignore[misc]
+class _GraphMachine(HierarchicalGraphMachine):
     state_cls = _State
-    transition_cls = _Transition
+    transition_cls = _Transition  # type: ignore[assignment]
 
 
 class _Model:

@@ -69,7 +69,7 @@ def make_session(*, verify_tls: bool = True, connect_timeout: float | None = Non
     """A session for one runner: no cumulative timeout; TLS verified unless told not to."""
     timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=connect_timeout,
                                     sock_read=None)
-    ssl_ctx: ssl.SSLContext | bool = True if verify_tls else False
+    ssl_ctx: ssl.SSLContext | bool = bool(verify_tls)
     connector = aiohttp.TCPConnector(limit=limit, ssl=ssl_ctx, enable_cleanup_closed=False)
     return aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=True,
                                  raise_for_status=False, trust_env=False)
@@ -221,8 +221,8 @@ class HttpClient:
         if s is not None and s is not self._external and not s.closed:
             connector = s.connector
             if connector is not None:
-                connector._close()  # noqa: SLF001 - sync close of sockets
-            s._connector = None  # noqa: SLF001
+                connector._close()
+            s._connector = None
 
     @property
     def secrets(self) -> tuple[str, ...]:

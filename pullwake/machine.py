@@ -149,11 +149,11 @@ class WorkTicket:
         return f"<WorkTicket {self.work}#{self.epoch} {'current' if self.current else 'stale'}>"
 
 
-class _State(NestedState):  # type: ignore[misc]
+class _State(NestedState):
     separator = SEPARATOR
 
 
-class _Transition(NestedTransition):  # type: ignore[misc]
+class _Transition(NestedTransition):
     """A transitions Transition that remembers the spec's kind and ignore reason."""
 
     def __init__(
@@ -161,12 +161,12 @@ class _Transition(NestedTransition):  # type: ignore[misc]
         before: Any = None, after: Any = None, prepare: Any = None,
         kind: str = "transition", reason: str | None = None,
     ) -> None:
-        super().__init__(source, dest, conditions, unless, before, after, prepare)
+        super().__init__(source, dest, conditions, unless, before, after, prepare)  # type: ignore[arg-type]
         self.kind = kind
         self.reason = reason
 
 
-class _Machine(HierarchicalMachine):  # type: ignore[misc]
+class _Machine(HierarchicalMachine):
     state_cls = _State
     transition_cls = _Transition
 

@@ -368,7 +368,7 @@ def _build(raw: dict[str, Any], c: _Collector, hooks: frozenset[str]) -> Lifecyc
             dest = _resolve_dest(t.dest or "", t.source, states)
             if dest is None:
                 c.add("unknown-state", f"transition to unknown state {t.dest!r}",
-                      at=_state_at(t.source) + ("transitions", t.event),
+                      at=(*_state_at(t.source), "transitions", t.event),
                       state=t.source, event=t.event)
                 continue
             t = TransitionSpec(**{**t.__dict__, "dest": dest})
@@ -536,16 +536,21 @@ def _parse_states(
             c.add("schema", "'states' must be a mapping", at=(*sat, "states"), state=path)
             children_raw = {}
         initial = body.get("initial")
-        if children_raw and initial not in children_raw:
+        if children_raw and (not isinstance(initial, str) or initial not in children_raw):
             c.add("unknown-state", f"initial child {initial!r} is not a child of {path!r}",
                   at=(*sat, "initial"), state=path)
+            initial = None
         if not children_raw and initial is not None:
             c.add("schema", "'initial' on a state without children", at=(*sat, "initial"),
                   state=path)
             initial = None
         owns = body.get("owns")
         if owns is not None:
-            if owns not in work:
+            if not isinstance(owns, str):
+                c.add("schema", "'owns' must name one piece of work", at=(*sat, "owns"),
+                      state=path)
+                owns = None
+            elif owns not in work:
                 c.add("unknown-work", f"state owns unknown work {owns!r}", at=(*sat, "owns"),
                       state=path)
                 owns = None
@@ -717,7 +722,7 @@ def _check_reachable(spec: LifecycleSpec, c: _Collector) -> None:
     todo = [spec.initial]
     while todo:
         p = todo.pop()
-        if p in seen:
+        if p in seen or p not in spec.states:  # not in states: already reported
             continue
         seen.add(p)
         state = spec.states[p]
@@ -725,6 +730,8 @@ def _check_reachable(spec: LifecycleSpec, c: _Collector) -> None:
             todo.append(state.parent)
         if state.initial:
             todo.append(f"{p}{SEPARATOR}{state.initial}")
+        elif state.children:  # its bad 'initial' is already reported; no cascade
+            todo.extend(state.children)
         # Entering p means being in p's subtree: transitions of p's ancestors
         # apply, and so do those of any leaf of p we are in.
         for t in spec.transitions:

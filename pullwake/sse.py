@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 __all__ = ["Oversized", "SSEEvent", "SSEParser"]
 
+_BOM = b"\xef\xbb\xbf"
+
 
 @dataclass(frozen=True, slots=True)
 class SSEEvent:
@@ -49,18 +51,24 @@ class SSEParser:
         self._overflow = 0  # bytes discarded in the current oversized event
         self._overflow_line = False  # bytes discarded since the last line end
         self._started = False  # BOM handling
+        self._head = b""  # the first bytes, while they could still be a split BOM
 
     @property
     def pending(self) -> bool:
         """True when bytes of an unfinished event are buffered (a cut mid-event)."""
-        return bool(self._line or self._data or self._event or self._overflow)
+        return bool(self._line or self._data or self._event or self._overflow or self._head)
 
     def feed(self, chunk: bytes) -> list[SSEEvent | Oversized]:
         out: list[SSEEvent | Oversized] = []
         if not self._started and chunk:
+            chunk = self._head + chunk
+            if len(chunk) < len(_BOM) and _BOM.startswith(chunk):
+                self._head = chunk  # maybe a BOM split across chunks: decide later
+                return out
             self._started = True
-            if chunk.startswith(b"\xef\xbb\xbf"):
-                chunk = chunk[3:]
+            self._head = b""
+            if chunk.startswith(_BOM):
+                chunk = chunk[len(_BOM):]
         i = 0
         n = len(chunk)
         while i < n:
@@ -130,9 +138,8 @@ class SSEParser:
             self._data_size += len(value) + 1
         elif field == "event":
             self._event = value
-        elif field == "id":
-            if "\0" not in value:
-                self._id = value
+        elif field == "id" and "\0" not in value:
+            self._id = value
         # "retry" and unknown fields are ignored
         return None
 

@@ -147,7 +147,7 @@ class _NullEffects:
 
 def compute_table(spec: LifecycleSpec, lifecycle: Lifecycle | None = None) -> TransitionTable:
     """Read the table off a machine built from ``spec`` (a fresh one by default)."""
-    lc = lifecycle if lifecycle is not None else Lifecycle(_NullEffects(), spec)  # type: ignore[arg-type]
+    lc = lifecycle if lifecycle is not None else Lifecycle(_NullEffects(), spec)
     machine = lc.machine
     names = {p: s.name for p, s in spec.states.items()}
     columns: list[tuple[str, str]] = []

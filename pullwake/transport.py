@@ -205,7 +205,7 @@ class _SSEStream:
                                     url=self._req.url)
             cursor = ctl.get("streamCursor")
             return [Checkpoint(
-                next_offset=nxt,
+                next_offset=str(nxt),
                 cursor=cursor if isinstance(cursor, str) else None,
                 up_to_date=ctl.get("upToDate") is True,
                 closed=ctl.get("streamClosed") is True,
@@ -283,7 +283,14 @@ def aiohttp_stream_factory(session_getter: Callable[[], aiohttp.ClientSession],
 
     async def open_stream(req: StreamRequest) -> WakeStream:
         session = session_getter()
-        url = _query(req.url, _params(req.offset, req.live, req.cursor))
+        if req.live == "sse":
+            url = _query(req.url, _params(req.offset, req.live, req.cursor))
+        else:
+            # Long-poll connects with a catch-up read, which the server answers at
+            # once. A long-poll at the tail is held open for the server's own
+            # timeout (30 s on the reference server), longer than connect_timeout;
+            # the polls that follow are reads, bounded by read_idle_timeout.
+            url = _query(req.url, {"offset": req.offset})
         headers = dict(req.headers)
         if req.live == "sse":
             headers.setdefault("Accept", "text/event-stream")
