@@ -10,6 +10,11 @@ This module owns the subscription API calls and their error mapping:
   {"worker": name}``; the runner's own liveness heartbeat is a ``HEAD`` of the
   wake stream, so a hung server is noticed even when no lease is held.
 
+A claim that fails transiently (no answer, 429, 5xx) is retried with capped
+backoff (``Retry-After`` honoured): the wake event that triggered it was
+already read, and the server writes no new one while that wake is pending,
+so giving up would strand the subscription until some other wake arrived.
+
 Error mapping (by status and JSON code, never substring): 409 ``ALREADY_CLAIMED``
 / ``NO_PENDING_WORK`` → skip; 409 ``FENCED`` or 401 → :class:`LeaseLost`;
 404 ``SUBSCRIPTION_NOT_FOUND`` / 409 ``SUBSCRIPTION_ALREADY_EXISTS`` →
@@ -22,6 +27,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .clock import Clock, LoopClock, sleep
 from .control import SKIP_CODES, ClaimOutcome, WakeEvent
 from .errors import ConfigError, ControlPlaneError, LeaseLost, SubscriptionError
 from .http import HttpAnswer, HttpClient, raise_for_answer
@@ -37,6 +43,15 @@ __all__ = [
 
 NOT_FOUND = "SUBSCRIPTION_NOT_FOUND"
 EXISTS = "SUBSCRIPTION_ALREADY_EXISTS"
+INVALID_OFFSET = "INVALID_OFFSET"
+#: Retry delays of a transiently failed claim: 0.1 s doubling, capped at 5 s.
+CLAIM_RETRY_INITIAL_S = 0.1
+CLAIM_RETRY_CAP_S = 5.0
+
+
+def is_transient(exc: ControlPlaneError) -> bool:
+    """No answer (transport failure, timeout), 429 or 5xx: worth retrying."""
+    return exc.status is None or exc.status == 429 or exc.status >= 500
 
 
 @dataclass(frozen=True)
@@ -79,6 +94,25 @@ class ClaimedStream:
     has_pending: bool = True
 
 
+_REQUIRED: Any = object()
+_KINDS = {str: "a string", int: "an integer", bool: "a boolean", list: "an array"}
+
+
+def _field(obj: Mapping[str, Any], name: str, kind: type, *, where: str = "",
+           default: Any = _REQUIRED, status: int | None = None) -> Any:
+    """``obj[name]`` if it has type ``kind`` (a bool is not an integer), else a named error."""
+    if name not in obj:
+        if default is _REQUIRED:
+            raise ControlPlaneError(f"claim answer field '{where}{name}' is missing",
+                                    operation="claim", status=status)
+        return default
+    value = obj[name]
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise ControlPlaneError(f"claim answer field '{where}{name}' must be {_KINDS[kind]}, "
+                                f"got {type(value).__name__}", operation="claim", status=status)
+    return value
+
+
 @dataclass(frozen=True)
 class Claim:
     """A granted claim: the token authorises ack and release until the lease ends."""
@@ -91,20 +125,31 @@ class Claim:
     lease_ttl_ms: int
 
     @classmethod
-    def parse(cls, subscription_id: str, body: Mapping[str, Any]) -> Claim:
-        try:
-            streams = tuple(
-                ClaimedStream(path=str(s["path"]), acked_offset=str(s["acked_offset"]),
-                              tail_offset=str(s["tail_offset"]),
-                              has_pending=bool(s.get("has_pending", True)))
-                for s in body.get("streams", [])
-            )
-            return cls(subscription_id=subscription_id, wake_id=str(body["wake_id"]),
-                       generation=int(body["generation"]), token=str(body["token"]),
-                       streams=streams, lease_ttl_ms=int(body.get("lease_ttl_ms", 30_000)))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ControlPlaneError(f"claim answer has the wrong shape ({exc!r})",
-                                    operation="claim") from exc
+    def parse(cls, subscription_id: str, body: Mapping[str, Any], *,
+              status: int | None = None) -> Claim:
+        """Read a claim answer, type by type; a field that is wrong is named in the error.
+
+        ``status`` (of the answer) goes on the error: the server did answer.
+        """
+        streams = []
+        for i, s in enumerate(_field(body, "streams", list, default=[], status=status)):
+            if not isinstance(s, Mapping):
+                raise ControlPlaneError(f"claim answer field 'streams[{i}]' must be an "
+                                        f"object, got {type(s).__name__}", operation="claim",
+                                        status=status)
+            where = f"streams[{i}]."
+            streams.append(ClaimedStream(
+                path=_field(s, "path", str, where=where, status=status),
+                acked_offset=_field(s, "acked_offset", str, where=where, status=status),
+                tail_offset=_field(s, "tail_offset", str, where=where, status=status),
+                has_pending=_field(s, "has_pending", bool, where=where, default=True,
+                                   status=status)))
+        return cls(subscription_id=subscription_id,
+                   wake_id=_field(body, "wake_id", str, status=status),
+                   generation=_field(body, "generation", int, status=status),
+                   token=_field(body, "token", str, status=status), streams=tuple(streams),
+                   lease_ttl_ms=_field(body, "lease_ttl_ms", int, default=30_000,
+                                       status=status))
 
     def fence(self) -> dict[str, Any]:
         return {"wake_id": self.wake_id, "generation": self.generation}
@@ -169,7 +214,7 @@ class SubscriptionClient:
         if not isinstance(body, dict):
             raise ControlPlaneError("claim answer is not a JSON object", operation="claim",
                                     status=answer.status, url=url)
-        return Claim.parse(sub_id, body)
+        return Claim.parse(sub_id, body, status=answer.status)
 
     async def ack(self, http: HttpClient, claim: Claim, *,
                   acks: Sequence[tuple[str, str]] = (), done: bool = False,
@@ -216,18 +261,24 @@ class SubscriptionControlPlane:
 
     Only wakes of the given subscriptions are claimed (others sharing the wake
     stream are skipped). A claim that finds the subscription gone calls
-    ``on_missing(sub)`` (the worker re-creates it) and retries once.
+    ``on_missing(sub)`` (the worker re-creates it) and retries once. A claim
+    that fails transiently is retried until it gets an answer (each failure
+    goes to ``on_retry``); stopping the runner cancels it.
     """
 
     def __init__(self, client: SubscriptionClient, *, worker: str,
                  subscriptions: Mapping[str, SubscriptionConfig], wake_stream_url: str,
                  on_missing: Callable[[HttpClient, SubscriptionConfig], Awaitable[None]],
-                 on_connected: Callable[[HttpClient], Awaitable[None]] | None = None) -> None:
+                 on_connected: Callable[[HttpClient], Awaitable[None]] | None = None,
+                 on_retry: Callable[[BaseException], None] | None = None,
+                 clock: Clock | None = None) -> None:
         self.client = client
         self.worker = worker
         self.subscriptions = subscriptions
         self.wake_stream_url = wake_stream_url
         self._on_missing = on_missing
+        self._on_retry = on_retry
+        self._clock: Clock = clock or LoopClock()
         if on_connected is not None:
             self.on_connected = on_connected
 
@@ -238,16 +289,32 @@ class SubscriptionControlPlane:
         sub = self.subscriptions.get(wake.subscription_id or "")
         if sub is None:
             return ClaimOutcome.skip("not_ours")
+        delay = CLAIM_RETRY_INITIAL_S
+        while True:
+            try:
+                result = await self._claim_once(http, sub)
+                break
+            except ControlPlaneError as exc:
+                if not is_transient(exc):
+                    raise
+                if self._on_retry is not None:
+                    self._on_retry(exc)
+                wait = delay if exc.retry_after is None else min(exc.retry_after,
+                                                                 CLAIM_RETRY_CAP_S)
+                await sleep(self._clock, wait)
+                delay = min(delay * 2, CLAIM_RETRY_CAP_S)
+        if isinstance(result, str):
+            return ClaimOutcome.skip(result)
+        return ClaimOutcome(True, {"claim": result})
+
+    async def _claim_once(self, http: HttpClient, sub: SubscriptionConfig) -> Claim | str:
         try:
-            result = await self.client.claim(http, sub.id, self.worker)
+            return await self.client.claim(http, sub.id, self.worker)
         except SubscriptionError as exc:
             if exc.code != NOT_FOUND:
                 raise
             await self._on_missing(http, sub)
-            result = await self.client.claim(http, sub.id, self.worker)
-        if isinstance(result, str):
-            return ClaimOutcome.skip(result)
-        return ClaimOutcome(True, {"claim": result})
+            return await self.client.claim(http, sub.id, self.worker)
 
     async def heartbeat(self, http: HttpClient, *, lease_ms: int, offset: str | None,
                         diagnostics: Mapping[str, Any]) -> None:

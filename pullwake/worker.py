@@ -40,14 +40,16 @@ from .clock import Clock, LoopClock, sleep
 from .config import RunnerConfig
 from .errors import (
     ConfigError,
+    ControlPlaneError,
     HandlerError,
     LeaseLost,
     PullwakeError,
     SubscriptionError,
 )
-from .http import HttpClient, HeadersSource
+from .http import HeadersSource, HttpClient
 from .runner import PullWakeRunner
 from .subscriptions import (
+    INVALID_OFFSET,
     NOT_FOUND,
     Claim,
     ClaimedStream,
@@ -216,6 +218,9 @@ class Worker:
         self._confirmed: set[str] = set()
         self._ledger: dict[str, dict[str, str]] = {s: {} for s in self.subscriptions}
         self._closing = False
+        #: Bounds running handlers even when claims for several subscriptions
+        #: complete at once (is_wake_active only holds back *new* claims).
+        self._slots = asyncio.Semaphore(max_concurrency)
         opts: dict[str, Any] = {
             "base_url": self.server,
             "runner_id": self.worker_name,
@@ -236,7 +241,7 @@ class Worker:
         control = SubscriptionControlPlane(
             self._client, worker=self.worker_name, subscriptions=self.subscriptions,
             wake_stream_url=config.wake_stream_url, on_missing=self._recreate,
-            on_connected=self._on_connected)
+            on_connected=self._on_connected, on_retry=self._report, clock=clock)
         self.runner = PullWakeRunner(config, self, control_plane=control)
         self._http: HttpClient = self.runner.http
 
@@ -308,12 +313,13 @@ class Worker:
         self._closing = True
 
     async def drain_wakes(self) -> None:
-        jobs = list(self._jobs.values())
+        # Recovered wakes get the same grace: nothing else would hand them over.
+        jobs = [*self._jobs.values(), *self._recoveries]
         if not jobs:
             return
         _, pending = await asyncio.wait(jobs, timeout=self.stop_grace)
         for t in pending:
-            t.cancel()  # the job releases its claim on the way out
+            t.cancel()  # a job releases its claim on the way out
         if pending:
             log.warning("[%s] %d handler(s) still running after %.3gs: released",
                         self.worker_name, len(pending), self.stop_grace)
@@ -362,12 +368,13 @@ class Worker:
         await self._finish(claim, wake)
 
     async def _call_handler(self, wake: Wake) -> None:
-        if inspect.iscoroutinefunction(self.handler):
-            await self.handler(wake)
-            return
-        result = await asyncio.to_thread(self.handler, wake)
-        if inspect.isawaitable(result):
-            await result
+        async with self._slots:  # the lease is kept while a job waits for a slot
+            if inspect.iscoroutinefunction(self.handler):
+                await self.handler(wake)
+                return
+            result = await asyncio.to_thread(self.handler, wake)
+            if inspect.isawaitable(result):
+                await result
 
     async def _keep_lease(self, claim: Claim) -> None:
         """Extend the lease every third of its TTL until cancelled; return when lost."""
@@ -397,7 +404,18 @@ class Worker:
             if end > s.acked_offset:
                 acks.append((s.path, end))
         try:
-            await self._client.ack(self._http, claim, acks=acks, done=True)
+            try:
+                await self._client.ack(self._http, claim, acks=acks, done=True)
+            except ControlPlaneError as exc:
+                # A file-backed server can serve a read past the tail it checks
+                # acks against (the append is on disk, its offset not yet
+                # committed): ack what the claim handed over instead. Messages
+                # read past it come again in the next wake.
+                clamped = [(p, min(o, self._tail_of(claim, p))) for p, o in acks]
+                if exc.code != INVALID_OFFSET or clamped == acks:
+                    raise
+                acks = clamped
+                await self._client.ack(self._http, claim, acks=acks, done=True)
         except (LeaseLost, SubscriptionError) as exc:
             self.stats.leases_lost += 1
             self._report(exc)
@@ -410,6 +428,10 @@ class Worker:
         for path, offset in acks:
             if offset > ledger.get(path, "-1"):
                 ledger[path] = offset
+
+    @staticmethod
+    def _tail_of(claim: Claim, path: str) -> str:
+        return next(s.tail_offset for s in claim.streams if s.path == path)
 
     async def _release(self, claim: Claim, *, why: str) -> None:
         try:
@@ -441,6 +463,9 @@ class Worker:
 
     async def _recreate(self, http: HttpClient, sub: SubscriptionConfig, *,
                         quiet: bool = False) -> None:
+        # What we knew acked *before* the PUT: once the new subscription
+        # exists, claims on it teach the ledger its fresh (skipped-to) offsets.
+        known = dict(self._ledger.setdefault(sub.id, {}))
         created = await self._client.ensure_subscription(http, sub)
         if not created:
             return
@@ -448,38 +473,64 @@ class Worker:
             self.stats.subscriptions_recreated += 1
             log.warning("[%s] subscription %r was gone (server restart?): re-created",
                         self.worker_name, sub.id)
-            task = asyncio.ensure_future(self._recover(http, sub))
+            task = asyncio.ensure_future(self._recover(http, sub, known))
+            task.set_name(f"pullwake-recover[{sub.id}]")
             self._recoveries.add(task)
             task.add_done_callback(self._recoveries.discard)
         self._confirmed.add(sub.id)
 
-    async def _recover(self, http: HttpClient, sub: SubscriptionConfig) -> None:
-        """Hand over ranges the re-created subscription skipped (at least once)."""
-        body = await self._client.get_subscription(http, sub.id)
-        if body is None:
+    async def _recover(self, http: HttpClient, sub: SubscriptionConfig,
+                       known: Mapping[str, str]) -> None:
+        """Hand over ranges the re-created subscription skipped (at least once).
+
+        The new subscription starts every stream at its tail, so
+        ``(known, acked now]`` may never have reached a handler. Nothing else
+        will ever hand it over, so a failed look-up or handler is retried
+        (cooling down like a failed wake) until it succeeds or the worker stops.
+        """
+        failures = 0
+        while True:
+            if failures:
+                await sleep(self._clock, min(30.0, 2.0 ** (failures - 1)))
+            try:
+                body = await self._client.get_subscription(http, sub.id)
+            except PullwakeError as exc:
+                failures += 1
+                self._report(exc)
+                continue
+            if body is None:  # gone again: it will be re-created; keep our range
+                failures += 1
+                continue
+            streams = []
+            for s in body.get("streams", []):
+                path, server_acked = str(s.get("path")), str(s.get("acked_offset"))
+                start = known.get(path, "-1")
+                if server_acked > start:
+                    streams.append(ClaimedStream(path=path, acked_offset=start,
+                                                 tail_offset=server_acked))
+            if not streams:
+                return
+            wake = Wake(subscription_id=sub.id, wake_id=None, generation=None,
+                        streams=tuple(streams), recovered=True, _worker=self)
+            try:
+                await self._call_handler(wake)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - reported, then retried
+                failures += 1
+                self.stats.handler_errors += 1
+                herr = HandlerError(f"handler failed on a recovered wake of {sub.id}: "
+                                    f"{type(exc).__name__}: {self._http.scrub(str(exc))}")
+                herr.__cause__ = exc
+                self._report(herr)
+                continue
+            self.stats.recovered_wakes += 1
+            ledger = self._ledger.setdefault(sub.id, {})
+            for s in streams:
+                end = max(s.tail_offset, wake._read.get(s.path, ""))
+                if end > ledger.get(s.path, "-1"):
+                    ledger[s.path] = end
             return
-        ledger = self._ledger.setdefault(sub.id, {})
-        streams = []
-        for s in body.get("streams", []):
-            path, server_acked = str(s.get("path")), str(s.get("acked_offset"))
-            known = ledger.get(path, "-1")
-            if server_acked > known:
-                streams.append(ClaimedStream(path=path, acked_offset=known,
-                                             tail_offset=server_acked))
-        if not streams:
-            return
-        wake = Wake(subscription_id=sub.id, wake_id=None, generation=None,
-                    streams=tuple(streams), recovered=True, _worker=self)
-        try:
-            await self._call_handler(wake)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - reported
-            self._report(HandlerError(f"handler failed on a recovered wake of {sub.id}: {exc}"))
-            return
-        self.stats.recovered_wakes += 1
-        for s in streams:
-            ledger[s.path] = max(s.tail_offset, wake._read.get(s.path, ""))
 
     async def _cancel_recoveries(self) -> None:
         for t in list(self._recoveries):
@@ -509,6 +560,6 @@ class Worker:
         if self._on_error is not None:
             try:
                 self._on_error(error)
-            except Exception:  # noqa: BLE001 - the reporter only reports
+            except Exception:
                 log.exception("[%s] on_error raised; ignoring", self.worker_name)
 
