@@ -18,12 +18,13 @@ Owns the claim tasks of one runner. A wake is a hint; the claim decides.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .clock import Clock, TimerHandle
+from .clock import Clock, TimerHandle, deadline
 from .control import ControlPlane, WakeEvent
 from .health import Stats
 from .http import HttpClient
@@ -97,11 +98,18 @@ class ClaimScheduler:
         self._start(key, wake)
 
     async def settle(self, grace: float) -> None:
-        """Wait up to ``grace`` seconds for in-flight claims, then cancel the rest."""
+        """Wait up to ``grace`` seconds for in-flight claims, then cancel the rest.
+
+        The grace runs on the injectable clock, like every other timeout.
+        """
         tasks = list(self._in_flight.values())
         if not tasks:
             return
-        _, pending = await asyncio.wait(tasks, timeout=grace) if grace > 0 else (set(), tasks)
+        if grace > 0:
+            with contextlib.suppress(TimeoutError):
+                async with deadline(self._clock, grace):
+                    await asyncio.wait(tasks)
+        pending = [t for t in tasks if not t.done()]
         for t in pending:
             t.cancel()
         if pending:

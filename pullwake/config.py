@@ -142,6 +142,9 @@ class RunnerConfig:
             or not self.claim_token_header.replace("-", "").isalnum()
         ):
             raise ConfigError("claim_token_header must be a header name")
+        if not isinstance(self.verify_tls, bool):
+            raise ConfigError(f"verify_tls must be True or False, got {self.verify_tls!r}: "
+                              "TLS verification is turned off only by verify_tls=False")
         if self.on_error is not None and not callable(self.on_error):
             raise ConfigError("on_error must be callable")
 
