@@ -27,6 +27,7 @@ discarded if the lease was lost meanwhile).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import socket
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from .clock import Clock, LoopClock, sleep
+from .clock import Clock, LoopClock, deadline, sleep
 from .config import RunnerConfig
 from .errors import (
     ConfigError,
@@ -317,7 +318,11 @@ class Worker:
         jobs = [*self._jobs.values(), *self._recoveries]
         if not jobs:
             return
-        _, pending = await asyncio.wait(jobs, timeout=self.stop_grace)
+        if self.stop_grace > 0:
+            with contextlib.suppress(TimeoutError):
+                async with deadline(self._clock, self.stop_grace):
+                    await asyncio.wait(jobs)
+        pending = [t for t in jobs if not t.done()]
         for t in pending:
             t.cancel()  # a job releases its claim on the way out
         if pending:

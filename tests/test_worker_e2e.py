@@ -274,10 +274,15 @@ async def test_two_workers_each_generation_handled_by_exactly_one(
     w1 = make_worker(ds_server, reading_handler(seen, "w1", delay=0.02), name="w1")
     w2 = make_worker(ds_server, reading_handler(seen, "w2", delay=0.02), name="w2")
     async with running(w1), running(w2):
-        for batch in range(6):  # waves of work so both get a chance to win claims
-            await produce(http, ds_server, paths, 10, start=batch * 10)
+        batches = 0
+        # Waves of work until both have won claims (bounded): the test must see
+        # two workers competing, or "exactly one" would hold trivially.
+        while batches < 6 or ({w for w, _, _, _ in seen.wakes} != {"w1", "w2"}
+                              and batches < 40):
+            await produce(http, ds_server, paths, 10, start=batches * 10)
+            batches += 1
             await asyncio.sleep(0.05)
-        await settle(ds_server, seen, paths, expected(paths, 60))
+        await settle(ds_server, seen, paths, expected(paths, 10 * batches))
     gens = seen.generations()
     assert None not in gens
     duplicates = sorted({g for g in gens if gens.count(g) > 1})
