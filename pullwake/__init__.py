@@ -3,6 +3,18 @@
 Start at README.md; the lifecycle lives in machine_spec.yaml (docs/lifecycle.md).
 """
 
+from .cache import (
+    FetchCacheInfo,
+    FetchCacheWarning,
+    cached_session,
+    fetch_cache_info,
+    fetch_cache_installed,
+    install_fetch_cache,
+    uninstall_fetch_cache,
+)
+from .clock import Clock, LoopClock
+from .config import RunnerConfig
+from .control import ClaimOutcome, ControlPlane, ElectricControlPlane, WakeEvent
 from .errors import (
     CacheError,
     ConfigError,
@@ -25,11 +37,9 @@ from .errors import (
     SubscriptionError,
     TransportError,
 )
-from .clock import Clock, LoopClock
-from .config import RunnerConfig
-from .control import ClaimOutcome, ControlPlane, ElectricControlPlane, WakeEvent
 from .health import Health
 from .machine import Lifecycle, LifecycleEffects, WorkTicket
+from .reader import ReadResult, read_stream
 from .runner import PullWakeRunner, Runtime
 from .spec import LifecycleSpec, load_spec
 from .subscriptions import ClaimedStream, SubscriptionConfig
@@ -42,45 +52,54 @@ __all__ = [
     "CacheError",
     "ClaimOutcome",
     "ClaimedStream",
-    "SubscriptionConfig",
-    "Wake",
-    "Worker",
-    "WorkerStats",
     "Clock",
-    "ControlPlane",
-    "ElectricControlPlane",
-    "Health",
-    "LoopClock",
-    "PullWakeRunner",
-    "RunnerConfig",
-    "Runtime",
-    "StreamFactory",
-    "StreamRequest",
-    "WakeEvent",
-    "WakeStream",
     "ConfigError",
     "ConnectError",
     "ConnectTimeout",
+    "ControlPlane",
     "ControlPlaneError",
+    "ElectricControlPlane",
+    "FetchCacheInfo",
+    "FetchCacheWarning",
     "HandlerError",
+    "Health",
     "IdleTimeout",
     "InvalidMessage",
     "LeaseLost",
     "Lifecycle",
     "LifecycleEffects",
     "LifecycleSpec",
+    "LoopClock",
     "MalformedMessage",
     "MessageError",
     "OversizedMessage",
     "ProtocolError",
+    "PullWakeRunner",
     "PullwakeError",
+    "ReadResult",
     "RequestTimeout",
+    "RunnerConfig",
+    "Runtime",
     "SpecError",
     "SpecErrors",
+    "StreamFactory",
+    "StreamRequest",
     "StreamStatusError",
+    "SubscriptionConfig",
     "SubscriptionError",
     "TransportError",
+    "Wake",
+    "WakeEvent",
+    "WakeStream",
     "WorkTicket",
+    "Worker",
+    "WorkerStats",
     "__version__",
+    "cached_session",
+    "fetch_cache_info",
+    "fetch_cache_installed",
+    "install_fetch_cache",
     "load_spec",
+    "read_stream",
+    "uninstall_fetch_cache",
 ]

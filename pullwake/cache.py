@@ -3,9 +3,10 @@
 This module owns everything about caching catch-up chunks: the process-wide
 install (:func:`install_fetch_cache` / :func:`uninstall_fetch_cache`), the
 scoped alternative (:func:`cached_session`), what may be cached (the filter),
-the cache key (credential-aware), and the two stores (a bounded in-memory LRU
-and one SQLite file). It is built on requests-cache's ``CacheMixin`` and
-backends; see ``docs/cache.md`` for the reasoning behind each choice.
+the cache key (credential-aware), and the two stores (a bounded in-memory LRU,
+and a SQLite file opened once per process, shared, and written behind). It is
+built on requests-cache's ``CacheMixin`` and backends; see ``docs/cache.md``
+for the reasoning behind each choice.
 
 Rules this module keeps:
 
@@ -18,7 +19,8 @@ Rules this module keeps:
 * **Only data-bearing catch-up chunks are cached**: ``GET`` with one
   ``offset`` (not ``now``), no ``live``, status 200, a ``Stream-Next-Offset``
   that moved, a non-empty body that is not ``[]``, no ``Set-Cookie``, no
-  ``no-store``. Every other request skips the cache entirely (no lookup).
+  ``no-store``. A request not shaped like a catch-up read skips the cache
+  entirely (no key, no lookup).
 * **The stored copy never claims to be up to date.** ``Stream-Up-To-Date`` is
   a fact about the moment of the response, not about the immutable bytes, so
   it is dropped from what is stored; a reader served from the cache always
@@ -38,7 +40,9 @@ translation of ``requests`` exceptions lives in :mod:`pullwake.reader`.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
+import json
 import logging
 import math
 import os
@@ -47,11 +51,12 @@ import sqlite3
 import threading
 import time
 import warnings
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -59,10 +64,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import requests
 import requests.sessions
 from requests.cookies import RequestsCookieJar
+from requests.hooks import dispatch_hook
 from requests.structures import CaseInsensitiveDict
 from requests_cache.backends.base import BaseCache, BaseStorage, DictStorage
 from requests_cache.backends.sqlite import SQLiteDict
-from requests_cache.cache_keys import create_key
+from requests_cache.models.request import CachedRequest
 from requests_cache.models.response import CachedResponse
 from requests_cache.policy import CacheSettings
 from requests_cache.session import CacheMixin
@@ -135,6 +141,13 @@ _SECRET_QUERY_KEYS = frozenset(
         "sig",
     }
 )
+_BODY_READ_BYTES = 256 * 1024
+#: The SQLite writer thread exits after this long without work (restarted on demand).
+_WRITER_IDLE_S = 5.0
+#: Request headers that take a request off the fast hit path (requests-cache decides).
+_DEFER_REQUEST_HEADERS = ("Cache-Control", "Pragma", "If-None-Match", "If-Modified-Since")
+#: Part of every key: bump it when the key or the stored format changes.
+_KEY_VERSION = "pullwake-fetch-cache-v1"
 _HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _REDACTED = "REDACTED"
 
@@ -145,7 +158,12 @@ class FetchCacheWarning(UserWarning):
 
 @dataclass(frozen=True, kw_only=True)
 class FetchCacheInfo:
-    """What the process-wide fetch cache is, as installed."""
+    """What the process-wide fetch cache is, as installed.
+
+    ``layers`` counts pullwake cache layers in ``requests.sessions.Session``'s
+    MRO (1 when installed, whatever was called how often); ``degraded`` is true
+    while a failing SQLite store is being bypassed.
+    """
 
     store: Store
     path: Path | None
@@ -154,6 +172,7 @@ class FetchCacheInfo:
     max_entry_bytes: int
     entries: int
     degraded: bool
+    layers: int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -216,11 +235,22 @@ def is_cacheable_response(response: Any, max_entry_bytes: int = DEFAULT_MAX_ENTR
     length = headers.get("Content-Length", "")
     if length.isdigit() and int(length) > max_entry_bytes:
         return False
-    body = response.content
+    body = _read_all(response)
     if not body or len(body) > max_entry_bytes:
         return False
-    stripped = body.strip()
-    return bool(stripped) and stripped != b"[]"
+    # Only a tiny body can be empty: never copy a large one just to strip it.
+    return len(body) > 64 or body.strip() not in (b"", b"[]")
+
+
+def _read_all(response: Any) -> bytes | None:
+    """``response.content``, read in large pieces (requests reads 10 KiB at a time)."""
+    if getattr(response, "_content", None) is False and not getattr(
+        response, "_content_consumed", True
+    ):
+        response._content = b"".join(response.iter_content(_BODY_READ_BYTES))
+        response._content_consumed = True
+    body: bytes | None = response.content
+    return body
 
 
 def _header_text(value: Any) -> str:
@@ -229,6 +259,7 @@ def _header_text(value: Any) -> str:
     return str(value)
 
 
+@functools.lru_cache(maxsize=1024)
 def _is_credential_header(name: str, extra: frozenset[str]) -> bool:
     lowered = name.lower()
     return (
@@ -238,13 +269,22 @@ def _is_credential_header(name: str, extra: frozenset[str]) -> bool:
     )
 
 
+def _key_url(url: str) -> str:
+    """The URL as keyed: scheme and host lower-cased, query pairs sorted (not decoded)."""
+    parts = urlsplit(url)
+    query = "&".join(sorted(p for p in parts.query.split("&") if p))
+    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path or "/", query, ""))
+
+
 def _make_key_fn(extra_headers: frozenset[str]) -> Callable[..., str]:
     """A requests-cache ``key_fn`` whose key includes every credential of the request.
 
     requests-cache's default key leaves ``Authorization`` and API-key query
     parameters *out* of the key (they are in its default ``ignored_parameters``),
-    which would serve one tenant's chunk to another. Here the URL is keyed raw
-    (query secrets included) and each credential header's value is hashed in.
+    which would serve one tenant's chunk to another. This key hashes the method,
+    the raw URL (query secrets and userinfo included), ``verify``, the body, the
+    value of every credential header, and any headers requests-cache asks to
+    match (``Vary``). It is also cheap: no URL normalisation library, no copy.
     """
 
     def key_fn(
@@ -255,24 +295,29 @@ def _make_key_fn(extra_headers: frozenset[str]) -> Callable[..., str]:
         content_root_key: Any = None,
         **kwargs: Any,
     ) -> str:
-        base = create_key(
-            request,
-            ignored_parameters=None,
-            match_headers=match_headers,
-            serializer=serializer,
-            content_root_key=content_root_key,
-            **kwargs,
-        )
         headers = getattr(request, "headers", None) or {}
+        digest = hashlib.blake2b(digest_size=16)
+        body = getattr(request, "body", None) or b""
+        parts = [
+            _KEY_VERSION,
+            (getattr(request, "method", None) or "GET").upper(),
+            _key_url(str(getattr(request, "url", "") or "")),
+            str(bool(kwargs.get("verify", True))),
+        ]
+        for part in parts:
+            digest.update(part.encode("utf-8", "surrogateescape") + b"\0")
+        digest.update(body if isinstance(body, bytes) else str(body).encode("utf-8", "replace"))
+        if match_headers is True:
+            wanted = {str(name).lower() for name in headers}
+        elif match_headers:
+            wanted = {str(name).lower() for name in match_headers}
+        else:
+            wanted = set()
         material = sorted(
             (str(name).lower(), _header_text(value))
             for name, value in headers.items()
-            if _is_credential_header(str(name), extra_headers)
+            if str(name).lower() in wanted or _is_credential_header(str(name), extra_headers)
         )
-        if not material:
-            return str(base)
-        digest = hashlib.blake2b(digest_size=16)
-        digest.update(str(base).encode())
         for name, value in material:
             digest.update(b"\0" + name.encode() + b"\0" + value.encode("utf-8", "surrogateescape"))
         return digest.hexdigest()
@@ -315,6 +360,77 @@ def _redacted_copy(response: CachedResponse, extra_headers: frozenset[str]) -> C
 # --------------------------------------------------------------------------- stores
 
 
+class _EntrySerializer:
+    """Stores a cached response as ``MAGIC | len | JSON header | raw body``.
+
+    Safe to load from an untrusted file (no pickle), and fast: the body is
+    stored as it is, with no base64 or per-field structuring. Anything that
+    does not parse raises ``ValueError`` (the entry is then a miss).
+    """
+
+    MAGIC = b"PWFC1"
+
+    def dumps(self, response: CachedResponse) -> bytes:
+        request = response.request
+        header = {
+            "status": response.status_code,
+            "reason": response.reason,
+            "url": response.url,
+            "encoding": response.encoding,
+            "headers": [[str(k), str(v)] for k, v in response.headers.items()],
+            "created_at": response.created_at.timestamp() if response.created_at else None,
+            "expires": response.expires.timestamp() if response.expires else None,
+            "elapsed": response.elapsed.total_seconds() if response.elapsed else 0.0,
+            "request": {
+                "method": request.method,
+                "url": request.url,
+                "headers": [[str(k), str(v)] for k, v in (request.headers or {}).items()],
+            },
+        }
+        meta = json.dumps(header, separators=(",", ":")).encode()
+        return b"".join((self.MAGIC, len(meta).to_bytes(4, "big"), meta, response.content or b""))
+
+    def loads(self, data: bytes) -> CachedResponse:
+        raw = bytes(data)
+        if not raw.startswith(self.MAGIC):
+            raise ValueError("not a pullwake fetch-cache entry")
+        start = len(self.MAGIC) + 4
+        size = int.from_bytes(raw[len(self.MAGIC) : start], "big")
+        header = json.loads(raw[start : start + size])
+        request = header["request"]
+
+        def when(value: Any) -> Any:  # CachedResponse's fields accept None
+            return None if value is None else datetime.fromtimestamp(float(value), UTC)
+
+        return CachedResponse(
+            content=raw[start + size :],
+            status_code=int(header["status"]),
+            reason=header["reason"],
+            url=header["url"],
+            encoding=header["encoding"],
+            headers=CaseInsensitiveDict({str(k): str(v) for k, v in header["headers"]}),
+            created_at=when(header["created_at"]),
+            expires=when(header["expires"]),
+            elapsed=timedelta(seconds=float(header["elapsed"])),
+            request=CachedRequest(
+                method=request["method"],
+                url=request["url"],
+                headers=CaseInsensitiveDict({str(k): str(v) for k, v in request["headers"]}),
+            ),
+        )
+
+    def __repr__(self) -> str:
+        return "_EntrySerializer(v1)"
+
+
+def _copy_response(item: CachedResponse, key: str) -> CachedResponse:
+    """A copy that shares only the immutable body with ``item``."""
+    found: CachedResponse = CachedResponse.from_response(item)
+    found.headers = CaseInsensitiveDict(item.headers)
+    found.cache_key = key
+    return found
+
+
 class _MemoryStorage(BaseStorage[str, CachedResponse]):
     """A thread-safe LRU of cached responses, bounded by total body bytes.
 
@@ -334,10 +450,7 @@ class _MemoryStorage(BaseStorage[str, CachedResponse]):
         with self._lock:
             item = self._data[key]
             self._data.move_to_end(key)
-        found: CachedResponse = CachedResponse.from_response(item)
-        found.headers = CaseInsensitiveDict(item.headers)
-        found.cache_key = key
-        return found
+        return _copy_response(item, key)
 
     def __setitem__(self, key: str, value: CachedResponse) -> None:
         size = len(value.content or b"") + 1024
@@ -396,29 +509,88 @@ class _SQLiteStorage(SQLiteDict):
       ``BEGIN IMMEDIATE`` forever); all statements are serialised on one lock.
     * After open, a failing read is a miss and a failing write is skipped, with
       one warning; the store is then bypassed for ``STORE_RETRY_AFTER_S``.
-    * JSON serialisation, not pickle: a tampered cache file cannot run code.
+    * Entries are a JSON header plus the raw body (:class:`_EntrySerializer`),
+      not pickle: a tampered cache file cannot run code, and no base64.
+    * WAL journal (``synchronous=NORMAL``): readers and the writer do not block
+      each other and a commit does not wait for fsync; a crash can lose the
+      last writes, which for a cache only means misses.
+    * Write-behind: a miss hands its entry to one writer thread and returns;
+      until the entry is written, reads find it in the pending map, so a read
+      right after a miss is still a hit. Pending bytes are bounded (further
+      writes are dropped) and :meth:`shutdown` drains them before closing.
     """
 
-    def __init__(self, db_path: Path, *, lock_timeout_s: float) -> None:
+    def __init__(
+        self, db_path: Path, *, lock_timeout_s: float, max_pending_bytes: int = 64 * 1024 * 1024
+    ) -> None:
         self._retry_at = 0.0
         self._degraded = False
         self._shut = False
         self._state_lock = threading.Lock()
+        self._lock_timeout_s = lock_timeout_s
+        self._pending: dict[str, tuple[Any, int]] = {}
+        self._pending_bytes = 0
+        self._max_pending_bytes = max_pending_bytes
+        self._wake = threading.Condition(threading.Lock())
+        self._writer: threading.Thread | None = None
+        self._stopping = False
+        self.users = 0  # backends sharing this store (see _open_sqlite)
         try:
             super().__init__(
                 db_path,
                 table_name="responses",
-                serializer="json",
+                serializer=None,
                 timeout=lock_timeout_s,
+                wal=True,
             )
         except BaseException:
             self.shutdown()
             raise
+        self.serializer = _EntrySerializer()  # type: ignore[assignment]
+
+    @property
+    def closed(self) -> bool:
+        return self._shut or self._stopping
 
     def shutdown(self) -> None:
-        """Close the handle for good: later operations are misses, never a reopen."""
+        """Write what is pending, then close the handle for good (never reopened)."""
+        with self._wake:
+            self._stopping = True
+            writer = self._writer
+            self._wake.notify_all()
+        if writer is not None and writer is not threading.current_thread():
+            writer.join(self._lock_timeout_s + 5.0)
         self._shut = True
         self.close()  # type: ignore[no-untyped-call]
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every pending entry is written (or dropped); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._wake:
+            while self._pending:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._wake.wait(remaining)
+        return True
+
+    def _run_writer(self) -> None:
+        while True:
+            with self._wake:
+                if not self._pending and not self._stopping:
+                    # Idle: exit after a while so an abandoned store can be collected.
+                    self._wake.wait(_WRITER_IDLE_S)
+                if not self._pending:
+                    self._writer = None
+                    return
+                key, (value, size) = next(iter(self._pending.items()))
+            self._store(key, value)  # the entry stays readable in _pending meanwhile
+            with self._wake:
+                current = self._pending.get(key)
+                if current is not None and current[0] is value:
+                    del self._pending[key]
+                    self._pending_bytes -= size
+                self._wake.notify_all()
 
     @contextmanager
     def connection(self, commit: bool = False) -> Iterator[sqlite3.Connection]:
@@ -445,7 +617,7 @@ class _SQLiteStorage(SQLiteDict):
             self._retry_at = time.monotonic() + STORE_RETRY_AFTER_S
         log = logger.warning if first else logger.debug
         log(
-            "fetch cache: SQLite store %s failed (%s: %s); reading uncached, retrying in %.0f s",
+            "fetch cache: SQLite store %s failed (%s: %s); reading uncached, retrying in %g s",
             operation,
             type(exc).__name__,
             exc,
@@ -453,6 +625,7 @@ class _SQLiteStorage(SQLiteDict):
         )
 
     def _ok(self) -> None:
+        """A write succeeded: the store is healthy again (a read alone does not prove it)."""
         if self._degraded:
             with self._state_lock:
                 self._degraded = False
@@ -469,7 +642,7 @@ class _SQLiteStorage(SQLiteDict):
             try:
                 con.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
-                if "locked" in str(exc) or "busy" in str(exc):
+                if _sqlite_error_kind(exc) == "locked":
                     raise _StoreBusy(str(exc)) from exc
                 raise
             self._active_transaction = True
@@ -487,11 +660,15 @@ class _SQLiteStorage(SQLiteDict):
     def deserialize(self, key: Any, value: Any) -> Any:
         try:
             return super().deserialize(key, value)
-        except Exception as exc:  # a corrupt row is a miss, whatever the decoder raised
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
             logger.debug("fetch cache: unreadable entry dropped (%s)", type(exc).__name__)
             return None
 
     def __getitem__(self, key: str) -> Any:
+        with self._wake:
+            pending = self._pending.get(key)
+        if pending is not None:
+            return _copy_response(pending[0], key)
         if self._skipping():
             raise KeyError(key)
         try:
@@ -502,13 +679,34 @@ class _SQLiteStorage(SQLiteDict):
         except (sqlite3.Error, _StoreBusy) as exc:
             self._fail("read", exc)
             raise KeyError(key) from None
-        self._ok()
         value = self.deserialize(key, row[0]) if row else None
         if value is None:
             raise KeyError(key)
         return value
 
     def _write(self, key: str, value: Any) -> None:
+        if self._skipping():
+            return
+        size = len(getattr(value, "content", b"") or b"") + 1024
+        with self._wake:
+            if self._stopping:
+                return
+            previous = self._pending.pop(key, None)
+            if previous is not None:
+                self._pending_bytes -= previous[1]
+            if self._pending_bytes + size > self._max_pending_bytes:
+                logger.debug("fetch cache: write dropped, %d bytes pending", self._pending_bytes)
+                return
+            self._pending[key] = (value, size)
+            self._pending_bytes += size
+            if self._writer is None:
+                self._writer = threading.Thread(
+                    target=self._run_writer, name="pullwake-fetch-cache-writer", daemon=True
+                )
+                self._writer.start()
+            self._wake.notify_all()
+
+    def _store(self, key: str, value: Any) -> None:
         if self._skipping():
             return
         expires = getattr(value, "expires_unix", None)
@@ -525,7 +723,13 @@ class _SQLiteStorage(SQLiteDict):
         self._ok()
 
     def __delitem__(self, key: str) -> None:
+        with self._wake:
+            pending = self._pending.pop(key, None)
+            if pending is not None:
+                self._pending_bytes -= pending[1]
         if self._skipping():
+            if pending is not None:
+                return
             raise KeyError(key)
         try:
             with self._lock:
@@ -534,6 +738,8 @@ class _SQLiteStorage(SQLiteDict):
                         f"SELECT 1 FROM {self.table_name} WHERE key=?", (key,)
                     ).fetchone()
                 if not found:
+                    if pending is not None:
+                        return
                     raise KeyError(key)
                 with self.connection(commit=True) as con:
                     con.execute(f"DELETE FROM {self.table_name} WHERE key=?", (key,))
@@ -551,9 +757,11 @@ class _SQLiteStorage(SQLiteDict):
         return iter(keys)
 
     def count(self, expired: bool = True) -> int:
+        with self._wake:
+            pending = len(self._pending)
         try:
             with self._lock:
-                return int(super().count(expired=expired))
+                return int(super().count(expired=expired)) + pending
         except (sqlite3.Error, _StoreBusy) as exc:
             self._fail("count", exc)
             return 0
@@ -580,6 +788,19 @@ class _PullwakeCache(BaseCache):
         self.responses = responses
         self.redirects = DictStorage()  # type: ignore[no-untyped-call]
         self._extra_headers = extra_headers
+        self._handoff = threading.local()
+        self._closed = False
+
+    def clear_handoff(self) -> None:
+        self._handoff.value = None
+
+    def get_response(self, key: str, default: Any = None) -> Any:
+        handoff = getattr(self._handoff, "value", None)
+        if handoff is not None:
+            self._handoff.value = None
+            if handoff[0] == key:
+                return default if handoff[1] is None else handoff[1]
+        return super().get_response(key, default)
 
     def save_response(
         self, response: Any, cache_key: str | None = None, expires: Any = None
@@ -588,23 +809,100 @@ class _PullwakeCache(BaseCache):
         cached = CachedResponse.from_response(response, expires=expires)
         self.responses[key] = _redacted_copy(cached, self._extra_headers)
 
+    def fresh_hit(self, request: Any, **kwargs: Any) -> CachedResponse | None:
+        """A stored response that may be served as is, else ``None``.
+
+        The fast path for hits: one cheap key and one lookup. Anything that
+        needs a decision (expired: revalidate with the ETag; ``Vary``;
+        ``no-cache``; conditional or ``Cache-Control`` request headers) returns
+        ``None`` and is left to requests-cache's full logic.
+        """
+        if any(name in request.headers for name in _DEFER_REQUEST_HEADERS):
+            return None
+        key = self.create_key(request, **kwargs)
+        cached: CachedResponse | None = self.get_response(key)
+        if cached is None or cached.is_expired or "Vary" in cached.headers:
+            # requests-cache looks the same key up next: hand it this answer, once.
+            self._handoff.value = (key, cached)
+            return None
+        directives = cached.headers.get("Cache-Control", "").lower()
+        if "no-cache" in directives or "must-revalidate" in directives:
+            return None
+        return cached
+
     @property
     def degraded(self) -> bool:
         return bool(getattr(self.responses, "degraded", False))
 
     def close(self) -> None:
-        shutdown = getattr(self.responses, "shutdown", None)
-        if shutdown is not None:
-            shutdown()
+        """Release the store (idempotent); a shared SQLite store closes with its last user."""
+        if self._closed:
+            return
+        self._closed = True
+        if isinstance(self.responses, _SQLiteStorage):
+            _release_sqlite(self.responses)
         else:
             self.responses.close()  # type: ignore[no-untyped-call]
         self.redirects.close()  # type: ignore[no-untyped-call]
+
+
+#: One SQLite store per file per process, shared by the installed cache and every
+#: scoped session on that file. Weak, so a store whose users were all dropped
+#: without close() is still collected (and its handle closed).
+_sqlite_stores: weakref.WeakValueDictionary[str, _SQLiteStorage] = weakref.WeakValueDictionary()
+_sqlite_stores_lock = threading.Lock()
+
+
+def _open_sqlite(path: Path, lock_timeout_s: float) -> _SQLiteStorage:
+    """The process's store for ``path``: opened once, then shared (counted)."""
+    key = os.path.realpath(path)
+    with _sqlite_stores_lock:
+        store = _sqlite_stores.get(key)
+        if store is None or store.closed:
+            store = _SQLiteStorage(path, lock_timeout_s=lock_timeout_s)
+            store.purge_expired()
+            _sqlite_stores[key] = store
+        store.users += 1
+        return store
+
+
+def _release_sqlite(store: _SQLiteStorage) -> None:
+    with _sqlite_stores_lock:
+        store.users -= 1
+        last = store.users <= 0
+        key = os.path.realpath(store.db_path)
+        if last and _sqlite_stores.get(key) is store:
+            del _sqlite_stores[key]
+    if last:
+        store.shutdown()
 
 
 def default_sqlite_path() -> Path:
     """Where ``store="sqlite"`` keeps its file when no ``path`` is given."""
     root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(root) / "pullwake" / "fetch-cache.sqlite"
+
+
+def _sqlite_error_kind(exc: sqlite3.Error) -> str:
+    """``"locked"``, ``"corrupt"`` or ``"other"``, from SQLite's error code or text."""
+    name = str(getattr(exc, "sqlite_errorname", ""))
+    text = str(exc).lower()
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text or "busy" in text:
+        return "locked"
+    if (
+        name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT"))
+        or "not a database" in text
+        or ("malformed" in text)
+    ):
+        return "corrupt"
+    return "other"
+
+
+def _locked_error(path: Path, config: _Config) -> CacheError:
+    return CacheError(
+        f"fetch cache: SQLite file {path} stayed locked by another connection for more "
+        f"than {config.lock_timeout_s:g} s; try again later or use another path"
+    )
 
 
 def _open_backend(config: _Config) -> _PullwakeCache:
@@ -618,23 +916,27 @@ def _open_backend(config: _Config) -> _PullwakeCache:
         path = config.path or default_sqlite_path()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            responses = _SQLiteStorage(path, lock_timeout_s=config.lock_timeout_s)
+            responses = _open_sqlite(path, config.lock_timeout_s)
         except _StoreBusy as exc:
-            raise CacheError(
-                f"fetch cache: SQLite file {path} stayed locked by another connection for "
-                f"more than {config.lock_timeout_s:g} s; try again later or use another path"
-            ) from exc
-        except sqlite3.DatabaseError as exc:
-            raise CacheError(
-                f"fetch cache: {path} is not a usable SQLite database ({exc}); "
-                "delete the file or choose another path"
-            ) from exc
-        except (sqlite3.Error, OSError) as exc:
+            raise _locked_error(path, config) from exc
+        except sqlite3.Error as exc:
+            kind = _sqlite_error_kind(exc)
+            if kind == "locked":
+                raise _locked_error(path, config) from exc
+            if kind == "corrupt":
+                raise CacheError(
+                    f"fetch cache: {path} is not a usable SQLite database ({exc}); "
+                    "delete the file or choose another path"
+                ) from exc
             raise CacheError(
                 f"fetch cache: cannot open SQLite file {path} ({type(exc).__name__}: {exc}); "
                 "check that the directory exists and is writable"
             ) from exc
-        responses.purge_expired()
+        except OSError as exc:
+            raise CacheError(
+                f"fetch cache: cannot create the directory for SQLite file {path} "
+                f"({type(exc).__name__}: {exc.strerror or exc}); choose another path"
+            ) from exc
         name = str(responses.db_path)
 
     backend = _PullwakeCache(responses, name=name, extra_headers=extra)
@@ -694,7 +996,13 @@ def _make_layer_class(previous: type[Any], state: _LayerState, *, scoped: bool) 
 
     def send(self: Any, request: Any, **kwargs: Any) -> Any:
         if state.active and is_catchup_request(request):
-            return CacheMixin.send(self, request, **kwargs)
+            hit = state.backend.fresh_hit(request, **kwargs)
+            if hit is not None:
+                return dispatch_hook("response", request.hooks, hit, **kwargs)  # type: ignore[no-untyped-call]
+            try:
+                return CacheMixin.send(self, request, **kwargs)
+            finally:
+                state.backend.clear_handoff()
         return previous.send(self, request, **kwargs)
 
     def close(self: Any) -> None:
@@ -783,6 +1091,8 @@ def _validate(
         if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
             raise ConfigError("path must be a non-empty path")
         resolved = Path(os.fspath(path)).expanduser().absolute()
+        if not resolved.suffix:  # what requests-cache would do anyway; made explicit here
+            resolved = resolved.with_name(resolved.name + ".sqlite")
     if expire_after is not None and (
         isinstance(expire_after, bool)
         or not isinstance(expire_after, (int, float))
@@ -838,7 +1148,8 @@ def install_fetch_cache(
 
     Args:
         store: ``"memory"`` (a bounded LRU in this process) or ``"sqlite"``.
-        path: the SQLite file (default :func:`default_sqlite_path`).
+        path: the SQLite file (default :func:`default_sqlite_path`); a name
+            without a suffix gets ``.sqlite``. Its directory is created.
         expire_after: seconds before a cached chunk is revalidated with its
             ETag (``If-None-Match``, answered 304 when unchanged); ``0`` means
             revalidate on every read, ``None`` never. The server's
@@ -956,10 +1267,7 @@ def fetch_cache_info() -> FetchCacheInfo | None:
     config = installed.state.config
     backend = installed.state.backend
     responses: Any = backend.responses
-    try:
-        entries = len(responses)
-    except Exception:  # a failing store reports no entries rather than failing introspection
-        entries = 0
+    entries = len(responses)  # a failing SQLite store counts 0 rather than raising
     return FetchCacheInfo(
         store=config.store,
         path=Path(responses.db_path) if config.store == "sqlite" else None,
@@ -968,6 +1276,7 @@ def fetch_cache_info() -> FetchCacheInfo | None:
         max_entry_bytes=config.max_entry_bytes,
         entries=entries,
         degraded=backend.degraded,
+        layers=_layers_in(requests.sessions.Session),
     )
 
 

@@ -190,7 +190,7 @@ class StreamStatusError(TransportError):
         self.status = status
         self.code = code
         detail = f"unexpected status {status}" + (f" ({code})" if code else "")
-        super().__init__(f"wake stream: {detail}", url=url)
+        super().__init__(f"stream read: {detail}", url=url)
 
 
 class ProtocolError(TransportError):

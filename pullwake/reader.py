@@ -47,6 +47,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import requests
 import requests.exceptions as rexc
+import requests.sessions
 from urllib3.exceptions import ReadTimeoutError
 
 from .errors import (
@@ -85,7 +86,7 @@ _RESERVED_PARAMS = frozenset({"offset", "live", "cursor"})
 _CODE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 #: Codes pullwake assigns when the server's error body carries none.
 _FALLBACK_CODES = {404: "STREAM_NOT_FOUND", 410: "OFFSET_GONE"}
-_READ_CHUNK = 64 * 1024
+_READ_CHUNK = 256 * 1024
 _ERROR_BODY_LIMIT = 4096
 
 Timeout = float | tuple[float, float] | None
@@ -300,7 +301,7 @@ def _decode(body: bytes, content_type: str, *, offset: str) -> list[Any]:
         return []
     if content_type and "json" not in content_type.lower():
         raise InvalidMessage(
-            f"stream content type {content_type[:64]!r} is not JSON; read_stream decodes "
+            "the response's content type is not JSON; read_stream decodes "
             "application/json streams only",
             offset=offset,
             size=len(body),
@@ -382,7 +383,9 @@ def read_stream(
     request_headers = _check_headers(headers)
     checked_timeout = _check_timeout(timeout)
     limit = _check_max_bytes(max_bytes)
-    if session is not None and not isinstance(session, requests.Session):
+    # Not isinstance(requests.Session): that name is rebound by cache layers, so a
+    # session made before an install would fail it. Every session has this base.
+    if session is not None and not isinstance(session, requests.sessions.SessionRedirectMixin):
         raise ConfigError("session must be a requests.Session")
     if _reached(current, until):
         return ReadResult(messages=(), next_offset=current, up_to_date=False, closed=False)

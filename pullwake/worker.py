@@ -553,8 +553,14 @@ class Worker:
 
                 if self._fetch_cache:
                     from .cache import cached_session
+                    from .errors import CacheError
 
-                    self._session_sync = cached_session(self._fetch_cache)  # type: ignore[arg-type]
+                    try:
+                        self._session_sync = cached_session(self._fetch_cache)  # type: ignore[arg-type]
+                    except CacheError as exc:  # a broken store must not fail handlers
+                        log.warning("[%s] fetch cache unusable, reading uncached: %s",
+                                    self.worker_name, exc)
+                        self._session_sync = requests.Session()
                 else:
                     self._session_sync = requests.Session()
             return self._session_sync
