@@ -199,18 +199,15 @@ class LifecycleSpec:
 
 
 class _Lines:
-    """Maps key paths of the YAML document to line numbers (computed only on error)."""
+    """Maps key paths of the YAML document to line numbers (read off the composed node)."""
 
-    def __init__(self, text: str) -> None:
-        self._text = text
+    def __init__(self, root: yaml.Node | None) -> None:
+        self._root = root
         self._map: dict[tuple[str, ...], int] | None = None
 
     def _build(self) -> dict[tuple[str, ...], int]:
         out: dict[tuple[str, ...], int] = {}
-        try:
-            root = yaml.compose(self._text, Loader=yaml.SafeLoader)
-        except yaml.YAMLError:
-            return out
+        root = self._root
 
         def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
             out.setdefault(path, node.start_mark.line + 1)
@@ -246,6 +243,8 @@ class _Collector:
         self.path = path
         self.lines = lines
         self.errors: list[SpecError] = []
+        #: (state, event) pairs whose branch was dropped by an error already reported
+        self.broken: set[tuple[str, str]] = set()
 
     def add(
         self,
@@ -316,10 +315,15 @@ def _parse_cached(text: str, path: str, hooks: frozenset[str]) -> LifecycleSpec:
 
 def parse_spec(text: str, *, path: str = "<spec>", hooks: Iterable[str]) -> LifecycleSpec:
     """Parse and validate spec text. Raises SpecErrors listing every problem."""
-    lines = _Lines(text)
-    c = _Collector(path, lines)
     try:
-        raw = yaml.safe_load(text)
+        # Parse once: the node gives line numbers, the data is constructed from it
+        # (what yaml.safe_load does, without composing the text a second time).
+        loader = yaml.SafeLoader(text)
+        try:
+            root = loader.get_single_node()
+            raw = loader.construct_document(root) if root is not None else None
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise SpecErrors([SpecError(f"not valid YAML: {getattr(exc, 'problem', exc)}",
@@ -327,6 +331,7 @@ def parse_spec(text: str, *, path: str = "<spec>", hooks: Iterable[str]) -> Life
                                     kind="yaml")]) from exc
     if not isinstance(raw, dict):
         raise SpecErrors([SpecError("the spec must be a YAML mapping", path=path, kind="schema")])
+    c = _Collector(path, _Lines(root))
     spec = _build(raw, c, frozenset(hooks))
     if c.errors or spec is None:
         raise SpecErrors(c.errors)
@@ -370,6 +375,7 @@ def _build(raw: dict[str, Any], c: _Collector, hooks: frozenset[str]) -> Lifecyc
                 c.add("unknown-state", f"transition to unknown state {t.dest!r}",
                       at=(*_state_at(t.source), "transitions", t.event),
                       state=t.source, event=t.event)
+                c.broken.add((t.source, t.event))
                 continue
             t = TransitionSpec(**{**t.__dict__, "dest": dest})
         checked.append(t)
@@ -611,6 +617,8 @@ def _parse_decisions(
             t = _parse_branch(b, path, event, bat, c, hooks)
             if t is not None:
                 transitions.append(t)
+            else:
+                c.broken.add((path, event))
     raw_i = body.get("ignore") or {}
     if not isinstance(raw_i, dict):
         c.add("schema", "'ignore' must map a reason to a list of events", at=(*sat, "ignore"),
@@ -708,6 +716,8 @@ def _check_decided(spec: LifecycleSpec, c: _Collector) -> None:
         for event in spec.events:
             branches = spec.decisions(leaf, event)
             line_at = _state_at(leaf)
+            if any((p, event) in c.broken for p in spec.ancestry(leaf)):
+                continue  # a decision was written but is invalid: already reported
             if not branches:
                 c.add("undecided", "no transition, internal transition or named ignore "
                       "decides this pair", at=line_at, state=leaf, event=event)
