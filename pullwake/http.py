@@ -288,9 +288,12 @@ def raise_for_answer(answer: HttpAnswer, *, operation: str, url: str,
     if answer.ok:
         return
     code = answer.code
+    if code is not None:
+        code = scrub(code)  # a server may echo anything, even a token, as its "code"
     detail = ""
     if code is None and answer.body:
-        detail = scrub(answer.body[:200].decode("utf-8", errors="replace"))
+        # Scrub before cutting: a secret straddling the cut would survive in part.
+        detail = scrub(answer.body.decode("utf-8", errors="replace"))[:200]
     raise cls(f"unexpected answer {detail!r}" if detail else "unexpected answer",
               operation=operation, status=answer.status, code=code, url=url,
               retry_after=retry_after(answer.headers))

@@ -37,6 +37,7 @@ from .errors import (
     MessageError,
     PullwakeError,
     TransportError,
+    redact_url,
 )
 from .health import Health, Stats
 from .heartbeat import Heartbeater
@@ -203,7 +204,7 @@ class PullWakeRunner:
         for listener in self._listeners:
             try:
                 listener(source, event, dest, kind)
-            except Exception:  # noqa: BLE001 - observers only observe
+            except Exception:
                 log.exception("[%s] transition listener raised; ignoring", self._label)
 
     def on_start(self, payload: Mapping[str, Any]) -> None:
@@ -212,7 +213,8 @@ class PullWakeRunner:
         self._cycle = None
         self._reset_reason = None
         self.claims.open()
-        log.info("[%s] starting (wake stream %s)", self._label, self.config.wake_stream_url)
+        log.info("[%s] starting (wake stream %s)", self._label,
+                 redact_url(self.config.wake_stream_url))
 
     def on_stopped(self, payload: Mapping[str, Any]) -> None:
         self._stats.stream_connected = False
@@ -404,7 +406,7 @@ class PullWakeRunner:
         try:
             try:
                 self.runtime.abort_wakes()
-            except Exception as exc:  # noqa: BLE001 - abort is best effort
+            except Exception as exc:
                 log.exception("[%s] runtime.abort_wakes raised", self._label)
                 error = exc
             await self.claims.settle(self.config.claim_grace)
@@ -488,6 +490,6 @@ class PullWakeRunner:
         if reporter is not None:
             try:
                 reporter(error)
-            except Exception:  # noqa: BLE001 - the reporter only reports
+            except Exception:
                 log.exception("[%s] on_error raised; ignoring", self._label)
 

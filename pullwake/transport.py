@@ -38,6 +38,7 @@ from .errors import (
     OversizedMessage,
     ProtocolError,
     StreamStatusError,
+    redact_text,
 )
 from .http import error_code, read_bounded, to_url, translate
 from .sse import Oversized, SSEEvent, SSEParser
@@ -53,6 +54,12 @@ __all__ = [
     "aiohttp_stream_factory",
     "valid_offset",
 ]
+
+#: Live reads override the session's timeouts: a caller's session may carry
+#: aiohttp's cumulative ``total`` (300 s by default), which would cut a healthy
+#: live stream. pullwake's own deadlines bound every phase instead.
+_LIVE_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=None,
+                                      sock_read=None)
 
 #: Offsets are opaque, but must be sane: printable ASCII, bounded length.
 _OFFSET_RE = re.compile(r"^[\x21-\x7e]{1,256}$")
@@ -123,13 +130,16 @@ def _params(offset: str, live: str, cursor: str | None) -> dict[str, str]:
     return p
 
 
-async def _status_error(resp: aiohttp.ClientResponse, url: str) -> StreamStatusError:
+async def _status_error(resp: aiohttp.ClientResponse, url: str,
+                        secrets: tuple[str, ...] = ()) -> StreamStatusError:
     code = None
     try:
         body = await read_bounded(resp, 64 * 1024)
         code = error_code(json.loads(body)) if body else None
     except Exception:  # noqa: BLE001 - best effort: the status is the error
         code = None
+    if code is not None:
+        code = redact_text(code, secrets)  # a server may echo a token as its "code"
     return StreamStatusError(resp.status, url=url, code=code)
 
 
@@ -240,22 +250,32 @@ class _LongPollStream:
                 with translate("read", url=req.url, secrets=req.secrets):
                     async with deadline(self._clock, req.read_idle_timeout):
                         self._resp = await self._session.get(
-                            to_url(url), headers=dict(req.headers), allow_redirects=False)
+                            to_url(url), headers=dict(req.headers), allow_redirects=False,
+                            timeout=_LIVE_TIMEOUT)
                         if self._resp.status not in (200, 204):
-                            raise await _status_error(self._resp, req.url)
+                            raise await _status_error(self._resp, req.url, req.secrets)
                         body = await self._read_body(self._resp)
             else:
                 with translate("read", url=req.url, secrets=req.secrets):
                     async with deadline(self._clock, req.read_idle_timeout):
                         body = await self._read_body(self._resp)
             resp, self._resp = self._resp, None
-            resp.release()
+            if body is None:
+                resp.close()  # the rest of an oversized body is never read
+            else:
+                resp.release()
             nxt = resp.headers.get("Stream-Next-Offset")
             if not valid_offset(nxt):
                 raise ProtocolError("long-poll answer without a valid Stream-Next-Offset",
                                     url=req.url)
             assert nxt is not None
-            if body:
+            if body is None:
+                # Too big to frame; reconnecting would fetch it again forever.
+                # Skip it whole: the offset moves to its Stream-Next-Offset.
+                yield BadMessage(OversizedMessage(
+                    f"long-poll answer larger than max_response_bytes "
+                    f"({req.max_response_bytes}) skipped", offset=nxt))
+            elif body:
                 items, err = _decode_array(body, what="long-poll body",
                                            max_message_bytes=req.max_message_bytes)
                 if err is not None:
@@ -271,10 +291,19 @@ class _LongPollStream:
                 return
             offset = nxt
 
-    async def _read_body(self, resp: aiohttp.ClientResponse) -> bytes:
+    async def _read_body(self, resp: aiohttp.ClientResponse) -> bytes | None:
+        """The body, or None once it passes ``max_response_bytes`` (then it is skipped)."""
         if resp.status == 204:
             return b""
-        return await read_bounded(resp, self._req.max_response_bytes)
+        limit = self._req.max_response_bytes
+        if resp.content_length is not None and resp.content_length > limit:
+            return None
+        buf = bytearray()
+        async for chunk in resp.content.iter_any():
+            buf += chunk
+            if len(buf) > limit:
+                return None
+        return bytes(buf)
 
 
 def aiohttp_stream_factory(session_getter: Callable[[], aiohttp.ClientSession],
@@ -295,18 +324,19 @@ def aiohttp_stream_factory(session_getter: Callable[[], aiohttp.ClientSession],
         if req.live == "sse":
             headers.setdefault("Accept", "text/event-stream")
         with translate("connect", url=req.url, secrets=req.secrets):
-            resp = await session.get(to_url(url), headers=headers, allow_redirects=False)
+            resp = await session.get(to_url(url), headers=headers, allow_redirects=False,
+                                     timeout=_LIVE_TIMEOUT)
         try:
             if req.live == "sse":
                 if resp.status != 200:
-                    raise await _status_error(resp, req.url)
+                    raise await _status_error(resp, req.url, req.secrets)
                 ctype = resp.headers.get("Content-Type", "")
                 if not ctype.startswith("text/event-stream"):
                     raise ProtocolError(f"SSE read answered with content-type {ctype!r}",
                                         url=req.url)
                 return _SSEStream(resp, req, clock)
             if resp.status not in (200, 204):
-                raise await _status_error(resp, req.url)
+                raise await _status_error(resp, req.url, req.secrets)
             return _LongPollStream(session, resp, req, clock)
         except BaseException:
             resp.close()
@@ -344,7 +374,7 @@ async def catch_up(
                                        headers=dict(headers or {}),
                                        allow_redirects=False) as resp:
                     if resp.status not in (200, 204):
-                        raise await _status_error(resp, url)
+                        raise await _status_error(resp, url, secrets)
                     body = b"" if resp.status == 204 else await read_bounded(
                         resp, max_response_bytes)
                     nxt = resp.headers.get("Stream-Next-Offset")
