@@ -3,15 +3,8 @@
 Start at README.md; the lifecycle lives in machine_spec.yaml (docs/lifecycle.md).
 """
 
-from .cache import (
-    FetchCacheInfo,
-    FetchCacheWarning,
-    cached_session,
-    fetch_cache_info,
-    fetch_cache_installed,
-    install_fetch_cache,
-    uninstall_fetch_cache,
-)
+from typing import TYPE_CHECKING
+
 from .clock import Clock, LoopClock
 from .config import RunnerConfig
 from .control import ClaimOutcome, ControlPlane, ElectricControlPlane, WakeEvent
@@ -39,7 +32,6 @@ from .errors import (
 )
 from .health import Health
 from .machine import Lifecycle, LifecycleEffects, WorkTicket
-from .reader import ReadResult, read_stream
 from .runner import PullWakeRunner, Runtime
 from .spec import LifecycleSpec, load_spec
 from .subscriptions import ClaimedStream, SubscriptionConfig
@@ -103,3 +95,39 @@ __all__ = [
     "read_stream",
     "uninstall_fetch_cache",
 ]
+
+
+if TYPE_CHECKING:
+    from .cache import (
+        FetchCacheInfo,
+        FetchCacheWarning,
+        cached_session,
+        fetch_cache_info,
+        fetch_cache_installed,
+        install_fetch_cache,
+        uninstall_fetch_cache,
+    )
+    from .reader import ReadResult, read_stream
+
+# The sync reader and the fetch cache pull in requests and requests-cache
+# (about 20 MB): import them only when used.
+_LAZY = {
+    "FetchCacheInfo": "cache",
+    "FetchCacheWarning": "cache",
+    "cached_session": "cache",
+    "fetch_cache_info": "cache",
+    "fetch_cache_installed": "cache",
+    "install_fetch_cache": "cache",
+    "uninstall_fetch_cache": "cache",
+    "ReadResult": "reader",
+    "read_stream": "reader",
+}
+
+
+def __getattr__(name: str) -> object:
+    home = _LAZY.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{home}"), name)

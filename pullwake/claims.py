@@ -97,6 +97,13 @@ class ClaimScheduler:
             return
         self._start(key, wake)
 
+    def record_failure(self, error: BaseException) -> None:
+        """Count and report one failed claim attempt (final, or about to be retried)."""
+        self._stats.claims_failed += 1
+        self._stats.last_claim_result = "error"
+        self._notify()
+        self._report_error(error)
+
     async def settle(self, grace: float) -> None:
         """Wait up to ``grace`` seconds for in-flight claims, then cancel the rest.
 
@@ -160,10 +167,7 @@ class ClaimScheduler:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - reported, never raised
-                stats.claims_failed += 1
-                stats.last_claim_result = "error"
-                self._notify()
-                self._report_error(exc)
+                self.record_failure(exc)
                 return
             if not outcome.claimed:
                 stats.claims_skipped += 1

@@ -60,12 +60,27 @@ def load_handler(spec: str) -> Callable[..., Any]:
     return target  # type: ignore[no-any-return]
 
 
+def _process_stats() -> dict[str, Any]:
+    """This process: live asyncio tasks and resident memory (``None`` off Linux)."""
+    rss_kb: int | None = None
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    rss_kb = int(line.split()[1])
+                    break
+    except (OSError, ValueError):
+        pass
+    return {"tasks": len(asyncio.all_tasks()), "rss_kb": rss_kb}
+
+
 async def serve_health(port: int, snapshot: Callable[[], dict[str, Any]]) -> Any:
     """Serve ``GET /health`` (JSON) and ``GET /healthz`` (200 when streaming) on 127.0.0.1."""
     from aiohttp import web
 
     async def health(_: web.Request) -> web.Response:
-        return web.json_response(snapshot(), dumps=lambda o: json.dumps(o, default=str))
+        body = {**snapshot(), "process": _process_stats()}
+        return web.json_response(body, dumps=lambda o: json.dumps(o, default=str))
 
     async def healthz(_: web.Request) -> web.Response:
         status = snapshot().get("status")

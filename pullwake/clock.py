@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 __all__ = ["Clock", "LoopClock", "TimerHandle", "deadline", "iso", "sleep"]
@@ -90,7 +90,7 @@ def iso(ts: float | None) -> str | None:
     """An ISO-8601 UTC timestamp (millisecond precision) or None."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds")
 
 
 async def sleep(clock: Clock, seconds: float) -> None:

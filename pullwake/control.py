@@ -16,12 +16,44 @@ substring): 204, 409 ``ALREADY_CLAIMED`` / ``NO_PENDING_WORK`` and
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+from .clock import Clock, LoopClock, sleep
 from .errors import ControlPlaneError, InvalidMessage
 from .http import HttpClient, raise_for_answer
+
+T = TypeVar("T")
+
+#: Claim retry backoff for transient failures: 0.1 s, doubling, capped at 5 s.
+CLAIM_RETRY_INITIAL_S = 0.1
+CLAIM_RETRY_CAP_S = 5.0
+
+
+def is_transient(exc: ControlPlaneError) -> bool:
+    """No answer (transport failure, timeout), 429 or 5xx: worth retrying."""
+    return exc.status is None or exc.status == 429 or exc.status >= 500
+
+
+async def retry_transient(call: Callable[[], Awaitable[T]], *, clock: Clock,
+                          on_retry: Callable[[BaseException], None] | None = None) -> T:
+    """Run ``call`` until it answers; transient failures wait (``Retry-After``
+    honoured up to the cap) and retry. A wake is only a hint that is not
+    repeated, so giving up on a claim would strand the work; stopping the runner
+    cancels the retries."""
+    delay = CLAIM_RETRY_INITIAL_S
+    while True:
+        try:
+            return await call()
+        except ControlPlaneError as exc:
+            if not is_transient(exc):
+                raise
+            if on_retry is not None:
+                on_retry(exc)
+            wait = delay if exc.retry_after is None else min(exc.retry_after, CLAIM_RETRY_CAP_S)
+            await sleep(clock, wait)
+            delay = min(delay * 2, CLAIM_RETRY_CAP_S)
 
 __all__ = [
     "SKIP_CODES",
@@ -93,14 +125,22 @@ class ControlPlane(Protocol):
 class ElectricControlPlane:
     """The Electric runner API of the original TypeScript runner."""
 
-    def __init__(self, *, claim_url: str, heartbeat_url: str) -> None:
+    def __init__(self, *, claim_url: str, heartbeat_url: str, clock: Clock | None = None,
+                 on_retry: Callable[[BaseException], None] | None = None) -> None:
         self.claim_url = claim_url
         self.heartbeat_url = heartbeat_url
+        self._clock: Clock = clock or LoopClock()
+        self._on_retry = on_retry
 
     def claim_key(self, wake: WakeEvent) -> str:
         return wake.stream
 
     async def claim(self, http: HttpClient, wake: WakeEvent) -> ClaimOutcome:
+        """Claim ``wake``; transient failures (no answer, 429, 5xx) are retried."""
+        return await retry_transient(lambda: self._claim_once(http, wake), clock=self._clock,
+                                     on_retry=self._on_retry)
+
+    async def _claim_once(self, http: HttpClient, wake: WakeEvent) -> ClaimOutcome:
         answer = await http.request("POST", self.claim_url, operation="claim",
                                     json_body=dict(wake.raw))
         if answer.status == 204:

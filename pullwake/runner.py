@@ -106,7 +106,8 @@ class PullWakeRunner:
                                verify_tls=config.verify_tls,
                                connect_timeout=config.connect_timeout, session=config.session)
         self.control: ControlPlane = control_plane or ElectricControlPlane(
-            claim_url=config.claim_url, heartbeat_url=config.heartbeat_url)
+            claim_url=config.claim_url, heartbeat_url=config.heartbeat_url, clock=self._clock,
+            on_retry=lambda exc: self.claims.record_failure(exc))
         self._stream_factory = config.stream_factory or aiohttp_stream_factory(
             lambda: self.http.session, self._clock)
         self._heartbeat = Heartbeater(

@@ -27,8 +27,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .clock import Clock, LoopClock, sleep
-from .control import SKIP_CODES, ClaimOutcome, WakeEvent
+from .clock import Clock, LoopClock
+from .control import SKIP_CODES, ClaimOutcome, WakeEvent, retry_transient
 from .errors import ConfigError, ControlPlaneError, LeaseLost, SubscriptionError
 from .http import HttpAnswer, HttpClient, raise_for_answer
 from .urls import encode_path, join_url, segment
@@ -44,14 +44,6 @@ __all__ = [
 NOT_FOUND = "SUBSCRIPTION_NOT_FOUND"
 EXISTS = "SUBSCRIPTION_ALREADY_EXISTS"
 INVALID_OFFSET = "INVALID_OFFSET"
-#: Retry delays of a transiently failed claim: 0.1 s doubling, capped at 5 s.
-CLAIM_RETRY_INITIAL_S = 0.1
-CLAIM_RETRY_CAP_S = 5.0
-
-
-def is_transient(exc: ControlPlaneError) -> bool:
-    """No answer (transport failure, timeout), 429 or 5xx: worth retrying."""
-    return exc.status is None or exc.status == 429 or exc.status >= 500
 
 
 @dataclass(frozen=True)
@@ -289,20 +281,8 @@ class SubscriptionControlPlane:
         sub = self.subscriptions.get(wake.subscription_id or "")
         if sub is None:
             return ClaimOutcome.skip("not_ours")
-        delay = CLAIM_RETRY_INITIAL_S
-        while True:
-            try:
-                result = await self._claim_once(http, sub)
-                break
-            except ControlPlaneError as exc:
-                if not is_transient(exc):
-                    raise
-                if self._on_retry is not None:
-                    self._on_retry(exc)
-                wait = delay if exc.retry_after is None else min(exc.retry_after,
-                                                                 CLAIM_RETRY_CAP_S)
-                await sleep(self._clock, wait)
-                delay = min(delay * 2, CLAIM_RETRY_CAP_S)
+        result = await retry_transient(lambda: self._claim_once(http, sub), clock=self._clock,
+                                       on_retry=self._on_retry)
         if isinstance(result, str):
             return ClaimOutcome.skip(result)
         return ClaimOutcome(True, {"claim": result})

@@ -98,7 +98,7 @@ class StreamRequest:
     offset: str
     live: str = "sse"
     cursor: str | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     read_idle_timeout: float = 45.0
     max_message_bytes: int = 1024 * 1024
     max_response_bytes: int = 16 * 1024 * 1024

@@ -242,7 +242,8 @@ class Worker:
         control = SubscriptionControlPlane(
             self._client, worker=self.worker_name, subscriptions=self.subscriptions,
             wake_stream_url=config.wake_stream_url, on_missing=self._recreate,
-            on_connected=self._on_connected, on_retry=self._report, clock=clock)
+            on_connected=self._on_connected,
+            on_retry=lambda exc: self.runner.claims.record_failure(exc), clock=clock)
         self.runner = PullWakeRunner(config, self, control_plane=control)
         self._http: HttpClient = self.runner.http
 

@@ -116,10 +116,9 @@ async def test_04_runtime_busy_path_retried_until_free(server: EmbeddedServer) -
         (ClaimAnswer.conflict("NO_PENDING_WORK"), "no_work", 1, 0),
         (ClaimAnswer.done(), "no_work", 1, 0),
         (ClaimAnswer.conflict("SOMETHING_ELSE"), "error", 0, 1),
-        (ClaimAnswer.error(500), "error", 0, 1),
         (ClaimAnswer(409, {"message": "ALREADY_CLAIMED by someone"}), "error", 0, 1),
     ],
-    ids=["204", "409-already", "409-no-work", "done", "409-other", "500", "409-substring"],
+    ids=["204", "409-already", "409-no-work", "done", "409-other", "409-substring"],
 )
 async def test_05_claim_answers(server: EmbeddedServer, answer: ClaimAnswer, result: str,
                                 skipped: int, failed: int) -> None:
@@ -466,3 +465,25 @@ async def test_context_manager_starts_and_stops(server: EmbeddedServer) -> None:
 
 def _unused(_: Any) -> None:  # keep imports honest for linters
     pass
+
+
+@pytest.mark.parametrize("answer", [ClaimAnswer.error(500), ClaimAnswer.error(503),
+                                    ClaimAnswer(429, {"error": {"code": "SLOW_DOWN"}},
+                                                {"Retry-After": "0"})],
+                         ids=["500", "503", "429"])
+async def test_05b_transient_claim_failure_counted_reported_and_retried(
+        server: EmbeddedServer, answer: ClaimAnswer) -> None:
+    """Better than the original: a 5xx/429 is counted and reported, then retried."""
+    errors: list[BaseException] = []
+    rt = RecordingRuntime()
+    server.program_claims(answer, answer)
+    runner = make_runner(server, rt, on_error=errors.append)
+    async with started(runner):
+        await eventually(lambda: runner.status == "streaming")
+        await server.append_runner_wake("r1", wake("s1"))
+        await eventually(lambda: len(rt.dispatched) == 1)
+        h = runner.health()
+        assert (h.claims_failed, h.claims_succeeded, h.last_claim_result) == (2, 1, "claimed")
+    assert len(server.claims("r1")) == 3
+    statuses = [e.status for e in errors if isinstance(e, ControlPlaneError)]
+    assert statuses == [answer.status, answer.status]

@@ -195,7 +195,7 @@ async def test_server_paused_mid_stream_then_for_every_connect(server: EmbeddedS
         await eventually(lambda: len(rt.dispatched) == 1)
 
 
-async def test_hung_claim_fails_at_request_timeout_and_the_next_wake_is_claimed(
+async def test_hung_claim_fails_at_request_timeout_is_retried_then_the_next_wake_claimed(
         server: EmbeddedServer) -> None:
     clock = ManualClock()
     errors: list[BaseException] = []
@@ -215,8 +215,11 @@ async def test_hung_claim_fails_at_request_timeout_and_the_next_wake_is_claimed(
         await clock.advance(EPS)
         await eventually(lambda: runner.health().claims_failed == 1)
         assert isinstance(errors[0], RequestTimeout) and errors[0].operation == "claim"
-        await eventually(lambda: len(rt.dispatched) == 1)  # the deferred wake, claimed now
-        assert server.claims("r1")[1]["generation"] == 2
+        assert len(server.claims("r1")) == 1  # the retry waits its backoff on the clock
+        await clock.advance(0.1)  # a timed-out claim is transient: retried after 0.1 s
+        # the retried wake, then the deferred one
+        await eventually(lambda: len(rt.dispatched) == 2)
+        assert [c["generation"] for c in server.claims("r1")] == [1, 1, 2]
         assert runner.status == "streaming"
 
 

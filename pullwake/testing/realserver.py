@@ -233,7 +233,10 @@ class RealServer:
                 start_new_session=True,
             )
             self._proc = proc
-            threading.Thread(target=self._pump_stdout, args=(proc,), daemon=True).start()
+            # each pump writes to its own process's queue: the previous process's
+            # pump may reach EOF after a restart began and must not signal this one
+            threading.Thread(target=self._pump_stdout, args=(proc, self._stdout_lines),
+                             daemon=True).start()
             threading.Thread(target=self._pump_stderr, args=(proc,), daemon=True).start()
             try:
                 ready = self._wait_ready(proc)
@@ -272,11 +275,12 @@ class RealServer:
             if isinstance(ready, dict) and "url" in ready and "port" in ready:
                 return ready
 
-    def _pump_stdout(self, proc: subprocess.Popen[str]) -> None:
+    def _pump_stdout(self, proc: subprocess.Popen[str],
+                     lines: queue.Queue[str | None]) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
-            self._stdout_lines.put(line.strip())
-        self._stdout_lines.put(None)
+            lines.put(line.strip())
+        lines.put(None)
 
     def _pump_stderr(self, proc: subprocess.Popen[str]) -> None:
         assert proc.stderr is not None
