@@ -29,9 +29,9 @@ from typing import Any
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import machine_line, write_section  # noqa: E402
+from _report import machine_line, write_section
 
-from pullwake import Wake, Worker  # noqa: E402
+from pullwake import Wake, Worker
 
 
 async def _server(embedded: bool, tmp: Path) -> Any:

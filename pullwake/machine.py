@@ -325,6 +325,7 @@ class Lifecycle:
         if self._busy:
             return
         self._busy = True
+        first_error: BaseException | None = None
         try:
             while self._queue:
                 ev, pl, t = self._queue.popleft()
@@ -332,10 +333,18 @@ class Lifecycle:
                     log.debug("dropped stale %s from %s#%d", ev, t.work, t.epoch)
                     continue
                 self._source = self.state_path
-                self.trigger(ev, **pl)  # type: ignore[attr-defined]
+                try:
+                    self.trigger(ev, **pl)  # type: ignore[attr-defined]
+                except Exception as exc:
+                    # One bad event must not drop the events queued behind it.
+                    if first_error is None:
+                        first_error = exc
+                    else:
+                        log.exception("%sevent %s raised", self._prefix, ev)
         finally:
             self._busy = False
-            self._queue.clear()
+        if first_error is not None:
+            raise first_error
 
     def _callback(self, name: str) -> Callable[..., Any]:
         if name in MACHINE_HOOKS:
@@ -370,8 +379,12 @@ class Lifecycle:
         self._owned[path] = ticket
         try:
             ticket.handle = getattr(self.effects, work.start)(ticket)
-        except Exception:
+        except Exception as exc:
+            # Work that never started must not leave the state waiting forever:
+            # report the failure event the spec declares for it.
             log.exception("%sstarting %s raised", self._prefix, work.name)
+            if work.fails is not None:
+                self._enqueue(work.fails, {"error": exc}, ticket)
 
     def _cancel_owned(self, path: str, ev: Any) -> None:
         ticket = self._owned.pop(path, None)

@@ -59,7 +59,7 @@ _TOP_KEYS = {"version", "name", "initial", "backoff", "events", "work", "states"
 _STATE_KEYS = {"doc", "initial", "states", "owns", "on_enter", "on_exit", "transitions", "ignore"}
 _BRANCH_KEYS = {"to", "internal", "ignore", "if", "unless", "before", "after", "doc"}
 _EVENT_KEYS = {"payload", "doc"}
-_WORK_KEYS = {"kind", "start", "reports", "delay", "doc"}
+_WORK_KEYS = {"kind", "start", "reports", "delay", "fails", "doc"}
 _BACKOFF_KEYS = {"initial_s", "factor", "cap_s", "jitter", "reset_on"}
 
 
@@ -94,6 +94,8 @@ class WorkSpec:
     start: str
     reports: tuple[str, ...]
     delay: str | None = None
+    #: reported (with ``error=``) when the start hook itself raises
+    fails: str | None = None
 
 
 @dataclass(frozen=True)
@@ -468,8 +470,13 @@ def _parse_work(
         delay = body.get("delay")
         if kind == "timer" and delay != "backoff":
             c.add("schema", f"timer {name!r} needs 'delay: backoff'", at=(*at, "delay"))
+        fails = body.get("fails")
+        if fails is not None and fails not in reports:
+            c.add("unknown-event", f"work {name!r} fails with {fails!r}, which it does not "
+                  "report", at=(*at, "fails"), event=str(fails))
+            fails = None
         out[str(name)] = WorkSpec(name=str(name), kind=str(kind), start=start,
-                                  reports=reports, delay=delay)
+                                  reports=reports, delay=delay, fails=fails)
     return out
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from runner_helpers import eventually
 
 from pullwake.testing import EmbeddedServer
-from runner_helpers import eventually
 
 pytestmark = pytest.mark.timeout(60)
 

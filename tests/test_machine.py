@@ -291,7 +291,7 @@ def test_streaming_clears_the_reset_before_its_consumer_starts() -> None:
 # ---------------------------------------------------------- raising hooks
 
 
-@pytest.mark.parametrize("hook", ["claim_wake", "on_transition", "start_stream_consumer"])
+@pytest.mark.parametrize("hook", ["claim_wake", "on_transition"])
 def test_a_raising_hook_is_logged_and_the_machine_stays_consistent(
         hook: str, caplog: pytest.LogCaptureFixture) -> None:
     lc, _ = make(raising={hook})
@@ -306,6 +306,29 @@ def test_a_raising_hook_is_logged_and_the_machine_stays_consistent(
     assert any(hook.removeprefix("start_") in r.getMessage() for r in caplog.records)
     lc.fire("STOP")  # and it keeps working
     assert lc.state == "stopping" and lc.owned_work == {"stopping": "shutdown"}
+
+
+@pytest.mark.parametrize(
+    ("hook", "state", "event", "reached"),
+    [
+        ("start_connect_attempt", "stopped", "START", "reconnecting"),
+        ("start_stream_consumer", "connecting", "CONNECTED", "reconnecting"),
+        ("start_backoff_timer", "streaming", "STREAM_END", "connecting"),
+        ("start_shutdown", "streaming", "STOP", "stopped"),
+    ],
+)
+def test_work_whose_start_raises_reports_its_declared_failure_event(
+        hook: str, state: str, event: str, reached: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A state never waits on work that never began: the spec's `fails` event fires."""
+    work = next(w for w in SPEC.work.values() if w.start == hook)
+    assert work.fails is not None
+    lc, _ = make(raising={hook})
+    drive_to(lc, state)
+    caplog.set_level(logging.ERROR, logger="pullwake.machine")
+    fire_or_report(lc, event, **payload_for(SPEC, event))
+    assert lc.state == reached
+    assert any(f"starting {work.name} raised" in r.getMessage() for r in caplog.records)
 
 
 def test_a_raising_cancel_is_logged_and_the_state_is_still_left(
@@ -449,3 +472,19 @@ def test_backoff_policy_arithmetic() -> None:
     assert b.attempt == 0
     flat = Backoff(BackoffSpec(initial_s=2.0, factor=1.0, cap_s=2.0))
     assert [flat.next_delay() for _ in range(3)] == [2.0, 2.0, 2.0]
+
+
+def test_an_event_that_raises_does_not_drop_the_events_queued_behind_it() -> None:
+    lc, _ = make()
+    drive_to(lc, "streaming")
+
+    def fire_two(payload: object) -> None:
+        lc.fire("NOT_AN_EVENT")  # raises when processed
+        lc.fire("STOP")  # queued behind it: must still run
+
+    # the spec's WAKE branch in streaming runs claim_wake: swap in fire_two
+    lc.machine.events["WAKE"].transitions["running.streaming"][0].before[0] = (
+        lambda ev: fire_two(ev.kwargs))
+    with pytest.raises(AttributeError):
+        lc.fire("WAKE", wake={"path": "/s"})
+    assert lc.state == "stopping"

@@ -12,11 +12,11 @@ import logging
 from typing import Any
 
 import pytest
+from runner_helpers import RecordingRuntime, eventually, make_runner, started, wake, wake_requests
 
 from pullwake import ControlPlaneError, PullWakeRunner, RunnerConfig
 from pullwake.testing import ClaimAnswer, EmbeddedServer
 from pullwake.testing.clock import ManualClock
-from runner_helpers import RecordingRuntime, eventually, make_runner, started, wake, wake_requests
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -442,7 +442,8 @@ async def test_23_connection_failures_back_off_exponentially(server: EmbeddedSer
             await eventually(lambda: runner.status == "reconnecting")
             delays.append(clock.pending[0])
             await clock.advance(clock.pending[0])
-            await eventually(lambda n=len(delays): len(wake_requests(server)) == n + 1)
+            want = len(delays) + 1
+            await eventually(lambda want=want: len(wake_requests(server)) == want)
     assert delays == [1, 2, 4, 8, 16, 30]
 
 

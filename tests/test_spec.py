@@ -181,6 +181,13 @@ def test_unknown_event_in_backoff_reset_on() -> None:
           message="backoff resets on unknown event 'CONNECTD'")
 
 
+def test_unknown_event_as_a_work_failure() -> None:
+    text = edit("    fails: CONNECT_FAILED", "    fails: WAKE")
+    check(only(text, "unknown-event"), kind="unknown-event", state=None, event="WAKE",
+          line=line_of(text, "fails: WAKE"),
+          message="work 'connect_attempt' fails with 'WAKE', which it does not report")
+
+
 def test_unknown_work() -> None:
     text = edit("        owns: connect_attempt", "        owns: connect_atempt")
     check(only(text, "unknown-work"), kind="unknown-work", state="running.connecting",
