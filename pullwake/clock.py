@@ -10,9 +10,8 @@ time forward itself: backoff, heartbeat and timeout tests never sleep.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -52,38 +51,44 @@ class LoopClock:
         return asyncio.get_running_loop().call_later(max(0.0, delay), callback, *args)
 
 
-@contextlib.asynccontextmanager
-async def deadline(clock: Clock, seconds: float | None) -> AsyncIterator[None]:
+class deadline:  # lower case: used like a function, `async with deadline(clock, 5):`
     """Cancel the body after ``seconds`` on ``clock`` and raise ``TimeoutError``.
 
     Like ``asyncio.timeout`` but driven by the injectable clock. A cancellation
-    that did not come from this deadline propagates untouched.
+    that did not come from this deadline propagates untouched. ``None`` means
+    no deadline. (A class, not a generator: it runs on every request.)
     """
-    if seconds is None:
-        yield
-        return
-    task = asyncio.current_task()
-    if task is None:  # pragma: no cover - always inside a task
-        raise RuntimeError("deadline() needs a running task")
-    expired = False
 
-    def expire() -> None:
-        nonlocal expired
-        expired = True
-        task.cancel()
+    __slots__ = ("_clock", "_expired", "_handle", "_seconds", "_task")
 
-    handle = clock.call_later(seconds, expire)
-    try:
-        yield
-    except asyncio.CancelledError:
-        if expired and task.uncancel() == 0:
-            raise TimeoutError(f"no progress within {seconds:g}s") from None
-        raise
-    finally:
-        handle.cancel()
-    if expired and task.cancelling():
-        # The deadline fired after the body finished but before we got here.
-        task.uncancel()
+    def __init__(self, clock: Clock, seconds: float | None) -> None:
+        self._clock = clock
+        self._seconds = seconds
+        self._task: asyncio.Task[Any] | None = None
+        self._handle: TimerHandle | None = None
+        self._expired = False
+
+    async def __aenter__(self) -> None:
+        if self._seconds is None:
+            return
+        self._task = asyncio.current_task()
+        if self._task is None:  # pragma: no cover - always inside a task
+            raise RuntimeError("deadline() needs a running task")
+        self._handle = self._clock.call_later(self._seconds, self._expire)
+
+    def _expire(self) -> None:
+        self._expired = True
+        assert self._task is not None
+        self._task.cancel()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: object) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        if self._expired and exc_type is asyncio.CancelledError:
+            assert self._task is not None
+            if self._task.uncancel() == 0:
+                raise TimeoutError(f"no progress within {self._seconds:g}s") from None
 
 
 def iso(ts: float | None) -> str | None:

@@ -202,27 +202,29 @@ class HttpClient:
         self._external = session
         self._session: aiohttp.ClientSession | None = session
         self._secrets: set[str] = set()
+        self._closed = False
 
     @property
     def session(self) -> aiohttp.ClientSession:
+        """The session, created on first use. Closed clients refuse (no stray sessions)."""
+        if self._closed:
+            raise ControlPlaneError("the runner's HTTP client is closed (stopped)",
+                                    operation="request")
         if self._session is None or self._session.closed:
             self._session = make_session(verify_tls=self._verify_tls,
                                          connect_timeout=self._connect_timeout)
         return self._session
 
+    def open(self) -> None:
+        """Allow requests again (a new run)."""
+        self._closed = False
+
     async def close(self) -> None:
+        """Close the owned session; until :meth:`open`, nothing creates another."""
+        self._closed = True
         if self._session is not None and self._session is not self._external:
             await self._session.close()
         self._session = self._external
-
-    def close_nowait(self) -> None:
-        """Close the owned session's connector without awaiting (cancellation paths)."""
-        s = self._session
-        if s is not None and s is not self._external and not s.closed:
-            connector = s.connector
-            if connector is not None:
-                connector._close()
-            s._connector = None
 
     @property
     def secrets(self) -> tuple[str, ...]:

@@ -13,6 +13,15 @@ that cancels it. Only the current ticket can :meth:`WorkTicket.report`
 events; a result from cancelled or replaced work is dropped before it
 reaches the machine.
 
+Internal and ignored decisions without guards (``WAKE`` and ``OFFSET`` while
+streaming, every named ignore) are the hot path. For those, :class:`Lifecycle`
+runs the callbacks of the machine's own transition object directly — exactly
+what ``Transition.execute`` runs for an internal transition (before, after,
+the machine's after_state_change) — without the nested trigger machinery. The
+decision still comes from the loaded machine: the shortcut is looked up with
+``get_transitions(event, source, delegate=True)`` and used only when the first
+applicable transition is internal and unguarded.
+
 The machine class is the plain synchronous ``HierarchicalMachine``
 (``auto_transitions`` off): the async machines cancel unrelated in-flight
 triggers on every transition (see docs/lifecycle.md). Events fired from inside
@@ -279,6 +288,7 @@ class Lifecycle:
         self._busy = False
         self._source = self.spec.initial
         self._reset_on = frozenset(self.spec.backoff.reset_on)
+        self._shortcuts: dict[tuple[str, str], Any] = {}
         self._leaf_names = {p: s.name for p, s in self.spec.states.items()}
         self._check_effects(effects)
         self.machine = build_machine(
@@ -334,7 +344,11 @@ class Lifecycle:
                     continue
                 self._source = self.state_path
                 try:
-                    self.trigger(ev, **pl)  # type: ignore[attr-defined]
+                    fast = self._shortcut(self._source, ev)
+                    if fast is not None:
+                        self._run_internal(fast, ev, pl)
+                    else:
+                        self.trigger(ev, **pl)  # type: ignore[attr-defined]
                 except Exception as exc:
                     # One bad event must not drop the events queued behind it.
                     if first_error is None:
@@ -345,6 +359,31 @@ class Lifecycle:
             self._busy = False
         if first_error is not None:
             raise first_error
+
+    def _shortcut(self, state_path: str, event: str) -> Any:
+        """The machine's transition for (state, event) if it is internal and unguarded."""
+        key = (state_path, event)
+        try:
+            return self._shortcuts[key]
+        except KeyError:
+            pass
+        found = None
+        if event in self.machine.events:
+            applicable = self.machine.get_transitions(event, source=state_path, delegate=True)
+            first = applicable[0] if applicable else None
+            if (first is not None and first.dest is None and not first.conditions
+                    and not first.prepare):
+                found = first
+        self._shortcuts[key] = found
+        return found
+
+    def _run_internal(self, transition: Any, event: str, payload: Mapping[str, Any]) -> None:
+        ev = _InternalEvent(transition, self.machine.events[event], payload)
+        for cb in transition.before:
+            cb(ev)
+        for cb in transition.after:
+            cb(ev)
+        self._after(ev)
 
     def _callback(self, name: str) -> Callable[..., Any]:
         if name in MACHINE_HOOKS:
@@ -424,6 +463,17 @@ class Lifecycle:
 
     def _guard_reset_pending(self, ev: Any = None) -> bool:
         return self.reset_pending
+
+
+class _InternalEvent:
+    """The EventData fields pullwake's callbacks read, for the internal shortcut."""
+
+    __slots__ = ("event", "kwargs", "transition")
+
+    def __init__(self, transition: Any, event: Any, kwargs: Mapping[str, Any]) -> None:
+        self.transition = transition
+        self.event = event
+        self.kwargs = kwargs
 
 
 def _used_hooks(spec: LifecycleSpec) -> set[str]:

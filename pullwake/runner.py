@@ -210,6 +210,7 @@ class PullWakeRunner:
 
     def on_start(self, payload: Mapping[str, Any]) -> None:
         self._stats.reset_for_start(self._clock.time())
+        self.http.open()
         self._stopped.clear()
         self._cycle = None
         self._reset_reason = None
@@ -359,7 +360,8 @@ class PullWakeRunner:
                 elif isinstance(item, Checkpoint):
                     if item.cursor:
                         self._cursor = item.cursor
-                    ticket.report("OFFSET", offset=item.next_offset)
+                    if item.next_offset != self._offset:  # keep-alives repeat it
+                        ticket.report("OFFSET", offset=item.next_offset)
                     if item.closed:
                         closed = True
                         break
@@ -418,6 +420,7 @@ class PullWakeRunner:
             except Exception as exc:  # noqa: BLE001 - re-raised by stop()
                 error = exc
         finally:
+            await self._reap()  # e.g. a control-plane hook still running: before close
             await self.http.close()
         if error is not None:
             ticket.report("SHUTDOWN_FAILED", error=error)

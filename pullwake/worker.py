@@ -252,6 +252,7 @@ class Worker:
     async def start(self) -> None:
         """Ensure the wake stream and subscriptions exist, then start reading."""
         self._closing = False
+        self._http.open()
         await self._client.ensure_stream(self._http, self.wake_stream)
         for sub in self.subscriptions.values():
             await self._client.ensure_subscription(self._http, sub)

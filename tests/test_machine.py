@@ -488,3 +488,24 @@ def test_an_event_that_raises_does_not_drop_the_events_queued_behind_it() -> Non
     with pytest.raises(AttributeError):
         lc.fire("WAKE", wake={"path": "/s"})
     assert lc.state == "stopping"
+
+
+@pytest.mark.parametrize("leaf", SPEC.leaf_states)
+@pytest.mark.parametrize("event", list(SPEC.events))
+def test_internal_shortcut_runs_exactly_what_the_full_trigger_runs(leaf: str,
+                                                                   event: str) -> None:
+    """The hot-path shortcut for internal/ignored decisions equals transitions' own run."""
+    fast, fast_fx = make()
+    slow, slow_fx = make()
+    slow._shortcut = lambda state_path, ev: None  # type: ignore[method-assign]
+    for lc in (fast, slow):
+        drive_to(lc, leaf)
+    fast_fx.log.clear()
+    slow_fx.log.clear()
+    payload = payload_for(SPEC, event)
+    fire_or_report(fast, event, **payload)
+    fire_or_report(slow, event, **payload)
+    assert fast.state_path == slow.state_path
+    assert fast.last_kind == slow.last_kind
+    assert fast_fx.log == slow_fx.log
+    assert fast.owned_work == slow.owned_work

@@ -735,4 +735,5 @@ async def test_start_stop_start_100_times_cleanly() -> None:
         assert rt.calls.count("abort") == 100 and rt.calls.count("drain") == 100
         assert len(rt.dispatched) == 10
     await eventually(lambda: asyncio.all_tasks() == before)
-    assert open_sockets() == sockets_before
+    # <=: sockets leaked by earlier tests in this process may be collected meanwhile
+    assert open_sockets() <= sockets_before
