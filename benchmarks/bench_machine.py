@@ -269,12 +269,13 @@ def main(argv: list[str] | None = None) -> int:
         "parsed once (the composed node gives both the data and the line numbers); "
         "PyYAML's libyaml loader (`yaml.CSafeLoader`, when installed) parses this file "
         "about 9x faster, at the price of parser error messages that differ by platform.",
-        f"- an internal event: {wake_share['transitions']:.0%} in transitions' nested "
-        "trigger machinery (state-tree walk, EventData, callback dispatch), "
-        f"{wake_share['logging']:.0%} in the debug-logging calls it makes on every event, "
-        f"{wake_share['pullwake.machine']:.0%} in pullwake.machine (queue, ticket check, "
-        "observer). The dict machine is the floor; the gap is the price of the "
-        "hierarchical machine, paid once or twice per wake (WAKE, then OFFSET).",
+        f"- an internal event: {wake_share['pullwake.machine']:.0%} in pullwake.machine "
+        "(queue, ticket check, the shortcut look-up, observer), "
+        f"{wake_share['transitions']:.0%} in transitions. Internal and ignored decisions "
+        "without guards run the machine's own transition callbacks directly (the "
+        "shortcut in pullwake.machine, proved equal to the full trigger for every cell "
+        "by tests/test_machine.py); before it, the nested trigger machinery made this "
+        "16 µs. A state change still goes through transitions' full trigger.",
     ]
     body = "\n".join(notes)
     print(body)

@@ -16,10 +16,9 @@ This module owns everything pullwake does with aiohttp directly:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import ssl
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -75,46 +74,53 @@ def make_session(*, verify_tls: bool = True, connect_timeout: float | None = Non
                                  raise_for_status=False, trust_env=False)
 
 
-@contextlib.contextmanager
-def translate(phase: Phase, *, url: str | None = None, operation: str = "request",
-              secrets: tuple[str, ...] = ()) -> Iterator[None]:
+class translate:  # lower case: used like a function, `with translate("read", url=...):`
     """Map transport exceptions raised in the body to pullwake's tree.
 
     ``connect``: until response headers of the wake stream; ``read``: reading
-    an open wake stream; ``request``: a control-plane call.
+    an open wake stream; ``request``: a control-plane call. pullwake's own
+    errors and cancellation pass through untouched. (A class, not a generator:
+    it wraps every request.)
     """
-    try:
-        yield
-    except PullwakeError:
-        raise
-    except asyncio.CancelledError:
-        raise
-    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-        if phase == "connect":
-            raise ConnectTimeout(f"no response headers in time: {exc}", url=url) from exc
-        if phase == "read":
-            raise IdleTimeout(f"stream silent too long: {exc}", url=url) from exc
-        raise RequestTimeout(str(exc) or "timed out", operation=operation, url=url) from exc
-    except aiohttp.InvalidURL as exc:
-        raise ConfigError(f"invalid URL for {operation}") from exc
-    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError,
-            aiohttp.ClientConnectionError, aiohttp.ClientResponseError, OSError,
-            UnicodeDecodeError, ValueError) as exc:
-        text = redact_text(f"{type(exc).__name__}: {exc}", secrets)
-        if phase == "connect":
-            raise ConnectError(f"connection failed: {text}", url=url) from exc
-        if phase == "read":
-            raise ProtocolError(f"stream broken: {text}", url=url) from exc
-        raise ControlPlaneError(f"transport failure: {text}", operation=operation,
-                                url=url) from exc
-    except aiohttp.ClientError as exc:
-        text = redact_text(f"{type(exc).__name__}: {exc}", secrets)
-        if phase == "connect":
-            raise ConnectError(f"connection failed: {text}", url=url) from exc
-        if phase == "read":
-            raise ProtocolError(f"stream broken: {text}", url=url) from exc
-        raise ControlPlaneError(f"transport failure: {text}", operation=operation,
-                                url=url) from exc
+
+    __slots__ = ("operation", "phase", "secrets", "url")
+
+    def __init__(self, phase: Phase, *, url: str | None = None, operation: str = "request",
+                 secrets: tuple[str, ...] = ()) -> None:
+        self.phase = phase
+        self.url = url
+        self.operation = operation
+        self.secrets = secrets
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: object) -> None:
+        if exc is None or isinstance(exc, (PullwakeError, asyncio.CancelledError)):
+            return
+        mapped = self._map(exc)
+        if mapped is not None:
+            raise mapped from exc
+
+    def _map(self, exc: BaseException) -> PullwakeError | None:
+        phase, url, operation = self.phase, self.url, self.operation
+        if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError)):
+            if phase == "connect":
+                return ConnectTimeout(f"no response headers in time: {exc}", url=url)
+            if phase == "read":
+                return IdleTimeout(f"stream silent too long: {exc}", url=url)
+            return RequestTimeout(str(exc) or "timed out", operation=operation, url=url)
+        if isinstance(exc, aiohttp.InvalidURL):
+            return ConfigError(f"invalid URL for {operation}")
+        if isinstance(exc, (aiohttp.ClientError, OSError, UnicodeDecodeError, ValueError)):
+            text = redact_text(f"{type(exc).__name__}: {exc}", self.secrets)
+            if phase == "connect":
+                return ConnectError(f"connection failed: {text}", url=url)
+            if phase == "read":
+                return ProtocolError(f"stream broken: {text}", url=url)
+            return ControlPlaneError(f"transport failure: {text}", operation=operation, url=url)
+        return None
 
 
 async def read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -122,6 +128,9 @@ async def read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     if resp.content_length is not None and resp.content_length > limit:
         raise ProtocolError(f"response body of {resp.content_length} bytes exceeds the "
                             f"{limit}-byte limit", url=str(resp.url))
+    if (resp.content_length is not None and "Content-Encoding" not in resp.headers
+            and not resp.headers.get("Transfer-Encoding")):
+        return await resp.read()  # exact length known, no decompression: bounded already
     buf = bytearray()
     async for chunk in resp.content.iter_any():
         buf += chunk
@@ -203,6 +212,7 @@ class HttpClient:
         self._session: aiohttp.ClientSession | None = session
         self._secrets: set[str] = set()
         self._closed = False
+        self._static: dict[str, str] | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -245,6 +255,8 @@ class HttpClient:
         src = self._headers if use_default and source is None else source
         if src is None:
             return {}
+        if not callable(src) and src is self._headers and self._static is not None:
+            return dict(self._static)  # a fixed mapping: validated once
         value: Any = src
         if callable(src):
             value = src()
@@ -260,6 +272,8 @@ class HttpClient:
                 raise ConfigError(f"header {k!r} contains a line break")
             out[k] = v
         self.remember_secrets(out)
+        if not callable(src) and src is self._headers:
+            self._static = dict(out)
         return out
 
     async def request(self, method: str, url: str, *, operation: str, json_body: Any = None,
