@@ -19,7 +19,7 @@ benchmarks and tests read them from one place:
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -186,5 +186,3 @@ class RunnerConfig:
             return None
         return self.heartbeat_interval + self.heartbeat_failures_before_reset * self.request_timeout
 
-
-HeadersProvider = Callable[[], Awaitable[Mapping[str, str]]]

@@ -35,7 +35,7 @@ import inspect
 import logging
 import random
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from transitions.extensions.nesting import HierarchicalMachine, NestedState, NestedTransition
@@ -486,13 +486,3 @@ def _used_hooks(spec: LifecycleSpec) -> set[str]:
         used.add(w.start)
     return used
 
-
-def leaf_of(spec: LifecycleSpec, path: str) -> str:
-    """Short name of the leaf a transition to ``path`` ends in."""
-    return spec.states[spec.resolve_initial(path)].name
-
-
-def iter_leaf_event_pairs(spec: LifecycleSpec) -> Iterable[tuple[str, str]]:
-    for leaf in spec.leaf_states:
-        for ev in spec.events:
-            yield leaf, ev
