@@ -127,6 +127,11 @@ async def _run(args: argparse.Namespace) -> int:
     except (ValueError, PullwakeError) as exc:
         print(f"pullwake run: {exc}", file=sys.stderr)
         return 2
+    def transition(source: str, event: str, dest: str, kind: str) -> None:
+        if kind == "transition":  # state changes at INFO; everything at DEBUG
+            log.info("lifecycle: %s --%s--> %s", source, event, dest)
+
+    worker.runner.observe(transition)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -93,6 +93,8 @@ async def test_run_handles_messages_serves_health_and_stops_on_sigterm(tmp_path:
             assert s["acked_offset"] == await srv.tail_offset(s["path"])
         text = err.decode()
         assert "stopping (signal)" in text
+        assert "lifecycle: stopped --START--> connecting" in text
+        assert "lifecycle: connecting --CONNECTED--> streaming" in text
         assert "tok-SECRET-123" not in text
 
 
