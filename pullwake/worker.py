@@ -253,10 +253,14 @@ class Worker:
         """Ensure the wake stream and subscriptions exist, then start reading."""
         self._closing = False
         self._http.open()
-        await self._client.ensure_stream(self._http, self.wake_stream)
-        for sub in self.subscriptions.values():
-            await self._client.ensure_subscription(self._http, sub)
-            self._confirmed.add(sub.id)
+        try:
+            await self._client.ensure_stream(self._http, self.wake_stream)
+            for sub in self.subscriptions.values():
+                await self._client.ensure_subscription(self._http, sub)
+                self._confirmed.add(sub.id)
+        except BaseException:
+            await self._http.close()  # the runner never started: nothing else closes it
+            raise
         self.runner.start()
 
     async def stop(self) -> None:
@@ -265,6 +269,7 @@ class Worker:
             await self.runner.stop()
         finally:
             await self._cancel_recoveries()
+            await self._http.close()  # idempotent; the runner's shutdown closed it already
             if self._session_sync is not None:
                 self._session_sync.close()
                 self._session_sync = None

@@ -278,14 +278,16 @@ class RealServer:
     def _pump_stdout(self, proc: subprocess.Popen[str],
                      lines: queue.Queue[str | None]) -> None:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line.strip())
+        with proc.stdout:  # closed at EOF: the pipe dies with the process
+            for line in proc.stdout:
+                lines.put(line.strip())
         lines.put(None)
 
     def _pump_stderr(self, proc: subprocess.Popen[str]) -> None:
         assert proc.stderr is not None
-        for line in proc.stderr:
-            self._stderr_tail.append(line.rstrip("\n"))
+        with proc.stderr:
+            for line in proc.stderr:
+                self._stderr_tail.append(line.rstrip("\n"))
 
     def _terminate(self, proc: subprocess.Popen[str], *, graceful: bool) -> None:
         if proc.poll() is None:
