@@ -16,6 +16,7 @@ This module owns everything pullwake does with aiohttp directly:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
@@ -179,7 +180,8 @@ class HttpAnswer:
     def ok(self) -> bool:
         return 200 <= self.status < 300
 
-    def json(self) -> Any:
+    @functools.cached_property
+    def _parsed(self) -> Any:  # decoded once, however often json() and code are read
         if not self.body:
             return None
         try:
@@ -187,9 +189,12 @@ class HttpAnswer:
         except ValueError:
             return None
 
+    def json(self) -> Any:
+        return self._parsed
+
     @property
     def code(self) -> str | None:
-        return error_code(self.json())
+        return error_code(self._parsed)
 
 
 class HttpClient:

@@ -33,7 +33,6 @@ from .config import RunnerConfig
 from .control import ControlPlane, ElectricControlPlane, WakeEvent
 from .errors import (
     ConnectError,
-    ConnectTimeout,
     MessageError,
     PullwakeError,
     TransportError,
@@ -99,7 +98,6 @@ class PullWakeRunner:
         self._cycle: _StopCycle | None = None
         self._stopped = asyncio.Event()
         self._stopped.set()
-        self._reset_reason: BaseException | None = None
         self._listeners: list[Any] = []
         self.http = HttpClient(headers=config.headers, clock=self._clock,
                                request_timeout=config.request_timeout,
@@ -213,7 +211,6 @@ class PullWakeRunner:
         self.http.open()
         self._stopped.clear()
         self._cycle = None
-        self._reset_reason = None
         self.claims.open()
         log.info("[%s] starting (wake stream %s)", self._label,
                  redact_url(self.config.wake_stream_url))
@@ -335,10 +332,7 @@ class PullWakeRunner:
                     ))
         except asyncio.CancelledError:
             raise
-        except ConnectTimeout as exc:
-            ticket.report("CONNECT_FAILED", error=exc)
-            return
-        except PullwakeError as exc:
+        except PullwakeError as exc:  # ConnectTimeout, ConnectError, StreamStatusError, ...
             ticket.report("CONNECT_FAILED", error=exc)
             return
         except Exception as exc:  # noqa: BLE001 - a custom stream factory's failure

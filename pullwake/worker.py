@@ -471,10 +471,9 @@ class Worker:
     async def _on_connected(self, http: HttpClient) -> None:
         """After every (re)connect: the server may have restarted and forgotten us."""
         for sub in self.subscriptions.values():
-            await self._recreate(http, sub, quiet=True)
+            await self._recreate(http, sub)
 
-    async def _recreate(self, http: HttpClient, sub: SubscriptionConfig, *,
-                        quiet: bool = False) -> None:
+    async def _recreate(self, http: HttpClient, sub: SubscriptionConfig) -> None:
         # What we knew acked *before* the PUT: once the new subscription
         # exists, claims on it teach the ledger its fresh (skipped-to) offsets.
         known = dict(self._ledger.setdefault(sub.id, {}))
