@@ -9,6 +9,7 @@ from .clock import Clock, LoopClock
 from .config import RunnerConfig
 from .control import ClaimOutcome, ControlPlane, ElectricControlPlane, WakeEvent
 from .errors import (
+    AnswerTooLarge,
     CacheError,
     ConfigError,
     ConnectError,
@@ -41,6 +42,7 @@ from .worker import Wake, Worker, WorkerStats
 __version__ = "0.1.0"
 
 __all__ = [
+    "AnswerTooLarge",
     "CacheError",
     "ClaimOutcome",
     "ClaimedStream",

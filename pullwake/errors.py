@@ -24,6 +24,7 @@ library's exceptions lives in exactly one place per library
     ├── ControlPlaneError         a claim / heartbeat / ack / release call failed
     │   ├── RequestTimeout        no answer within request_timeout
     │   ├── LeaseLost             409 FENCED or 401: the lease is gone
+    │   ├── AnswerTooLarge        one item of an answer passed its per-item limit
     │   └── SubscriptionError     a subscription cannot be created or was forgotten
     ├── HandlerError              a worker's handler raised (the wake was released)
     └── CacheError                the fetch cache could not be installed or used
@@ -39,6 +40,7 @@ from collections.abc import Iterable, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 __all__ = [
+    "AnswerTooLarge",
     "CacheError",
     "ConfigError",
     "ConnectError",
@@ -257,6 +259,19 @@ class ControlPlaneError(PullwakeError):
 
 class RequestTimeout(ControlPlaneError, TimeoutError):
     """A control-plane call got no answer within ``request_timeout``."""
+
+
+class AnswerTooLarge(ControlPlaneError):
+    """One item of a control-plane answer (a claimed stream, a field) passed its limit.
+
+    Limits are per item, never per answer: an answer listing any number of
+    streams is read as a stream of items. ``limit`` names the bound that was hit.
+    """
+
+    def __init__(self, message: str, *, operation: str, limit: int,
+                 status: int | None = None, url: str | None = None) -> None:
+        self.limit = limit
+        super().__init__(message, operation=operation, status=status, url=url)
 
 
 class LeaseLost(ControlPlaneError):

@@ -11,6 +11,11 @@ This module owns everything pullwake does with aiohttp directly:
 - :class:`HttpClient` runs control-plane requests (claim, heartbeat, ack, …)
   under ``request_timeout`` with bounded bodies, and remembers every header
   value it sent so that error text can be scrubbed of secrets.
+
+Timeouts bound *lack of progress*, never a transfer's total duration: a
+request's ``timeout`` bounds the wait for the answer's headers, then the wait
+for each further body chunk (:func:`read_bounded`, :class:`BodyReader`), so a
+large answer over a slow link finishes while a stalled one fails.
 """
 
 from __future__ import annotations
@@ -19,15 +24,17 @@ import asyncio
 import functools
 import json
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from .clock import Clock, deadline
 from .errors import (
+    AnswerTooLarge,
     ConfigError,
     ConnectError,
     ConnectTimeout,
@@ -40,6 +47,7 @@ from .errors import (
 )
 
 __all__ = [
+    "BodyReader",
     "HeadersSource",
     "HttpAnswer",
     "HttpClient",
@@ -106,6 +114,8 @@ class translate:  # lower case: used like a function, `with translate("read", ur
 
     def _map(self, exc: BaseException) -> PullwakeError | None:
         phase, url, operation = self.phase, self.url, self.operation
+        if isinstance(exc, aiohttp.ClientResponseError):
+            scrub_response_error(exc, self.secrets)
         if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError)):
             if phase == "connect":
                 return ConnectTimeout(f"no response headers in time: {exc}", url=url)
@@ -124,21 +134,84 @@ class translate:  # lower case: used like a function, `with translate("read", ur
         return None
 
 
-async def read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    """Read a whole body, failing with ProtocolError once it passes ``limit`` bytes."""
+def scrub_response_error(exc: aiohttp.ClientResponseError, secrets: Iterable[str]) -> None:
+    """Scrub, in place, what an aiohttp response error carries from the exchange.
+
+    It holds the request's headers (``request_info``), the answer's headers and
+    reason phrase (a broken proxy may echo a token there) and shows them in its
+    repr and args. It stays in the cause chain of the pullwake error, scrubbed.
+    """
+    info = exc.request_info
+    if info is not None:
+        exc.request_info = aiohttp.RequestInfo(info.url, info.method, CIMultiDictProxy(
+            CIMultiDict()), info.real_url)
+    exc.message = redact_text(str(exc.message or ""), secrets)
+    exc.headers = None
+    exc.args = (exc.message,)
+
+
+async def _chunk(resp: aiohttp.ClientResponse, idle: float | None, clock: Clock | None,
+                 n: int = -1) -> bytes:
+    if idle is None or clock is None:
+        return await (resp.content.readany() if n < 0 else resp.content.read(n))
+    async with deadline(clock, idle):
+        return await (resp.content.readany() if n < 0 else resp.content.read(n))
+
+
+async def read_bounded(resp: aiohttp.ClientResponse, limit: int, *, idle: float | None = None,
+                       clock: Clock | None = None) -> bytes:
+    """Read a whole body, failing with ProtocolError once it passes ``limit`` bytes.
+
+    With ``idle`` (and ``clock``), each chunk must arrive within ``idle``
+    seconds of the previous one: progress, not the total duration, is bounded.
+    """
     if resp.content_length is not None and resp.content_length > limit:
         raise ProtocolError(f"response body of {resp.content_length} bytes exceeds the "
                             f"{limit}-byte limit", url=str(resp.url))
-    if (resp.content_length is not None and "Content-Encoding" not in resp.headers
-            and not resp.headers.get("Transfer-Encoding")):
-        return await resp.read()  # exact length known, no decompression: bounded already
     buf = bytearray()
-    async for chunk in resp.content.iter_any():
+    while chunk := await _chunk(resp, idle, clock):
         buf += chunk
         if len(buf) > limit:
             raise ProtocolError(f"response body exceeds the {limit}-byte limit",
                                 url=str(resp.url))
     return bytes(buf)
+
+
+class BodyReader:
+    """A response body as a file-like ``await read(n)``, for incremental parsers.
+
+    Each read waits at most ``idle`` seconds for progress. The body may be of
+    any length; what is bounded is one *item*: more than ``item_limit`` bytes
+    read since the parser last called :meth:`mark` (an item was complete)
+    raises :class:`~pullwake.errors.AnswerTooLarge`.
+    """
+
+    def __init__(self, resp: aiohttp.ClientResponse, *, idle: float | None, clock: Clock | None,
+                 item_limit: int, operation: str) -> None:
+        self._resp = resp
+        self._idle = idle
+        self._clock = clock
+        self.item_limit = item_limit
+        self._operation = operation
+        self.since_mark = 0
+        self.total = 0
+
+    def mark(self) -> None:
+        """One item is complete: the per-item count starts again."""
+        self.since_mark = 0
+
+    async def read(self, n: int = -1) -> bytes:
+        if n == 0:  # a parser probing the type of the stream
+            return b""
+        data = await _chunk(self._resp, self._idle, self._clock, n if n > 0 else -1)
+        self.since_mark += len(data)
+        self.total += len(data)
+        if self.since_mark > self.item_limit:
+            raise AnswerTooLarge(
+                f"one item of the answer is larger than {self.item_limit} bytes",
+                operation=self._operation, limit=self.item_limit, status=self._resp.status,
+                url=str(self._resp.url))
+        return data
 
 
 def error_code(body: Any) -> str | None:
@@ -175,6 +248,8 @@ class HttpAnswer:
     status: int
     headers: Mapping[str, str]
     body: bytes
+    #: What ``consume`` made of a 2xx body read incrementally (then ``body`` is empty).
+    streamed: Any = None
 
     @property
     def ok(self) -> bool:
@@ -283,8 +358,16 @@ class HttpClient:
 
     async def request(self, method: str, url: str, *, operation: str, json_body: Any = None,
                       headers: Mapping[str, str] | None = None, timeout: float | None = None,
-                      max_body: int = MAX_CONTROL_BODY) -> HttpAnswer:
-        """One bounded control-plane request; the whole exchange under ``timeout``."""
+                      max_body: int = MAX_CONTROL_BODY,
+                      consume: Callable[[BodyReader], Awaitable[Any]] | None = None,
+                      item_limit: int = MAX_CONTROL_BODY) -> HttpAnswer:
+        """One control-plane request, bounded by lack of progress.
+
+        ``timeout`` bounds the wait for the answer's headers, then the wait for
+        each body chunk: a slow link that keeps delivering finishes. A 2xx body
+        goes to ``consume`` (an incremental parser, per-item ``item_limit``) if
+        given, else it is read whole up to ``max_body``.
+        """
         limit = self.request_timeout if timeout is None else timeout
         with translate("request", url=url, operation=operation, secrets=self.secrets):
             async with deadline(self._clock, limit):
@@ -296,10 +379,18 @@ class HttpClient:
                 if json_body is not None:
                     data = json.dumps(json_body, separators=(",", ":")).encode()
                     hdrs.setdefault("content-type", "application/json")
-                async with self.session.request(method, to_url(url), data=data,
-                                                headers=hdrs, allow_redirects=False) as resp:
-                    body = b"" if method == "HEAD" else await read_bounded(resp, max_body)
-                    return HttpAnswer(resp.status, dict(resp.headers), body)
+                resp = await self.session.request(method, to_url(url), data=data,
+                                                  headers=hdrs, allow_redirects=False)
+            async with resp:
+                if method == "HEAD":
+                    return HttpAnswer(resp.status, dict(resp.headers), b"")
+                if consume is not None and 200 <= resp.status < 300:
+                    streamed = await consume(BodyReader(resp, idle=limit, clock=self._clock,
+                                                        item_limit=item_limit,
+                                                        operation=operation))
+                    return HttpAnswer(resp.status, dict(resp.headers), b"", streamed)
+                body = await read_bounded(resp, max_body, idle=limit, clock=self._clock)
+                return HttpAnswer(resp.status, dict(resp.headers), body)
 
 
 def raise_for_answer(answer: HttpAnswer, *, operation: str, url: str,

@@ -23,14 +23,16 @@ Error mapping (by status and JSON code, never substring): 409 ``ALREADY_CLAIMED`
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from .answers import read_items_answer
 from .clock import Clock, LoopClock
 from .control import SKIP_CODES, ClaimOutcome, WakeEvent, retry_transient
 from .errors import ConfigError, ControlPlaneError, LeaseLost, SubscriptionError
-from .http import HttpAnswer, HttpClient, raise_for_answer
+from .http import BodyReader, HttpAnswer, HttpClient, raise_for_answer
 from .urls import encode_path, join_url, segment
 
 __all__ = [
@@ -40,6 +42,14 @@ __all__ = [
     "SubscriptionConfig",
     "SubscriptionControlPlane",
 ]
+
+#: Claimed streams kept per wake (those with pending work first); the rest keep
+#: their pending work on the server and come with the next wake.
+MAX_CLAIM_STREAMS = 10_000
+#: One stream entry (or top-level field) of a control-plane answer, in bytes.
+MAX_ANSWER_ITEM_BYTES = 64 * 1024
+
+log = logging.getLogger("pullwake.subscriptions")
 
 NOT_FOUND = "SUBSCRIPTION_NOT_FOUND"
 EXISTS = "SUBSCRIPTION_ALREADY_EXISTS"
@@ -112,13 +122,16 @@ class Claim:
     subscription_id: str
     wake_id: str
     generation: int
-    token: str
+    token: str = field(repr=False)
     streams: tuple[ClaimedStream, ...]
     lease_ttl_ms: int
+    #: Streams with pending work the answer listed beyond ``max_claim_streams``:
+    #: not handed over now; their work stays pending for the next wake.
+    deferred_streams: int = 0
 
     @classmethod
     def parse(cls, subscription_id: str, body: Mapping[str, Any], *,
-              status: int | None = None) -> Claim:
+              status: int | None = None, deferred_streams: int = 0) -> Claim:
         """Read a claim answer, type by type; a field that is wrong is named in the error.
 
         ``status`` (of the answer) goes on the error: the server did answer.
@@ -141,7 +154,8 @@ class Claim:
                    generation=_field(body, "generation", int, status=status),
                    token=_field(body, "token", str, status=status), streams=tuple(streams),
                    lease_ttl_ms=_field(body, "lease_ttl_ms", int, default=30_000,
-                                       status=status))
+                                       status=status),
+                   deferred_streams=deferred_streams)
 
     def fence(self) -> dict[str, Any]:
         return {"wake_id": self.wake_id, "generation": self.generation}
@@ -150,8 +164,14 @@ class Claim:
 class SubscriptionClient:
     """Subscription API calls against one stream root (``http://host/v1/stream``)."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, *, max_claim_streams: int = MAX_CLAIM_STREAMS,
+                 max_item_bytes: int = MAX_ANSWER_ITEM_BYTES) -> None:
+        if isinstance(max_claim_streams, bool) or not isinstance(max_claim_streams, int) \
+                or max_claim_streams < 1:
+            raise ConfigError("max_claim_streams must be an int >= 1")
         self.root = root.rstrip("/")
+        self.max_claim_streams = max_claim_streams
+        self.max_item_bytes = max_item_bytes
 
     def stream_url(self, path: str) -> str:
         return join_url(self.root, encode_path(path.strip("/")))
@@ -176,7 +196,8 @@ class SubscriptionClient:
         """
         url = self.subscription_url(sub.id)
         answer = await http.request("PUT", url, operation="create subscription",
-                                    json_body=sub.body())
+                                    json_body=sub.body(), consume=_drain,
+                                    item_limit=self.max_item_bytes)
         if answer.status == 409 and answer.code == EXISTS:
             raise SubscriptionError(
                 f"subscription {sub.id!r} already exists with a different configuration; "
@@ -187,26 +208,50 @@ class SubscriptionClient:
         return answer.status == 201
 
     async def get_subscription(self, http: HttpClient, sub_id: str) -> dict[str, Any] | None:
+        """The subscription's fields with at most ``max_claim_streams`` streams
+        (``path``, ``acked_offset``); ``streams_deferred`` counts the others."""
         url = self.subscription_url(sub_id)
-        answer = await http.request("GET", url, operation="get subscription")
+
+        async def consume(reader: BodyReader) -> Any:
+            return await read_items_answer(reader, operation="get subscription",
+                                           max_items=self.max_claim_streams,
+                                           keep_fields=("path", "acked_offset"))
+
+        answer = await http.request("GET", url, operation="get subscription", consume=consume,
+                                    item_limit=self.max_item_bytes)
         if answer.status == 404:
             return None
         raise_for_answer(answer, operation="get subscription", url=url, scrub=http.scrub)
-        body = answer.json()
-        return body if isinstance(body, dict) else None
+        parsed = answer.streamed
+        if parsed is None or not parsed.is_object:
+            return None
+        return {**parsed.fields, "streams": [s for s in parsed.items if isinstance(s, dict)],
+                "streams_deferred": parsed.deferred}
 
     async def claim(self, http: HttpClient, sub_id: str, worker: str) -> Claim | str:
         """A Claim, or the skip code (``NO_PENDING_WORK`` / ``ALREADY_CLAIMED``)."""
         url = self.subscription_url(sub_id, "claim")
-        answer = await http.request("POST", url, operation="claim", json_body={"worker": worker})
+
+        async def consume(reader: BodyReader) -> Any:
+            return await read_items_answer(reader, operation="claim",
+                                           max_items=self.max_claim_streams)
+
+        # Read as it arrives, bounded per stream entry: any number of linked
+        # streams can be claimed (issue 14, class 1).
+        answer = await http.request("POST", url, operation="claim", json_body={"worker": worker},
+                                    consume=consume, item_limit=self.max_item_bytes)
         if answer.status == 409 and answer.code in SKIP_CODES:
             return str(answer.code)
         self._raise(answer, "claim", url, http)
-        body = answer.json()
-        if not isinstance(body, dict):
+        parsed = answer.streamed
+        if parsed is None or not parsed.is_object:
             raise ControlPlaneError("claim answer is not a JSON object", operation="claim",
                                     status=answer.status, url=url)
-        return Claim.parse(sub_id, body, status=answer.status)
+        body = dict(parsed.fields)
+        if parsed.items_type == "list":
+            body["streams"] = parsed.items
+        return Claim.parse(sub_id, body, status=answer.status,
+                           deferred_streams=parsed.deferred)
 
     async def ack(self, http: HttpClient, claim: Claim, *,
                   acks: Sequence[tuple[str, str]] = (), done: bool = False,
@@ -285,6 +330,11 @@ class SubscriptionControlPlane:
                                        on_retry=self._on_retry)
         if isinstance(result, str):
             return ClaimOutcome.skip(result)
+        if result.deferred_streams:
+            log.warning("claim %s#%d listed %d more stream(s) with pending work than "
+                        "max_claim_streams=%d: they stay pending and come with the next wake",
+                        sub.id, result.generation, result.deferred_streams,
+                        self.client.max_claim_streams)
         return ClaimOutcome(True, {"claim": result})
 
     async def _claim_once(self, http: HttpClient, sub: SubscriptionConfig) -> Claim | str:
@@ -301,3 +351,9 @@ class SubscriptionControlPlane:
         answer = await http.request("HEAD", self.wake_stream_url, operation="heartbeat")
         raise_for_answer(answer, operation="heartbeat", url=self.wake_stream_url,
                          scrub=http.scrub)
+
+
+async def _drain(reader: BodyReader) -> None:
+    """Read and discard a body we need only the status of (bounded by progress)."""
+    while await reader.read(64 * 1024):
+        reader.mark()
