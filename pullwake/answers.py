@@ -50,8 +50,8 @@ class ItemsAnswer:
     work that were not kept, ``dropped_idle`` those without pending work not kept.
     """
 
-    fields: dict[str, Any] = field(default_factory=dict)
-    items: list[Any] = field(default_factory=list)
+    fields: dict[str, Any] = field(default_factory=dict, repr=False)  # a claim token
+    items: list[Any] = field(default_factory=list, repr=False)
     seen: int = 0
     deferred: int = 0
     dropped_idle: int = 0

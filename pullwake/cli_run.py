@@ -103,6 +103,14 @@ def _headers(args: argparse.Namespace) -> dict[str, str]:
         if not sep or not name.strip():
             raise ValueError("--header must be NAME:VALUE")
         headers[name.strip()] = value.strip()
+    for raw in getattr(args, "header_env", None) or []:
+        name, sep, var = raw.partition("=")
+        if not sep or not name.strip() or not var.strip():
+            raise ValueError("--header-env must be NAME=ENVVAR")
+        value = os.environ.get(var.strip())
+        if not value:
+            raise ValueError(f"--header-env {name.strip()}={var.strip()}: the variable is not set")
+        headers[name.strip()] = value
     if args.token_env:
         token = os.environ.get(args.token_env)
         if not token:
@@ -196,7 +204,13 @@ def add_run_commands(sub: Any) -> None:
     p.add_argument("--live", choices=("sse", "long-poll"), default="sse")
     p.add_argument("--stop-grace", type=float, default=10.0,
                    help="seconds running handlers get at stop before release (default 10)")
-    p.add_argument("--header", action="append", help="extra request header NAME:VALUE")
+    p.add_argument("--header", action="append",
+                   help="extra request header NAME:VALUE; the value is visible to every "
+                        "local user in /proc/PID/cmdline and ps: pass secrets with "
+                        "--header-env or --token-env")
+    p.add_argument("--header-env", action="append", metavar="NAME=ENVVAR",
+                   help="request header NAME whose value is read from env var ENVVAR "
+                        "(kept out of argv; repeatable)")
     p.add_argument("--token-env", help="env var holding a bearer token (kept out of argv)")
     p.add_argument("--health-port", type=int, help="serve health JSON on 127.0.0.1:PORT")
     p.add_argument("--log-level", default="INFO")

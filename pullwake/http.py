@@ -21,11 +21,12 @@ large answer over a slow link finishes while a stalled one fails.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import aiohttp
@@ -114,7 +115,7 @@ class translate:  # lower case: used like a function, `with translate("read", ur
 
     def _map(self, exc: BaseException) -> PullwakeError | None:
         phase, url, operation = self.phase, self.url, self.operation
-        if isinstance(exc, aiohttp.ClientResponseError):
+        if isinstance(exc, aiohttp.ClientError):
             scrub_response_error(exc, self.secrets)
         if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError)):
             if phase == "connect":
@@ -134,20 +135,36 @@ class translate:  # lower case: used like a function, `with translate("read", ur
         return None
 
 
-def scrub_response_error(exc: aiohttp.ClientResponseError, secrets: Iterable[str]) -> None:
-    """Scrub, in place, what an aiohttp response error carries from the exchange.
+def scrub_response_error(exc: BaseException, secrets: Iterable[str]) -> None:
+    """Scrub, in place, what aiohttp's exceptions carry from the exchange.
 
-    It holds the request's headers (``request_info``), the answer's headers and
-    reason phrase (a broken proxy may echo a token there) and shows them in its
-    repr and args. It stays in the cause chain of the pullwake error, scrubbed.
+    A ``ClientResponseError`` holds the request's headers (``request_info``),
+    the answer's headers and its reason or bad line (a broken proxy may echo a
+    token there), and shows them in its repr and args; so does the parser
+    error it was raised from. They stay in the cause chain of the pullwake
+    error, scrubbed (aiohttp's own exceptions only; nothing else is touched).
     """
-    info = exc.request_info
-    if info is not None:
-        exc.request_info = aiohttp.RequestInfo(info.url, info.method, CIMultiDictProxy(
-            CIMultiDict()), info.real_url)
-    exc.message = redact_text(str(exc.message or ""), secrets)
-    exc.headers = None
-    exc.args = (exc.message,)
+    secrets = tuple(secrets)
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen or not type(e).__module__.startswith("aiohttp"):
+            continue
+        seen.add(id(e))
+        if isinstance(e, aiohttp.ClientResponseError):
+            info = e.request_info
+            if info is not None:
+                e.request_info = aiohttp.RequestInfo(info.url, info.method, CIMultiDictProxy(
+                    CIMultiDict()), info.real_url)
+        if isinstance(getattr(e, "message", None), str):
+            e.message = redact_text(e.message, secrets)  # type: ignore[attr-defined]
+        if getattr(e, "headers", None) is not None:
+            with contextlib.suppress(AttributeError):
+                e.headers = None  # type: ignore[attr-defined]
+        e.args = tuple(redact_text(a, secrets) if isinstance(a, str) else
+                       (None if isinstance(a, aiohttp.RequestInfo) else a) for a in e.args)
+        todo += [e.__cause__, e.__context__]
 
 
 async def _chunk(resp: aiohttp.ClientResponse, idle: float | None, clock: Clock | None,
@@ -246,10 +263,11 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
 @dataclass(frozen=True)
 class HttpAnswer:
     status: int
-    headers: Mapping[str, str]
-    body: bytes
+    # Headers and body are the server's and may echo credentials: not in the repr.
+    headers: Mapping[str, str] = field(repr=False)
+    body: bytes = field(repr=False)
     #: What ``consume`` made of a 2xx body read incrementally (then ``body`` is empty).
-    streamed: Any = None
+    streamed: Any = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:

@@ -103,7 +103,7 @@ class StreamRequest:
     max_message_bytes: int = 1024 * 1024
     max_response_bytes: int = 16 * 1024 * 1024
     clock: Clock | None = None
-    secrets: tuple[str, ...] = ()
+    secrets: tuple[str, ...] = field(default=(), repr=False)
 
 
 class WakeStream(Protocol):
