@@ -14,11 +14,14 @@ item*, never per answer:
   over: a subscription linking any number of streams always makes progress.
 
 It does no I/O of its own: it reads from whatever ``await reader.read(n)``
-object it is given (the HTTP boundary hands it a :class:`BodyReader`).
+object it is given (the HTTP boundary hands it a
+:class:`~pullwake.http.BodyReader`) and pushes the chunks into the parser.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -61,82 +64,141 @@ class ItemsAnswer:
 
 async def read_items_answer(reader: _Reader, *, operation: str, items_key: str = "streams",
                             max_items: int, keep_fields: tuple[str, ...] | None = None,
+                            select: Callable[[Mapping[str, Any]], bool] | None = None,
                             status: int | None = None) -> ItemsAnswer:
     """Parse a JSON object answer incrementally; keep at most ``max_items`` entries.
 
     ``keep_fields`` (if given) are the only entry fields kept (others are
-    skipped as they stream by). An entry counts as pending unless its
+    skipped as they stream by); entries ``select`` rejects are neither kept
+    nor counted as deferred. An entry counts as pending unless its
     ``has_pending`` is ``false``.
+
+    The parser is pushed chunks (``ijson.parse_coro``): every wait is this
+    coroutine's own ``await reader.read()``, so cancellation and deadlines
+    behave as anywhere else.
     """
-    out = ItemsAnswer()
-    pending: list[tuple[int, Any]] = []
-    idle: list[tuple[int, Any]] = []
-    item_prefix = f"{items_key}.item"
-    field_prefix = item_prefix + "."
-    current: dict[str, Any] | None = None
-    depth = 0
+    parser = _ItemsParser(reader, items_key=items_key, max_items=max_items,
+                          keep_fields=keep_fields, select=select)
+    events: Any = ijson.sendable_list()
+    coro = ijson.parse_coro(events, use_float=True)
     try:
-        async for prefix, event, value in ijson.parse_async(reader, use_float=True):
-            if depth == 0:
-                if event != "start_map":
-                    out.is_object = False
-                    return out
-                depth = 1
-                continue
-            if prefix == item_prefix:
-                if event == "start_map":
-                    current = {}
-                elif event == "end_map":
-                    _keep(current, out, pending, idle, max_items)
-                    current = None
-                    reader.mark()
-                elif event in _SCALARS or event in ("start_array",):
-                    # not an object: kept as a marker so the caller can name it
-                    _keep(value if event in _SCALARS else NESTED, out, pending, idle, max_items,
-                          force_pending=True)
-                    reader.mark()
-                continue
-            if prefix.startswith(field_prefix):
-                if current is None:
-                    continue
-                name = prefix[len(field_prefix):]
-                if "." in name or event == "map_key":
-                    continue  # inside a nested field value: skipped as it streams by
-                if keep_fields is not None and name not in keep_fields:
-                    continue
-                if event in _SCALARS:
-                    current[name] = value
-                elif event in ("start_map", "start_array"):
-                    current[name] = NESTED
-                continue
-            if prefix == items_key:
-                if event == "start_array":
-                    out.items_type = "list"
-                elif event == "end_array":
-                    reader.mark()
-                elif event in _SCALARS or event == "start_map":
-                    out.items_type = "other"
-                    out.fields[items_key] = value if event in _SCALARS else NESTED
-                continue
-            if prefix == "":
-                if event == "end_map":
+        while not parser.done:
+            data = await reader.read(_READ_SIZE)
+            if data:
+                coro.send(data)
+            else:
+                coro.close()  # end of body: raises if the JSON is incomplete
+            for prefix, event, value in events:
+                if parser.feed(prefix, event, value):
                     break
-                continue
-            if "." not in prefix and prefix != items_key:
-                if event in _SCALARS:
-                    out.fields[prefix] = value
-                    reader.mark()
-                elif event in ("start_map", "start_array"):
-                    out.fields[prefix] = NESTED
+            del events[:]
+            if not data:
+                break
     except ijson.JSONError as exc:
-        if depth == 0:  # empty, or not JSON at all: the caller names it
-            out.is_object = False
-            return out
+        if parser.depth == 0:  # empty, or not JSON at all: the caller names it
+            parser.out.is_object = False
+            return parser.out
         raise ControlPlaneError(f"answer is not valid JSON: {exc}"[:200], operation=operation,
                                 status=status) from None
-    merged = sorted(pending + idle, key=lambda p: p[0])
-    out.items = [item for _, item in merged]
-    return out
+    finally:
+        if not parser.done:
+            with contextlib.suppress(Exception):
+                coro.close()
+    return parser.result()
+
+
+#: Bytes asked of the reader at a time.
+_READ_SIZE = 64 * 1024
+
+
+class _ItemsParser:
+    """The event handling of :func:`read_items_answer` (pure: no I/O)."""
+
+    def __init__(self, reader: _Reader, *, items_key: str, max_items: int,
+                 keep_fields: tuple[str, ...] | None,
+                 select: Callable[[Mapping[str, Any]], bool] | None) -> None:
+        self.reader = reader
+        self.out = ItemsAnswer()
+        self.max_items = max_items
+        self.keep_fields = keep_fields
+        self.select = select
+        self.items_key = items_key
+        self.item_prefix = f"{items_key}.item"
+        self.field_prefix = self.item_prefix + "."
+        self.current: dict[str, Any] | None = None
+        self.pending: list[tuple[int, Any]] = []
+        self.idle: list[tuple[int, Any]] = []
+        self.depth = 0
+        self.done = False
+
+    def result(self) -> ItemsAnswer:
+        merged = sorted(self.pending + self.idle, key=lambda p: p[0])
+        self.out.items = [item for _, item in merged]
+        return self.out
+
+    def _keep(self, item: Any, *, force_pending: bool = False) -> None:
+        _keep(item, self.out, self.pending, self.idle, self.max_items,
+              force_pending=force_pending)
+
+    def feed(self, prefix: str, event: str, value: Any) -> bool:
+        """Handle one parser event; True once the answer is complete."""
+        self._feed(prefix, event, value)
+        return self.done
+
+    def _feed(self, prefix: str, event: str, value: Any) -> None:
+        out = self.out
+        if self.depth == 0:
+            self.depth = 1
+            if event != "start_map":
+                out.is_object = False
+                self.done = True
+            return
+        if prefix == self.item_prefix:
+            if event == "start_map":
+                self.current = {}
+            elif event == "end_map":
+                cur = self.current
+                if cur is not None and (self.select is None or self.select(cur)):
+                    self._keep(cur)
+                self.current = None
+                self.reader.mark()
+            elif event in _SCALARS or event == "start_array":
+                # not an object: kept as it is (or a marker) so the caller can name it
+                self._keep(value if event in _SCALARS else NESTED, force_pending=True)
+                self.reader.mark()
+            return
+        if prefix.startswith(self.field_prefix):
+            if self.current is None:
+                return
+            name = prefix[len(self.field_prefix):]
+            if "." in name or event == "map_key":
+                return  # inside a nested field value: skipped as it streams by
+            if self.keep_fields is not None and name not in self.keep_fields:
+                return
+            if event in _SCALARS:
+                self.current[name] = value
+            elif event in ("start_map", "start_array"):
+                self.current[name] = NESTED
+            return
+        if prefix == self.items_key:
+            if event == "start_array":
+                out.items_type = "list"
+            elif event == "end_array":
+                self.reader.mark()
+            elif event in _SCALARS or event == "start_map":
+                out.items_type = "other"
+                out.fields[self.items_key] = value if event in _SCALARS else NESTED
+            return
+        if prefix == "":
+            if event == "end_map":
+                self.done = True
+            return
+        if "." not in prefix:
+            if event in _SCALARS:
+                out.fields[prefix] = value
+                self.reader.mark()
+            elif event in ("start_map", "start_array"):
+                out.fields[prefix] = NESTED
 
 
 def _keep(item: Any, out: ItemsAnswer, pending: list[tuple[int, Any]],

@@ -200,7 +200,8 @@ class BodyReader:
     Each read waits at most ``idle`` seconds for progress. The body may be of
     any length; what is bounded is one *item*: more than ``item_limit`` bytes
     read since the parser last called :meth:`mark` (an item was complete)
-    raises :class:`~pullwake.errors.AnswerTooLarge`.
+    raises :class:`~pullwake.errors.AnswerTooLarge` (memory held for one item:
+    at most ``item_limit`` plus one read).
     """
 
     def __init__(self, resp: aiohttp.ClientResponse, *, idle: float | None, clock: Clock | None,
@@ -220,14 +221,16 @@ class BodyReader:
     async def read(self, n: int = -1) -> bytes:
         if n == 0:  # a parser probing the type of the stream
             return b""
-        data = await _chunk(self._resp, self._idle, self._clock, n if n > 0 else -1)
-        self.since_mark += len(data)
-        self.total += len(data)
+        # Checked before reading more: the parser marks an item only after it
+        # parsed the chunk that completed it, so one read ahead is allowed for.
         if self.since_mark > self.item_limit:
             raise AnswerTooLarge(
                 f"one item of the answer is larger than {self.item_limit} bytes",
                 operation=self._operation, limit=self.item_limit, status=self._resp.status,
                 url=str(self._resp.url))
+        data = await _chunk(self._resp, self._idle, self._clock, n if n > 0 else -1)
+        self.since_mark += len(data)
+        self.total += len(data)
         return data
 
 

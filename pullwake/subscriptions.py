@@ -207,15 +207,18 @@ class SubscriptionClient:
                          cls=SubscriptionError)
         return answer.status == 201
 
-    async def get_subscription(self, http: HttpClient, sub_id: str) -> dict[str, Any] | None:
+    async def get_subscription(self, http: HttpClient, sub_id: str, *,
+                               select: Callable[[Mapping[str, Any]], bool] | None = None,
+                               ) -> dict[str, Any] | None:
         """The subscription's fields with at most ``max_claim_streams`` streams
-        (``path``, ``acked_offset``); ``streams_deferred`` counts the others."""
+        (``path``, ``acked_offset``; only those ``select`` accepts, if given);
+        ``streams_deferred`` counts the selected ones beyond the bound."""
         url = self.subscription_url(sub_id)
 
         async def consume(reader: BodyReader) -> Any:
             return await read_items_answer(reader, operation="get subscription",
                                            max_items=self.max_claim_streams,
-                                           keep_fields=("path", "acked_offset"))
+                                           keep_fields=("path", "acked_offset"), select=select)
 
         answer = await http.request("GET", url, operation="get subscription", consume=consume,
                                     item_limit=self.max_item_bytes)

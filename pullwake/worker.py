@@ -51,6 +51,7 @@ from .http import HeadersSource, HttpClient
 from .runner import PullWakeRunner
 from .subscriptions import (
     INVALID_OFFSET,
+    MAX_CLAIM_STREAMS,
     NOT_FOUND,
     Claim,
     ClaimedStream,
@@ -154,7 +155,9 @@ class Worker:
     ``server`` is the stream root (``http://host:port/v1/stream``). Pass a
     ``pattern`` (glob) or ``streams`` for the default subscription, or several
     :class:`SubscriptionConfig` as ``subscriptions``. ``max_concurrency``
-    bounds handlers across all subscriptions.
+    bounds handlers across all subscriptions. A wake hands over at most
+    ``max_claim_streams`` streams (those with pending work first); the others
+    stay pending on the server and come with the next wake.
     """
 
     def __init__(
@@ -181,6 +184,7 @@ class Worker:
         on_error: Callable[[BaseException], Any] | None = None,
         clock: Clock | None = None,
         runner_options: Mapping[str, Any] | None = None,
+        max_claim_streams: int = MAX_CLAIM_STREAMS,
     ) -> None:
         self.server = validate_base_url(server, field="server")
         if not callable(handler):
@@ -211,7 +215,7 @@ class Worker:
         self._session_sync: Any = None
         self._session_lock = threading.Lock()
         self._sync_headers: dict[str, str] = dict(headers) if isinstance(headers, Mapping) else {}
-        self._client = SubscriptionClient(self.server)
+        self._client = SubscriptionClient(self.server, max_claim_streams=max_claim_streams)
         self._jobs: dict[str, asyncio.Task[Any]] = {}
         self._recoveries: set[asyncio.Task[Any]] = set()
         self._cooldown_until: dict[str, float] = {}
@@ -500,11 +504,16 @@ class Worker:
         (cooling down like a failed wake) until it succeeds or the worker stops.
         """
         failures = 0
+        known = dict(known)  # rounds: a subscription may list more than one wake holds
+
+        def skipped(s: Mapping[str, Any]) -> bool:
+            return str(s.get("acked_offset")) > known.get(str(s.get("path")), "-1")
+
         while True:
             if failures:
                 await sleep(self._clock, min(30.0, 2.0 ** (failures - 1)))
             try:
-                body = await self._client.get_subscription(http, sub.id)
+                body = await self._client.get_subscription(http, sub.id, select=skipped)
             except PullwakeError as exc:
                 failures += 1
                 self._report(exc)
@@ -541,7 +550,9 @@ class Worker:
                 end = max(s.tail_offset, wake._read.get(s.path, ""))
                 if end > ledger.get(s.path, "-1"):
                     ledger[s.path] = end
-            return
+                known[s.path] = s.tail_offset
+            if not body.get("streams_deferred"):
+                return
 
     async def _cancel_recoveries(self) -> None:
         for t in list(self._recoveries):

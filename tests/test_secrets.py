@@ -478,8 +478,10 @@ async def test_run_with_header_env_sends_the_header_and_keeps_it_out_of_argv(
             await eventually(lambda: any(r.headers.get("X-Api-Key") == TOKEN
                                          for r in srv.requests_matching("/wake/pool")),
                              timeout=30)
-            with open(f"/proc/{proc.pid}/cmdline", "rb") as fh:
-                assert TOKEN.encode() not in fh.read()
+            from pathlib import Path
+
+            cmdline = await asyncio.to_thread(Path(f"/proc/{proc.pid}/cmdline").read_bytes)
+            assert TOKEN.encode() not in cmdline
         finally:
             proc.send_signal(signal.SIGTERM)
             _, err = await asyncio.wait_for(proc.communicate(), 30)
