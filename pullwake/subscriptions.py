@@ -311,8 +311,11 @@ class SubscriptionControlPlane:
                  on_missing: Callable[[HttpClient, SubscriptionConfig], Awaitable[None]],
                  on_connected: Callable[[HttpClient], Awaitable[None]] | None = None,
                  on_retry: Callable[[BaseException], None] | None = None,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None,
+                 on_wake_stream_missing: Callable[[HttpClient], Awaitable[bool]] | None = None,
+                 ) -> None:
         self.client = client
+        self._on_wake_stream_missing = on_wake_stream_missing
         self.worker = worker
         self.subscriptions = subscriptions
         self.wake_stream_url = wake_stream_url
@@ -324,6 +327,15 @@ class SubscriptionControlPlane:
 
     def claim_key(self, wake: WakeEvent) -> str:
         return wake.subscription_id or wake.stream
+
+    async def recreate_wake_stream(self, http: HttpClient) -> bool:
+        """The wake stream answered 404: re-create it (the worker owns it).
+
+        True if it was created now (then it is read from the beginning).
+        """
+        if self._on_wake_stream_missing is None:
+            return False
+        return await self._on_wake_stream_missing(http)
 
     async def claim(self, http: HttpClient, wake: WakeEvent) -> ClaimOutcome:
         sub = self.subscriptions.get(wake.subscription_id or "")
@@ -352,6 +364,10 @@ class SubscriptionControlPlane:
     async def heartbeat(self, http: HttpClient, *, lease_ms: int, offset: str | None,
                         diagnostics: Mapping[str, Any]) -> None:
         answer = await http.request("HEAD", self.wake_stream_url, operation="heartbeat")
+        if answer.status == 404 and await self.recreate_wake_stream(http):
+            # The server forgot it (an in-memory restart): created again. The
+            # runner notices on (re)connect that its offsets went back.
+            answer = await http.request("HEAD", self.wake_stream_url, operation="heartbeat")
         raise_for_answer(answer, operation="heartbeat", url=self.wake_stream_url,
                          scrub=http.scrub)
 

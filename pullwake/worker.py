@@ -14,6 +14,8 @@ Delivery is at least once:
   reported as :class:`~pullwake.errors.HandlerError`; the subscription cools
   down (1 s, doubling, capped at 30 s) before it is claimed again;
 - lease lost (409 ``FENCED``, 401) → the handler is cancelled, nothing is acked;
+- the server forgot the wake stream (an in-memory server restarted: 404 on
+  connect) → it is re-created and read from the beginning;
 - the server forgot the subscription (restart) → it is re-created; ranges the
   new subscription marks as acked but this worker never saw acked are handed
   to the handler again as *recovered* wakes (``wake.recovered``), so a server
@@ -80,6 +82,7 @@ class WorkerStats:
     lease_extensions: int = 0
     recovered_wakes: int = 0
     subscriptions_recreated: int = 0
+    wake_streams_recreated: int = 0
     jobs_active: int = 0
 
 
@@ -247,7 +250,8 @@ class Worker:
             self._client, worker=self.worker_name, subscriptions=self.subscriptions,
             wake_stream_url=config.wake_stream_url, on_missing=self._recreate,
             on_connected=self._on_connected,
-            on_retry=lambda exc: self.runner.claims.record_failure(exc), clock=clock)
+            on_retry=lambda exc: self.runner.claims.record_failure(exc), clock=clock,
+            on_wake_stream_missing=self._recreate_wake_stream)
         self.runner = PullWakeRunner(config, self, control_plane=control)
         self._http: HttpClient = self.runner.http
 
@@ -471,6 +475,19 @@ class Worker:
         for s in streams:
             if s.acked_offset > ledger.get(s.path, "-1"):
                 ledger[s.path] = s.acked_offset
+
+    async def _recreate_wake_stream(self, http: HttpClient) -> bool:
+        """The server forgot the wake stream (404): it is ours, so create it again.
+
+        The subscriptions are re-created (and recovered) once the stream is
+        connected again (:meth:`_on_connected`).
+        """
+        created = await self._client.ensure_stream(http, self.wake_stream)
+        if created:
+            self.stats.wake_streams_recreated += 1
+            log.warning("[%s] wake stream %r was gone (server restart?): re-created",
+                        self.worker_name, self.wake_stream)
+        return created
 
     async def _on_connected(self, http: HttpClient) -> None:
         """After every (re)connect: the server may have restarted and forgotten us."""
