@@ -26,12 +26,24 @@ from typing import Any
 
 from .clock import Clock, TimerHandle, deadline
 from .control import ControlPlane, WakeEvent
+from .errors import ControlPlaneError, RequestTimeout
 from .health import Stats
 from .http import HttpClient
 
-__all__ = ["ClaimScheduler"]
+__all__ = ["ClaimScheduler", "failure_reason"]
 
 log = logging.getLogger("pullwake.claims")
+
+
+def failure_reason(error: BaseException) -> str:
+    """A bounded label for a failed claim: timeout, transport, http_4xx, http_5xx, other."""
+    if isinstance(error, RequestTimeout | TimeoutError):
+        return "timeout"
+    if isinstance(error, ControlPlaneError):
+        if error.status is None:
+            return "transport"
+        return "http_5xx" if error.status >= 500 else "http_4xx"
+    return "other"
 
 
 class ClaimScheduler:
@@ -91,7 +103,7 @@ class ClaimScheduler:
             return
         key = self._control.claim_key(wake)
         if key in self._in_flight or key in self._waiting:
-            self._stats.claims_skipped += 1
+            self._stats.count_skip("in_flight")
             self._deferred[key] = wake
             self._notify()
             return
@@ -99,7 +111,7 @@ class ClaimScheduler:
 
     def record_failure(self, error: BaseException) -> None:
         """Count and report one failed claim attempt (final, or about to be retried)."""
-        self._stats.claims_failed += 1
+        self._stats.count_claim_failure(failure_reason(error))
         self._stats.last_claim_result = "error"
         self._notify()
         self._report_error(error)
@@ -128,7 +140,7 @@ class ClaimScheduler:
 
     def _start(self, key: str, wake: WakeEvent) -> None:
         if self._runtime_busy(key):
-            self._stats.claims_skipped += 1
+            self._stats.count_skip("busy")
             self._notify()
             self._wait_for_runtime(key, wake)
             return
@@ -170,7 +182,7 @@ class ClaimScheduler:
                 self.record_failure(exc)
                 return
             if not outcome.claimed:
-                stats.claims_skipped += 1
+                stats.count_skip("no_work")
                 stats.last_claim_result = "no_work"
                 self._notify()
                 return
