@@ -142,7 +142,7 @@ async def test_bind_failure_is_a_typed_error_and_serves_nothing() -> None:
             with pytest.raises(HealthServerError, match=rf"127\.0\.0\.1:{port}: .*in use"):
                 await health.start()
             await health.stop()  # idempotent after a failed start
-        with pytest.raises(HealthServerError, match="0..65535"):
+        with pytest.raises(HealthServerError, match=r"0\.\.65535"):
             HealthServer(worker, port=70000)
         assert srv.requests_matching("") == []  # nothing was started
 
@@ -174,7 +174,7 @@ async def test_run_with_its_port_in_use_exits_2_with_one_line_and_starts_nothing
         with _listening_socket() as taken:
             port = taken.getsockname()[1]
             proc = await _spawn(_run_args(srv, "--health-port", str(port)), tmp_path)
-            out, err = await asyncio.wait_for(proc.communicate(), 30)
+            _, err = await asyncio.wait_for(proc.communicate(), 30)
         text = err.decode()
         assert proc.returncode == 2, text
         lines = text.splitlines()
