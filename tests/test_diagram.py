@@ -1,10 +1,13 @@
-"""Diagram drift: the committed diagrams/lifecycle.* are what the spec renders now.
+"""Diagram gate: the committed diagrams/lifecycle.* are what the spec renders now.
 
-The DOT source needs no Graphviz binary and is compared byte for byte; SVG and
-PNG are compared when ``dot`` is installed (it is in CI). ``pullwake diagram
---check`` is exercised against a copy of the diagrams in a temp dir, so the
-committed files are never touched. When these tests fail after a spec edit,
-run ``pullwake diagram`` and commit the result (docs/lifecycle.md).
+The DOT source needs no Graphviz binary and is compared byte for byte with a
+fresh render. SVG and PNG are derived: they depend on the Graphviz version and
+the installed fonts, so they are never compared byte for byte; each carries the
+SHA-256 of the DOT it was rendered from, and the gate compares that. The gate
+passes with another Graphviz version on PATH (a fake ``dot``) and without one,
+and fails on a real DOT change, each time with the right advice. ``pullwake
+diagram --check`` is exercised against copies in a temp dir, so the committed
+files are never touched.
 """
 
 from __future__ import annotations
@@ -12,15 +15,25 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import struct
 import subprocess
 import sys
+import textwrap
+import zlib
 from pathlib import Path
 
 import pytest
 
-from pullwake import diagram as diagram_module
 from pullwake.cli import main
-from pullwake.diagram import check_diagrams, render_dot, render_with_dot
+from pullwake.diagram import (
+    check_diagrams,
+    dot_fingerprint,
+    graphviz_version,
+    image_fingerprint,
+    render_dot,
+    render_with_dot,
+    stamp_image,
+)
 from pullwake.spec import LifecycleSpec, load_spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,6 +42,11 @@ SPEC = load_spec()
 HAVE_DOT = shutil.which("dot") is not None
 needs_dot = pytest.mark.skipif(not HAVE_DOT, reason="Graphviz 'dot' is not installed")
 STALE = "diagrams/ are stale: run `pullwake diagram` and commit the result"
+STALE_ADVICE = ("diagrams are stale: the spec renders a different diagram now; run "
+                "`pullwake diagram` and commit diagrams/")
+IMAGES_ADVICE = ("images are out of date with the committed DOT source: run `pullwake "
+                 "diagram` and commit diagrams/")
+FAKE_VERSION = "99.1.0"
 
 
 @functools.cache
@@ -46,6 +64,42 @@ def changed_spec(tmp_path: Path) -> Path:
     return path
 
 
+def copy_of_diagrams(tmp_path: Path) -> Path:
+    out = tmp_path / "diagrams"
+    shutil.copytree(DIAGRAMS, out)
+    return out
+
+
+def fake_dot_dir(tmp_path: Path) -> Path:
+    """A ``dot`` that claims another Graphviz version; it renders with the real one
+    (when installed) and rewrites the version its SVG names, as another release would."""
+    real = shutil.which("dot")
+    bindir = tmp_path / "fakebin"
+    bindir.mkdir()
+    script = bindir / "dot"
+    script.write_text(textwrap.dedent(f"""\
+        #!{sys.executable}
+        import subprocess, sys
+        if sys.argv[1:] == ["-V"]:
+            sys.stderr.write("dot - graphviz version {FAKE_VERSION} (20990101.0000)\\n")
+            sys.exit(0)
+        out = subprocess.run([{real!r}, *sys.argv[1:]], input=sys.stdin.buffer.read(),
+                             capture_output=True, check=True).stdout
+        out = out.replace(b"graphviz version ", b"graphviz version {FAKE_VERSION} was ")
+        sys.stdout.buffer.write(out)
+        """), encoding="utf-8")
+    script.chmod(0o755)
+    return bindir
+
+
+def run_cli(*args: str, path: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "PULLWAKE_SPEC"}
+    if path is not None:
+        env["PATH"] = path
+    return subprocess.run([sys.executable, "-m", "pullwake", *args], capture_output=True,
+                          text=True, env=env, timeout=120, cwd=REPO)
+
+
 # ------------------------------------------------------- committed == fresh
 
 
@@ -53,10 +107,11 @@ def test_committed_dot_equals_a_fresh_render() -> None:
     assert (DIAGRAMS / "lifecycle.dot").read_text(encoding="utf-8") == render_dot(SPEC), STALE
 
 
-@needs_dot
 @pytest.mark.parametrize("fmt", ["svg", "png"])
-def test_committed_image_equals_a_fresh_render(fmt: str) -> None:
-    assert (DIAGRAMS / f"lifecycle.{fmt}").read_bytes() == fresh(fmt), STALE
+def test_committed_images_are_renders_of_the_committed_dot(fmt: str) -> None:
+    committed_dot = (DIAGRAMS / "lifecycle.dot").read_bytes()
+    image = (DIAGRAMS / f"lifecycle.{fmt}").read_bytes()
+    assert image_fingerprint(fmt, image) == dot_fingerprint(committed_dot), STALE
 
 
 def test_diagram_check_passes_on_the_checkout(capsys: pytest.CaptureFixture[str]) -> None:
@@ -64,49 +119,160 @@ def test_diagram_check_passes_on_the_checkout(capsys: pytest.CaptureFixture[str]
     assert capsys.readouterr().out == f"{DIAGRAMS}: diagrams match the spec\n"
 
 
+# ------------------------------------------- the gate across Graphviz versions
+
+
+def test_gate_passes_with_another_graphviz_version_on_path(tmp_path: Path) -> None:
+    fake = fake_dot_dir(tmp_path)
+    path = f"{fake}{os.pathsep}{os.environ.get('PATH', '')}"
+    assert subprocess.run(["dot", "-V"], capture_output=True, text=True,
+                          env={**os.environ, "PATH": path}).stderr.startswith(
+        f"dot - graphviz version {FAKE_VERSION}")
+    proc = run_cli("diagram", "--check", path=path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"{DIAGRAMS}: diagrams match the spec\n"
+    made_by = graphviz_version() if HAVE_DOT else None
+    if made_by is not None and made_by != FAKE_VERSION:
+        assert (f"note: {DIAGRAMS / 'lifecycle.svg'}: rendered by Graphviz {made_by}, this "
+                f"machine has {FAKE_VERSION}: images are not compared byte for byte, so this "
+                "is fine") in proc.stderr.splitlines()
+
+
+@needs_dot
+def test_images_rendered_by_another_version_pass_the_gate(tmp_path: Path) -> None:
+    fake = fake_dot_dir(tmp_path)
+    out = tmp_path / "other"
+    proc = run_cli("diagram", "--out", str(out), path=f"{fake}{os.pathsep}{os.environ['PATH']}")
+    assert proc.returncode == 0, proc.stderr
+    svg = (out / "lifecycle.svg").read_bytes()
+    assert f"graphviz version {FAKE_VERSION}".encode() in svg
+    assert svg != (DIAGRAMS / "lifecycle.svg").read_bytes()  # different bytes...
+    assert (out / "lifecycle.dot").read_bytes() == (DIAGRAMS / "lifecycle.dot").read_bytes()
+    proc = run_cli("diagram", "--check", "--out", str(out))  # ...checked with the real dot
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("graphviz", ["real", "fake", "none"])
+def test_gate_fails_on_a_real_dot_change_whatever_graphviz(graphviz: str, tmp_path: Path) -> None:
+    if graphviz == "real" and not HAVE_DOT:
+        pytest.skip("Graphviz 'dot' is not installed")
+    out = copy_of_diagrams(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    python_dir = str(Path(sys.executable).parent)
+    path = {"real": os.environ.get("PATH", ""),
+            "fake": f"{fake_dot_dir(tmp_path)}{os.pathsep}{os.environ.get('PATH', '')}",
+            "none": f"{empty}{os.pathsep}{python_dir}"}[graphviz]
+    proc = run_cli("diagram", "--check", "--spec", str(changed_spec(tmp_path)), "--out",
+                   str(out), path=path)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if not line.startswith("note: ")]
+    install = ("" if graphviz != "none" else
+               " (Graphviz 'dot' is not installed here: install it first, e.g. apt-get install "
+               "graphviz, brew install graphviz, dnf install graphviz)")
+    assert errors == [f"{out / 'lifecycle.dot'}: differs from what the spec renders now",
+                      STALE_ADVICE + install]
+
+
+def test_gate_without_graphviz_checks_everything(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    assert shutil.which("dot") is None
+    assert main(["diagram", "--check"]) == 0, capsys.readouterr().err
+    # and it still catches an image that is not a render of the committed DOT
+    out = copy_of_diagrams(tmp_path)
+    (out / "lifecycle.png").write_bytes((DIAGRAMS / "lifecycle.png").read_bytes()[:-20])
+    shutil.copy(DIAGRAMS / "lifecycle.svg", out / "lifecycle.svg")
+    svg = (out / "lifecycle.svg").read_text(encoding="utf-8")
+    (out / "lifecycle.svg").write_text(svg.replace(dot_fingerprint(fresh("dot")), "0" * 64),
+                                       encoding="utf-8")
+    capsys.readouterr()
+    assert main(["diagram", "--check", "--out", str(out)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"{out / 'lifecycle.svg'}: was rendered from another DOT source than the committed "
+        "lifecycle.dot",
+        IMAGES_ADVICE + " (Graphviz 'dot' is not installed here: install it first, e.g. "
+        "apt-get install graphviz, brew install graphviz, dnf install graphviz)"]
+
+
 # -------------------------------------------------------------- the check
 
 
 def test_check_fails_after_a_spec_change_until_rendered(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "diagrams"
-    shutil.copytree(DIAGRAMS, out)
+    out = copy_of_diagrams(tmp_path)
     spec = changed_spec(tmp_path)
     formats = ["dot", "svg", "png"] if HAVE_DOT else ["dot"]
 
     assert main(["diagram", "--check", "--spec", str(spec), "--out", str(out)]) == 1
     err = capsys.readouterr().err.splitlines()
-    assert err == [f"{out / f'lifecycle.{f}'}: differs from what the spec renders now"
-                   for f in formats] + [
-        "diagrams are stale: run `pullwake diagram` and commit the result"]
+    assert err == [f"{out / 'lifecycle.dot'}: differs from what the spec renders now",
+                   STALE_ADVICE + ("" if HAVE_DOT else err[-1][len(STALE_ADVICE):])]
 
     assert main(["diagram", "--spec", str(spec), "--out", str(out)]) == 0
     assert capsys.readouterr().out.splitlines() == [str(out / f"lifecycle.{f}")
                                                      for f in formats]
-    assert '"running.reconnecting" -> "running.streaming" [label=BACKOFF_ELAPSED]' in (
-        out / "lifecycle.dot").read_text(encoding="utf-8")
-    assert main(["diagram", "--check", "--spec", str(spec), "--out", str(out)]) == 0
+    assert "BACKOFF_ELAPSED" in (out / "lifecycle.dot").read_text(encoding="utf-8")
+    if HAVE_DOT:
+        assert main(["diagram", "--check", "--spec", str(spec), "--out", str(out)]) == 0
     # the checkout's diagrams are untouched
     assert (DIAGRAMS / "lifecycle.dot").read_bytes() != (out / "lifecycle.dot").read_bytes()
 
 
-def test_check_reports_missing_files(tmp_path: Path) -> None:
-    drift = check_diagrams(SPEC, tmp_path, formats=("dot",))
-    assert [(d.path, d.problem) for d in drift] == [(tmp_path / "lifecycle.dot", "missing")]
-
-
-def test_without_dot_only_the_dot_source_is_checked_and_written(
+def test_dot_rewritten_without_images_fails_with_image_advice(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(diagram_module.shutil, "which", lambda name: None)
-    assert main(["diagram", "--out", str(tmp_path)]) == 0
+    out = copy_of_diagrams(tmp_path)
+    spec = changed_spec(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    assert main(["diagram", "--spec", str(spec), "--out", str(out)]) == 0
     captured = capsys.readouterr()
-    assert captured.out.splitlines() == [str(tmp_path / "lifecycle.dot")]
-    assert "Graphviz 'dot' not found" in captured.err and "wrote DOT only" in captured.err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["lifecycle.dot"]
-    assert main(["diagram", "--check", "--out", str(tmp_path)]) == 0
+    assert captured.out.splitlines() == [str(out / "lifecycle.dot")]
+    assert "Graphviz 'dot' not found" in captured.err and "text sources only" in captured.err
+    assert main(["diagram", "--check", "--spec", str(spec), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[:2] == [
+        f"{out / f'lifecycle.{fmt}'}: was rendered from another DOT source than the committed "
+        "lifecycle.dot" for fmt in ("svg", "png")]
+    assert err[2].startswith(IMAGES_ADVICE + " (Graphviz 'dot' is not installed here")
     with pytest.raises(FileNotFoundError, match="apt-get install graphviz"):
         render_with_dot("digraph {}", "svg")
+
+
+def test_check_reports_missing_files(tmp_path: Path) -> None:
+    drift = check_diagrams(SPEC, tmp_path)
+    assert [(d.path.name, d.problem, d.fails) for d in drift] == [
+        ("lifecycle.dot", "missing", True), ("lifecycle.svg", "missing", True),
+        ("lifecycle.png", "missing", True)]
+
+
+def test_png_stamp_is_a_valid_chunk_and_round_trips() -> None:
+    png = (DIAGRAMS / "lifecycle.png").read_bytes()
+    pos, kinds = 8, []
+    while pos < len(png):
+        (length,) = struct.unpack(">I", png[pos:pos + 4])
+        kind, body = png[pos + 4:pos + 8], png[pos + 8:pos + 8 + length]
+        (crc,) = struct.unpack(">I", png[pos + 8 + length:pos + 12 + length])
+        assert zlib.crc32(kind + body) == crc, kind
+        kinds.append(kind)
+        pos += 12 + length
+    assert kinds[:2] == [b"IHDR", b"tEXt"] and kinds[-1] == b"IEND"
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(
+            ">I", zlib.crc32(kind + body))
+
+    bare = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00\x00")) + chunk(b"IEND", b""))
+    assert image_fingerprint("png", bare) is None
+    assert image_fingerprint("png", stamp_image("png", bare, "ab" * 32)) == "ab" * 32
+    svg = b'<?xml version="1.0"?>\n<svg/>'
+    assert image_fingerprint("svg", stamp_image("svg", svg, "cd" * 32)) == "cd" * 32
+    assert image_fingerprint("svg", svg) is None
 
 
 # ---------------------------------------------------------------- content

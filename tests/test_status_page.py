@@ -47,14 +47,16 @@ def _browser_problem() -> str | None:
 
 
 @pytest.fixture
-def browser_ready() -> None:
+def chromium() -> str:
+    """The chromium executable (skip or fail as the module docstring says)."""
     problem = _browser_problem()
     if problem is None:
-        return
+        return CHROMIUM if os.path.exists(CHROMIUM) else str(shutil.which("chromium"))
     if os.environ.get("CI") or os.environ.get("PULLWAKE_REQUIRE_BROWSER") == "1":
         pytest.fail(f"the status-page test needs a browser: {problem}; run `bash .ci/setup`",
                     pytrace=False)
     pytest.skip(f"no browser: {problem} (bash .ci/setup installs it)")
+    raise AssertionError("unreachable")
 
 
 async def _wait_state(page: Any, predicate_js: str, timeout_s: float) -> str:
@@ -67,7 +69,7 @@ async def _wait_state(page: Any, predicate_js: str, timeout_s: float) -> str:
 
 
 async def test_status_page_highlights_the_state_as_the_server_hangs_and_recovers(
-        browser_ready: None, tmp_path: Path) -> None:
+        chromium: str, tmp_path: Path) -> None:
     from playwright.async_api import async_playwright
 
     async with EmbeddedServer(long_poll_timeout=1.0) as srv:
@@ -77,9 +79,8 @@ async def test_status_page_highlights_the_state_as_the_server_hangs_and_recovers
             await srv.create_stream("events/a")
             await srv.append("events/a", {"n": 1})
             await eventually(lambda: worker.stats.wakes_acked >= 1, timeout=20)
-            exe = CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium")
             async with async_playwright() as p:
-                browser = await p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS,
+                browser = await p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS,
                                                   headless=True)
                 try:
                     page = await browser.new_page(viewport={"width": 1400, "height": 1000})
