@@ -86,10 +86,10 @@ async def test_livez_fails_after_the_loop_was_blocked_then_recovers() -> None:
         async with serving(worker, start=False, watch_interval=0.05,
                            max_loop_lag=0.2) as health:
             health.watch.hold = 60.0  # keep the verdict until the probe has read it
-            await eventually(lambda: health.watch.last_tick is not None
-                             and health.watch.stalls == 0 and health.watch.lag < 0.2)
+            await eventually(lambda: health.watch.last_tick is not None)
+            before = health.watch.stalls  # a loaded machine may have stalled already
             time.sleep(0.6)  # noqa: ASYNC251 - the point: a handler blocking the loop
-            await eventually(lambda: health.watch.stalls >= 1)
+            await eventually(lambda: health.watch.stalls > before)
             status, body = await get(health.url + "/livez")
             assert status == 503 and body["live"] is False
             assert "blocked" in body["reason"] and body["worst_loop_lag_s"] >= 0.3
