@@ -216,20 +216,21 @@ class OutageLog:
         if self.since is None:
             self.since = self._reminded = now
             self._log.warning("%s%s failed: %s (repeats are logged at DEBUG until one "
-                              "succeeds)", self._prefix, self._what, text)
+                              "succeeds)", self._prefix, self._what, text, stacklevel=2)
         elif now - self._reminded >= self.remind_every:
             self._reminded = now
             self._log.warning("%s%s still failing: %d failures in %.3gs, latest: %s",
-                              self._prefix, self._what, self.failures, now - self.since, text)
+                              self._prefix, self._what, self.failures, now - self.since, text,
+                              stacklevel=2)
         else:
             self._log.debug("%s%s failed again (%d): %s", self._prefix, self._what,
-                            self.failures, text)
+                            self.failures, text, stacklevel=2)
 
     def success(self) -> None:
         if self.since is None:
             return
         lasted = self._clock.monotonic() - self.since
         self._log.info("%s%s recovered after %d failure(s) in %.3gs", self._prefix, self._what,
-                       self.failures, lasted)
+                       self.failures, lasted, stacklevel=2)
         self.failures = 0
         self.since = None

@@ -15,9 +15,11 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from observe_helpers import get, make_worker, serving
+from prometheus_client.parser import text_string_to_metric_families
 from runner_helpers import eventually
 
 from pullwake import HealthServer, HealthServerError
@@ -241,3 +243,42 @@ async def test_run_rejects_bad_observability_arguments(tmp_path: Path, args: lis
     assert proc.returncode == 2
     assert needle in err.decode()
     assert "Traceback" not in err.decode()
+
+
+@pytest.mark.ds_server_options(long_poll_timeout=1.0)
+async def test_probes_and_metrics_while_the_reference_server_stops_and_restarts(
+        real_ds_server: Any) -> None:
+    srv = real_ds_server
+    worker = make_worker(srv)
+    async with serving(worker) as health:
+        base = health.url
+
+        async def ready() -> bool:
+            return (await get(base + "/readyz"))[0] == 200
+
+        async def not_ready() -> bool:
+            return not await ready()
+
+        await _until(ready, timeout=20)
+        await srv.create_stream("events/a")
+        await srv.append("events/a", {"n": 1})
+        await eventually(lambda: worker.stats.wakes_acked >= 1, timeout=20)
+
+        await srv.stop()
+        await _until(not_ready, timeout=20)
+        status, live = await get(base + "/livez")
+        assert status == 200 and live["live"] is True  # the outage is not ours
+        await srv.start()  # same port, same data directory
+        await _until(ready, timeout=30)
+        await srv.append("events/a", {"n": 2})
+        await eventually(lambda: worker.stats.wakes_acked >= 2, timeout=30)
+
+        status, text = await get(base + "/metrics")
+    m = {(s.name, tuple(sorted(s.labels.items()))): s.value
+         for f in text_string_to_metric_families(text) for s in f.samples}
+    assert m[("pullwake_reconnects_total", ())] >= 1
+    assert m[("pullwake_lifecycle_state", (("state", "streaming"),))] == 1
+    assert m[("pullwake_acks_total", ())] == worker.stats.wakes_acked
+    failed = sum(v for (name, labels), v in m.items()
+                 if name == "pullwake_heartbeats_total" and ("result", "failed") in labels)
+    assert failed >= 1
