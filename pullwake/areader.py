@@ -127,8 +127,11 @@ class AsyncShell:
         headers = await self._headers()
         headers.update(req.headers)
         secrets = self.secrets()
+        # A long-poll is a read of a live stream: its wait is bounded as silence
+        # (IdleTimeout), like the rest of an open stream; anything else is a connect.
+        phase: Any = "read" if req.live == "long-poll" else "connect"
         try:
-            with translate("connect", url=self.url, secrets=secrets):
+            with translate(phase, url=self.url, secrets=secrets):
                 async with deadline(self.clock, self._wait_for_head(req.live)):
                     resp = await self.session.get(to_url(req.url(self.url)), headers=headers,
                                                   allow_redirects=False, timeout=NO_TOTAL)
