@@ -16,6 +16,7 @@ from .errors import (
     ConnectTimeout,
     ControlPlaneError,
     HandlerError,
+    HealthServerError,
     IdleTimeout,
     InvalidMessage,
     LeaseLost,
@@ -32,6 +33,7 @@ from .errors import (
     TransportError,
 )
 from .health import Health
+from .healthserver import HealthServer
 from .machine import Lifecycle, LifecycleEffects, WorkTicket
 from .protocol import Chunk, Item, RetryPolicy
 from .runner import PullWakeRunner, Runtime
@@ -59,6 +61,8 @@ __all__ = [
     "FetchCacheWarning",
     "HandlerError",
     "Health",
+    "HealthServer",
+    "HealthServerError",
     "IdleTimeout",
     "InvalidMessage",
     "Item",
