@@ -240,7 +240,7 @@ async def aiter_chunks(
     active = make_session() if session is None else session
     shell = AsyncShell(active, url, core, headers=headers, clock=clock or LoopClock(),
                        connect_timeout=connect_timeout, idle_timeout=idle_timeout, retry=retry)
-    assembler = Assembler()
+    assembler = Assembler(core)
     try:
         async for event in shell.events():
             chunk = assembler.add(event)

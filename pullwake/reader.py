@@ -414,7 +414,7 @@ def iter_chunks(
     own = session is None
     active = requests.Session() if session is None else session
     shell = _SyncShell(active, url, core, headers=headers, timeout=checked_timeout, retry=retry)
-    assembler = Assembler()
+    assembler = Assembler(core)
     try:
         for event in shell.events():
             chunk = assembler.add(event)
@@ -526,7 +526,7 @@ class Collector:
         self.skip_bad = skip_bad
         self.url = url
         self.items: list[Item] = []
-        self._assembler = Assembler()
+        self._assembler = Assembler(core)
         self._live = core.live != "catch-up"
         self._fresh = False
 

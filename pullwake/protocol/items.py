@@ -68,6 +68,7 @@ class Chunk:
     cursor: str | None = None
     up_to_date: bool = False
     closed: bool = False
+    kind: Kind | None = None
 
     @property
     def data(self) -> tuple[Any, ...]:
@@ -108,8 +109,13 @@ class ReadResult:
 
 @dataclass
 class Assembler:
-    """Collect read events into chunks; ``items()`` flattens one batch."""
+    """Collect read events into chunks; ``items()`` flattens one batch.
 
+    ``core`` (a :class:`~pullwake.protocol.ReadCore`, optional) tells each
+    chunk its stream's kind.
+    """
+
+    core: Any = None
     _items: list[Item] = field(default_factory=list)
 
     @staticmethod
@@ -135,7 +141,8 @@ class Assembler:
             start = items[0].start if items else event.next_offset
             return Chunk(items=tuple(items), start=start, offset=event.next_offset,
                          cursor=event.cursor, up_to_date=event.up_to_date,
-                         closed=event.closed)
+                         closed=event.closed,
+                         kind=None if self.core is None else self.core.kind)
         if type(event) is Rejected:
             raise event.error
         return None
