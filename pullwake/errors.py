@@ -17,6 +17,7 @@ library's exceptions lives in exactly one place per library
     │   ├── IdleTimeout           an open stream was silent past read_idle_timeout
     │   ├── StreamStatusError     the wake stream answered an unexpected status
     │   └── ProtocolError         a response that cannot be framed (truncated, corrupt)
+    │       └── OffsetsWentBack   the stream's offsets went back: it was re-created
     ├── MessageError              one wake-stream message is bad; it is skipped
     │   ├── MalformedMessage      not JSON
     │   ├── InvalidMessage        JSON of the wrong shape or type
@@ -54,6 +55,7 @@ __all__ = [
     "LeaseLost",
     "MalformedMessage",
     "MessageError",
+    "OffsetsWentBack",
     "OversizedMessage",
     "ProtocolError",
     "PullwakeError",
@@ -201,6 +203,12 @@ class StreamStatusError(TransportError):
 
 class ProtocolError(TransportError):
     """A response that cannot be framed: truncated, corrupt, or cut mid-event."""
+
+
+class OffsetsWentBack(ProtocolError):
+    """The stream answered an offset below the one asked for: offsets never go
+    back on one stream, so it was deleted and created again (a restarted
+    in-memory server, someone re-creating it). The runner reads it anew."""
 
 
 # ------------------------------------------------------------------------ messages

@@ -34,7 +34,7 @@ from .control import ControlPlane, ElectricControlPlane, WakeEvent
 from .errors import (
     ConnectError,
     MessageError,
-    ProtocolError,
+    OffsetsWentBack,
     PullwakeError,
     StreamStatusError,
     TransportError,
@@ -392,6 +392,13 @@ class PullWakeRunner:
             self._restart_offset()
         return True
 
+    def _stream_went_back(self) -> None:
+        # Offsets never go back on one stream: this one was deleted and created
+        # again (a restarted in-memory server, another worker re-creating it).
+        log.warning("[%s] wake stream offsets went back from %s: the stream was re-created; "
+                    "reading it from the beginning", self._label, self._offset)
+        self._restart_offset()
+
     def _restart_offset(self) -> None:
         self._offset = None
         self._cursor = None
@@ -405,6 +412,9 @@ class PullWakeRunner:
             except StreamStatusError as exc:
                 if exc.status != 404 or not await self._recreate_wake_stream():
                     raise
+                stream = await self._open_stream()
+            except OffsetsWentBack:  # a long-poll connects with a catch-up read
+                self._stream_went_back()
                 stream = await self._open_stream()
         except asyncio.CancelledError:
             raise
@@ -429,16 +439,8 @@ class PullWakeRunner:
                     self._on_message(ticket, item.value)
                 elif isinstance(item, Checkpoint):
                     if self._offset is not None and item.next_offset < self._offset:
-                        # Offsets never go back on one stream: this one was
-                        # deleted and created again (a restarted in-memory
-                        # server, another worker re-creating it). Read it anew.
-                        log.warning("[%s] wake stream offsets went back from %s to %s: the "
-                                    "stream was re-created; reading it from the beginning",
-                                    self._label, self._offset, item.next_offset)
-                        self._restart_offset()
-                        error = ProtocolError("the wake stream was re-created (its offsets "
-                                              "went back)", url=self.config.wake_stream_url)
-                        break
+                        raise OffsetsWentBack(f"offsets went back to {item.next_offset}",
+                                              url=self.config.wake_stream_url)
                     if item.cursor:
                         self._cursor = item.cursor
                     if item.next_offset != self._offset:  # keep-alives repeat it
@@ -452,6 +454,9 @@ class PullWakeRunner:
                     return
         except asyncio.CancelledError:
             raise
+        except OffsetsWentBack as exc:
+            self._stream_went_back()
+            error = exc
         except PullwakeError as exc:
             error = exc
         except Exception as exc:  # noqa: BLE001 - a custom stream's failure ends the session
