@@ -314,8 +314,8 @@ def _other_changes(old: LifecycleSpec, new: LifecycleSpec,
         a, b = getattr(old.backoff, attr), getattr(new.backoff, attr)
         if a != b:
             out.append(f"backoff {attr}: {_value(a)} → {_value(b)}")
-    old_p = {p.name: p for p in getattr(old, "properties", ())}
-    new_p = {p.name: p for p in getattr(new, "properties", ())}
+    old_p = {p.name: p for p in old.properties}
+    new_p = {p.name: p for p in new.properties}
     for name, p in new_p.items():
         if name not in old_p:
             out.append(f"property added: `{name}`: {p.text}")

@@ -16,11 +16,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from mini_spec import MINI, edit
 from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
 
 from pullwake.cli import main
@@ -28,68 +28,6 @@ from pullwake.review import ReviewSide, review
 from pullwake.spec import load_spec
 
 HAVE_DOT = shutil.which("dot") is not None
-
-MINI = textwrap.dedent("""\
-    version: 1
-    name: mini
-    initial: stopped
-    backoff: {initial_s: 0.5, factor: 2, cap_s: 8, reset_on: [START]}
-    events:
-      START: {}
-      STOP: {}
-      DONE: {}
-      FAIL: {payload: [error]}
-      RETRY: {}
-      HALTED: {}
-    work:
-      job: {kind: task, start: start_connect_attempt, reports: [DONE, FAIL], fails: FAIL}
-      pause: {kind: timer, start: start_backoff_timer, delay: backoff, reports: [RETRY],
-              fails: RETRY}
-      halt: {kind: task, start: start_shutdown, reports: [HALTED], fails: HALTED}
-    states:
-      stopped:
-        transitions:
-          START: {to: running, before: [on_start]}
-        ignore:
-          not_running: [STOP]
-          stale_result: [DONE, FAIL, RETRY, HALTED]
-      running:
-        initial: working
-        transitions:
-          STOP: {to: stopping}
-        ignore:
-          already_running: [START]
-          stale_result: [HALTED]
-        states:
-          working:
-            owns: job
-            transitions:
-              DONE: {to: working, after: [report_stream_end]}
-              FAIL: {to: waiting, after: [report_connect_failure]}
-            ignore:
-              stale_result: [RETRY]
-          waiting:
-            owns: pause
-            transitions:
-              RETRY: {to: working}
-            ignore:
-              stale_result: [DONE, FAIL]
-      stopping:
-        owns: halt
-        transitions:
-          HALTED: {to: stopped}
-        ignore:
-          already_stopping: [START, STOP]
-          stale_result: [DONE, FAIL, RETRY]
-    """)
-
-
-def edit(text: str, *pairs: tuple[str, str]) -> str:
-    for old, new in pairs:
-        assert text.count(old) == 1, old
-        text = text.replace(old, new)
-    return text
-
 
 def add_transition(t: str) -> str:
     return edit(t, ("      RETRY: {to: working}\n",
