@@ -37,8 +37,9 @@ def add_transition(t: str) -> str:
 
 
 def remove_transition(t: str) -> str:
-    return edit(t, ("          DONE: {to: working, after: [report_stream_end]}\n", ""),
-                ("          stale_result: [RETRY]\n", "          stale_result: [RETRY, DONE]\n"))
+    return edit(t, ("          RETRY: {to: working}\n", ""),
+                ("          stale_result: [DONE, FAIL]\n",
+                 "          stale_result: [DONE, FAIL, RETRY]\n"))
 
 
 def change_target(t: str) -> str:
@@ -175,7 +176,7 @@ def test_added_and_removed_edges_are_green_and_red_dashed(tmp_path: Path) -> Non
     assert 'color="#1a7f37"' in added.dot()
     removed = _review("remove_transition", tmp_path)
     marks = sorted((b.event, b.kind, b.status) for b in removed.drawing.branches if b.status)
-    assert marks == [("DONE", "ignored", "added"), ("DONE", "transition", "removed")]
+    assert marks == [("RETRY", "ignored", "added"), ("RETRY", "transition", "removed")]
     dot = removed.dot()
     assert 'color="#cf222e"' in dot and "style=dashed" in dot
 
