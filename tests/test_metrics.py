@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from observe_helpers import SUB, get, make_worker, serving
+from observe_helpers import SUB, acked_to_tail, get, make_worker, serving
 from prometheus_client.parser import text_string_to_metric_families
 from runner_helpers import eventually, make_runner, started, wake
 
@@ -23,20 +23,6 @@ from pullwake.testing import EmbeddedServer
 from pullwake.testing.server import ClaimAnswer
 
 pytestmark = pytest.mark.timeout(60)
-
-
-async def acked_to_tail(srv: EmbeddedServer, path: str, timeout: float = 20.0) -> None:
-    """Wait until the subscription's acked offset of ``path`` is the stream's tail."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    tail = await srv.tail_offset(path)
-    while True:
-        state = await srv.subscription_state(SUB) or {}
-        acked = {s["path"]: s["acked_offset"] for s in state.get("streams", [])}
-        if acked.get(path) == tail:
-            return
-        assert loop.time() < end, f"{path} not acked to {tail} in {timeout}s: {acked}"
-        await asyncio.sleep(0.02)
 
 
 def parse(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
