@@ -672,20 +672,27 @@ async def main_scaling(args: argparse.Namespace, argv: Sequence[str]) -> None:
     ns = [int(x) for x in args.ns.split(",")]
     load0, t0 = load(), time.perf_counter()
     async with Bench(args) as bench:
-        print(f"scaling: N = {ns}, {args.rounds} rounds of {args.duration:g} s per side",
-              flush=True)
-        scale_text, scale = await scaling(bench, ns, args.rounds, args.duration, args.warmup,
-                                          args.append_rate)
-        print(scale_text, flush=True)
-        print(f"reads: {args.read_messages} messages, {args.read_rounds} rounds", flush=True)
-        read_text, _ = await reads(bench, args.read_messages, args.read_rounds)
-        print(read_text, flush=True)
-        lat_ns = [int(x) for x in args.latency_ns.split(",")]
-        print(f"latency: N = {lat_ns} at {args.latency_rate:g} appends/s", flush=True)
-        lat_text = await latency(bench, lat_ns, args.latency_rounds, args.duration,
-                                 args.latency_rate)
-        print(lat_text, flush=True)
+        scale_text, scale, read_text, lat_text = "", [], "", ""
+        if "scaling" in args.parts:
+            print(f"scaling: N = {ns}, {args.rounds} rounds of {args.duration:g} s per side",
+                  flush=True)
+            scale_text, scale = await scaling(bench, ns, args.rounds, args.duration,
+                                              args.warmup, args.append_rate)
+            print(scale_text, flush=True)
+        if "reads" in args.parts:
+            print(f"reads: {args.read_messages} messages, {args.read_rounds} rounds",
+                  flush=True)
+            read_text, _ = await reads(bench, args.read_messages, args.read_rounds)
+            print(read_text, flush=True)
+        if "latency" in args.parts:
+            lat_ns = [int(x) for x in args.latency_ns.split(",")]
+            print(f"latency: N = {lat_ns} at {args.latency_rate:g} appends/s", flush=True)
+            lat_text = await latency(bench, lat_ns, args.latency_rounds, args.duration,
+                                     args.latency_rate)
+            print(lat_text, flush=True)
     elapsed = time.perf_counter() - t0
+    if not scale:
+        return
     from pullwake.testing.realserver import DS_SERVER_VERSION
 
     worst_rate = min(d["rate_ratio"] for d in scale)
@@ -804,6 +811,9 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--latency-rate", type=float, default=50.0,
                    help="appends/s in total for the latency table (50)")
     p.add_argument("--latency-rounds", type=int, default=None, help="rounds per side (2)")
+    p.add_argument("--parts", default="scaling,reads,latency",
+                   help="which tables to measure (default all: scaling,reads,latency); "
+                        "--write-docs needs all three")
     p.add_argument("--soak", action="store_true",
                    help="run the soak instead: the worker alone for --soak-wakes wakes")
     p.add_argument("--soak-wakes", type=int, default=None, help="wakes to run (100000)")
@@ -812,6 +822,12 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--soak-window", type=int, default=None, help="wakes per sample (5000)")
     p.add_argument("--soak-n", type=int, default=16, help="subscriptions in the soak (16)")
     args = p.parse_args(argv)
+    parts = set(args.parts.split(","))
+    if parts - {"scaling", "reads", "latency"}:
+        p.error(f"unknown --parts: {sorted(parts - {'scaling', 'reads', 'latency'})}")
+    if args.write_docs and not args.soak and parts != {"scaling", "reads", "latency"}:
+        p.error("--write-docs writes the whole section: run every part")
+    args.parts = parts
     quick = args.quick
     defaults = {
         "ns": "1,4" if quick else "1,4,16,64",
