@@ -15,6 +15,7 @@ from .errors import (
     ConnectTimeout,
     ControlPlaneError,
     HandlerError,
+    HealthServerError,
     IdleTimeout,
     InvalidMessage,
     LeaseLost,
@@ -31,6 +32,7 @@ from .errors import (
     TransportError,
 )
 from .health import Health
+from .healthserver import HealthServer
 from .machine import Lifecycle, LifecycleEffects, WorkTicket
 from .runner import PullWakeRunner, Runtime
 from .spec import LifecycleSpec, load_spec
@@ -55,6 +57,8 @@ __all__ = [
     "FetchCacheWarning",
     "HandlerError",
     "Health",
+    "HealthServer",
+    "HealthServerError",
     "IdleTimeout",
     "InvalidMessage",
     "LeaseLost",
