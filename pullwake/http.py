@@ -71,8 +71,12 @@ MAX_CONTROL_BODY = 1024 * 1024
 _NO_SCOPE = contextlib.nullcontext()
 
 
+@functools.lru_cache(maxsize=1024)
 def to_url(url: str) -> URL:
-    """A yarl URL sent exactly as built (no re-quoting, no dot-segment folding)."""
+    """A yarl URL sent exactly as built (no re-quoting, no dot-segment folding).
+
+    Cached: control-plane URLs repeat every wake (URLs are immutable).
+    """
     return URL(url, encoded=True)
 
 
@@ -188,13 +192,24 @@ async def read_bounded(resp: aiohttp.ClientResponse, limit: int, *, idle: float 
     if resp.content_length is not None and resp.content_length > limit:
         raise ProtocolError(f"response body of {resp.content_length} bytes exceeds the "
                             f"{limit}-byte limit", url=str(resp.url))
-    buf = bytearray()
-    while chunk := await _chunk(resp, idle, clock):
-        buf += chunk
-        if len(buf) > limit:
+    if (idle is None and resp.content_length is not None
+            and "Content-Encoding" not in resp.headers
+            and not resp.headers.get("Transfer-Encoding")):
+        return await resp.read()  # exact length known, no decompression: bounded already
+    # Count while reading, each chunk within ``idle`` of the last. A small
+    # answer is one chunk (returned as it is); only several chunks are joined.
+    body = await _chunk(resp, idle, clock)
+    more: list[bytes] = []
+    size = len(body)
+    while True:
+        if size > limit:
             raise ProtocolError(f"response body exceeds the {limit}-byte limit",
                                 url=str(resp.url))
-    return bytes(buf)
+        chunk = await _chunk(resp, idle, clock)
+        if not chunk:
+            return b"".join((body, *more)) if more else body
+        more.append(chunk)
+        size += len(chunk)
 
 
 class BodyReader:
@@ -529,7 +544,11 @@ class HttpClient:
         given, else it is read whole up to ``max_body``.
         """
         limit = self.request_timeout if timeout is None else timeout
-        scoped = self._secrets.hold(secret_values(headers)) if headers else _NO_SCOPE
+        scoped: contextlib.AbstractContextManager[None] = _NO_SCOPE
+        if headers:  # a request's own header values: secret for this request
+            new = [v for v in secret_values(headers) if v not in self._secrets]
+            if new:
+                scoped = self._secrets.hold(new)
         with scoped, translate("request", url=url, operation=operation,
                                secrets=self._secrets):
             async with deadline(self._clock, limit):
@@ -544,14 +563,14 @@ class HttpClient:
                                                   headers=hdrs, allow_redirects=False)
             async with resp:
                 if method == "HEAD":
-                    return HttpAnswer(resp.status, dict(resp.headers), b"")
+                    return HttpAnswer(resp.status, resp.headers, b"")
                 if consume is not None and 200 <= resp.status < 300:
                     streamed = await consume(BodyReader(resp, idle=limit, clock=self._clock,
                                                         item_limit=item_limit,
                                                         operation=operation))
-                    return HttpAnswer(resp.status, dict(resp.headers), b"", streamed)
+                    return HttpAnswer(resp.status, resp.headers, b"", streamed)
                 body = await read_bounded(resp, max_body, idle=limit, clock=self._clock)
-                return HttpAnswer(resp.status, dict(resp.headers), body)
+                return HttpAnswer(resp.status, resp.headers, body)  # read-only view
 
 
 def raise_for_answer(answer: HttpAnswer, *, operation: str, url: str,
