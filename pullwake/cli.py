@@ -18,6 +18,18 @@ from .errors import SpecError, SpecErrors
 __all__ = ["main"]
 
 
+def _version() -> str:
+    """The installed distribution's version (the package's own when not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pullwake")
+    except PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
 def _default_diagram_dir() -> Path:
     here = Path(__file__).resolve().parent
     checkout = here.parent / "diagrams"
@@ -101,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pullwake",
         description="Resilient pull-wake workers for Durable Streams servers.",
     )
+    parser.add_argument("--version", action="version", version=f"pullwake {_version()}",
+                        help="print pullwake's version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("validate", help="check machine_spec.yaml; exit 1 listing every problem")

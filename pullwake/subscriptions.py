@@ -23,13 +23,22 @@ Error mapping (by status and JSON code, never substring): 409 ``ALREADY_CLAIMED`
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from .clock import Clock, LoopClock
 from .control import SKIP_CODES, ClaimOutcome, WakeEvent, retry_transient
-from .errors import ConfigError, ControlPlaneError, LeaseLost, SubscriptionError
+from .errors import (
+    ConfigError,
+    ControlPlaneError,
+    LeaseLost,
+    ServerRootError,
+    SubscriptionError,
+    redact_url,
+)
 from .http import HttpAnswer, HttpClient, raise_for_answer
 from .urls import encode_path, join_url, segment
 
@@ -39,11 +48,14 @@ __all__ = [
     "SubscriptionClient",
     "SubscriptionConfig",
     "SubscriptionControlPlane",
+    "likely_stream_root",
 ]
 
 NOT_FOUND = "SUBSCRIPTION_NOT_FOUND"
 EXISTS = "SUBSCRIPTION_ALREADY_EXISTS"
 INVALID_OFFSET = "INVALID_OFFSET"
+#: pullwake's code for a wake stream that exists but is closed (no server sends it).
+STREAM_CLOSED = "STREAM_CLOSED"
 
 
 @dataclass(frozen=True)
@@ -147,6 +159,26 @@ class Claim:
         return {"wake_id": self.wake_id, "generation": self.generation}
 
 
+def likely_stream_root(server: str) -> str:
+    """The stream root a mistaken ``server`` most likely meant: ``…/v1/stream``.
+
+    ``http://h:4437``, ``http://h:4437/`` and ``http://h:4437/v1`` all give
+    ``http://h:4437/v1/stream`` (the reference server's root).
+    """
+    parts = urlsplit(server)
+    path = parts.path.rstrip("/")
+    for suffix in ("/v1/stream", "/v1"):
+        if path.endswith(suffix):
+            path = path[: -len(suffix)]
+            break
+    return urlunsplit((parts.scheme, parts.netloc, path + "/v1/stream", "", ""))
+
+
+def is_subscription(body: Any, sub_id: str) -> bool:
+    """Whether a JSON answer has the shape of subscription ``sub_id`` (PROTOCOL.md §6.3)."""
+    return isinstance(body, Mapping) and sub_id in (body.get("id"), body.get("subscription_id"))
+
+
 class SubscriptionClient:
     """Subscription API calls against one stream root (``http://host/v1/stream``)."""
 
@@ -160,11 +192,53 @@ class SubscriptionClient:
         url = join_url(self.root, f"__ds/subscriptions/{segment(sub_id)}")
         return f"{url}/{action}" if action else url
 
+    def _wrong_root(self, what: str) -> ServerRootError:
+        likely = likely_stream_root(self.root)
+        hint = (f"the stream root is usually {redact_url(likely)}" if likely != self.root
+                else "is it a Durable Streams server?")
+        return ServerRootError(
+            f"{redact_url(self.root)} is not a Durable Streams stream root: {what}; {hint}",
+            server=self.root, likely_root=likely)
+
+    async def verify_root(self, http: HttpClient, sub_id: str) -> dict[str, Any] | None:
+        """Prove ``root`` is a stream root before anything is created there.
+
+        ``GET`` of the subscription must answer the subscription (200) or
+        404 ``SUBSCRIPTION_NOT_FOUND``; any other answer (a plain 404, a data
+        stream, 405, HTML) is a :class:`ServerRootError` naming the likely
+        root. 401/403, 429 and 5xx are not about the root: they raise as
+        control-plane errors. Returns the subscription, or None if unknown.
+        """
+        url = self.subscription_url(sub_id)
+        answer = await http.request("GET", url, operation="verify server root")
+        if answer.status == 404 and answer.code == NOT_FOUND:
+            return None
+        body = answer.json()
+        if answer.status == 200 and is_subscription(body, sub_id):
+            return dict(body)
+        if answer.status in (401, 403, 429) or answer.status >= 500:
+            raise_for_answer(answer, operation="verify server root", url=url,
+                             scrub=http.scrub)
+        ctype = answer.headers.get("Content-Type", "?").split(";")[0]
+        raise self._wrong_root(f"GET {redact_url(url)} answered {answer.status} ({ctype}), "
+                               "not a subscription or SUBSCRIPTION_NOT_FOUND")
+
     async def ensure_stream(self, http: HttpClient, path: str) -> bool:
         """Create a JSON stream if missing. True if it was created now."""
         url = self.stream_url(path)
         answer = await http.request("PUT", url, operation="create stream",
                                     headers={"content-type": "application/json"})
+        if answer.status == 409:  # exists with another configuration: closed, or not JSON
+            head = await http.request("HEAD", url, operation="create stream")
+            if head.headers.get("Stream-Closed", "").lower() == "true":
+                raise ControlPlaneError(
+                    f"stream {path!r} is closed: a closed stream takes no more wakes; "
+                    "use another wake stream, or delete this one", operation="create stream",
+                    status=409, code=STREAM_CLOSED, url=url)
+            ctype = head.headers.get("Content-Type", "?")
+            raise ControlPlaneError(
+                f"stream {path!r} exists with content type {ctype!r}, not application/json",
+                operation="create stream", status=409, url=url)
         raise_for_answer(answer, operation="create stream", url=url, scrub=http.scrub)
         return answer.status == 201
 
@@ -180,10 +254,15 @@ class SubscriptionClient:
         if answer.status == 409 and answer.code == EXISTS:
             raise SubscriptionError(
                 f"subscription {sub.id!r} already exists with a different configuration; "
-                "delete it or use another id", operation="create subscription",
+                f"use another id, or delete it (`pullwake subscriptions delete --server "
+                f"{redact_url(self.root)} {shlex.quote(sub.id)}`; its acked offsets are lost)",
+                operation="create subscription",
                 status=409, code=EXISTS, url=url)
         raise_for_answer(answer, operation="create subscription", url=url, scrub=http.scrub,
                          cls=SubscriptionError)
+        if not is_subscription(answer.json(), sub.id):  # e.g. a data stream created instead
+            raise self._wrong_root(f"PUT {redact_url(url)} answered {answer.status} "
+                                   "without a subscription")
         return answer.status == 201
 
     async def get_subscription(self, http: HttpClient, sub_id: str) -> dict[str, Any] | None:
@@ -194,6 +273,12 @@ class SubscriptionClient:
         raise_for_answer(answer, operation="get subscription", url=url, scrub=http.scrub)
         body = answer.json()
         return body if isinstance(body, dict) else None
+
+    async def delete_subscription(self, http: HttpClient, sub_id: str) -> None:
+        """``DELETE`` a subscription (PROTOCOL.md §6.3; idempotent: 204 even if unknown)."""
+        url = self.subscription_url(sub_id)
+        answer = await http.request("DELETE", url, operation="delete subscription")
+        raise_for_answer(answer, operation="delete subscription", url=url, scrub=http.scrub)
 
     async def claim(self, http: HttpClient, sub_id: str, worker: str) -> Claim | str:
         """A Claim, or the skip code (``NO_PENDING_WORK`` / ``ALREADY_CLAIMED``)."""
