@@ -122,12 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("table", help="print the full (leaf state x event) transition table")
-    p.add_argument("--spec")
-    p.add_argument("--format", choices=("markdown", "json", "lines"), default="markdown")
+    p.add_argument("--spec", help="spec file (default: the packaged/checkout spec)")
+    p.add_argument("--format", choices=("markdown", "json", "lines"), default="markdown",
+                   help="markdown (default), json, or lines (the snapshot format)")
     p.set_defaults(func=cmd_table)
 
     p = sub.add_parser("diagram", help="render diagrams/lifecycle.{dot,svg,png} from the spec")
-    p.add_argument("--spec")
+    p.add_argument("--spec", help="spec file (default: the packaged/checkout spec)")
     p.add_argument("--out", help="output directory (default: the checkout's diagrams/)")
     p.add_argument("--check", action="store_true",
                    help="exit 1 when the committed diagrams differ from a fresh render")

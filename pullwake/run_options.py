@@ -83,7 +83,7 @@ def _server(value: Any) -> str:
     try:
         return validate_base_url(_text(value), field="the URL")
     except ConfigError as exc:
-        raise ValueError(str(exc).removeprefix("the URL ")) from None
+        raise ValueError(str(exc)) from None
 
 
 def _handler(value: Any) -> str:
