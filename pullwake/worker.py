@@ -309,6 +309,10 @@ class Worker:
 
     # ============================================== Runtime (for the runner)
 
+    #: The worker calls ``runner.wake_free`` when a job ends or a cool-down
+    #: runs out, so a held-back wake is claimed then, never by polling.
+    notifies_wake_free = True
+
     def is_wake_active(self, key: str) -> bool:
         if key in self._jobs or len(self._jobs) >= self.max_concurrency:
             return True
@@ -319,15 +323,19 @@ class Worker:
                       claim_token_header: str | None) -> None:
         claim: Claim = notification["claim"]
         self.stats.wakes_claimed += 1
-        task = asyncio.ensure_future(self._job(claim))
+        task = asyncio.ensure_future(self._job_scoped(claim))
         task.set_name(f"pullwake-job[{claim.subscription_id}#{claim.generation}]")
         self._jobs[claim.subscription_id] = task
 
-        def done(t: asyncio.Task[Any]) -> None:
-            if self._jobs.get(claim.subscription_id) is t:
-                del self._jobs[claim.subscription_id]
+        task.add_done_callback(lambda t: self._job_over(claim.subscription_id, t))
 
-        task.add_done_callback(done)
+    def _job_over(self, key: str, task: asyncio.Future[Any]) -> None:
+        """``key`` is free once its job acked (or ended): tell the runner at once."""
+        if self._jobs.get(key) is not task:
+            return
+        full = len(self._jobs) >= self.max_concurrency
+        del self._jobs[key]
+        self.runner.wake_free(None if full else key)  # a full worker frees any key
 
     def abort_wakes(self) -> None:
         self._closing = True
@@ -356,6 +364,11 @@ class Worker:
             await asyncio.gather(*pending, return_exceptions=True)
 
     # ================================================================= jobs
+
+    async def _job_scoped(self, claim: Claim) -> None:
+        """A job with its claim token scrubbed from any text while, and only while, it runs."""
+        with self._http.hold_secrets(claim.token):
+            await self._job(claim)
 
     async def _job(self, claim: Claim) -> None:
         self._learn(claim.subscription_id, claim.streams)
@@ -458,6 +471,9 @@ class Worker:
         for path, offset in acks:
             if offset > ledger.get(path, "-1"):
                 ledger[path] = offset
+        task = asyncio.current_task()
+        if task is not None:  # acked: the next wake may be claimed before this task ends
+            self._job_over(claim.subscription_id, task)
 
     @staticmethod
     def _tail_of(claim: Claim, path: str) -> str:
@@ -476,7 +492,9 @@ class Worker:
     def _cool_down(self, sub_id: str) -> None:
         n = self._failures.get(sub_id, 0) + 1
         self._failures[sub_id] = n
-        self._cooldown_until[sub_id] = self._clock.monotonic() + min(30.0, 2.0 ** (n - 1))
+        delay = min(30.0, 2.0 ** (n - 1))
+        self._cooldown_until[sub_id] = self._clock.monotonic() + delay
+        self._clock.call_later(delay, self.runner.wake_free, sub_id)
 
     # ============================================== subscriptions and recovery
 
