@@ -27,19 +27,12 @@ import shlex
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from .clock import Clock, LoopClock
 from .control import SKIP_CODES, ClaimOutcome, WakeEvent, retry_transient
-from .errors import (
-    ConfigError,
-    ControlPlaneError,
-    LeaseLost,
-    ServerRootError,
-    SubscriptionError,
-    redact_url,
-)
+from .errors import ConfigError, ControlPlaneError, LeaseLost, SubscriptionError, redact_url
 from .http import HttpAnswer, HttpClient, raise_for_answer
+from .server_root import is_subscription, verify_root, wrong_root
 from .urls import encode_path, join_url, segment
 
 __all__ = [
@@ -48,7 +41,6 @@ __all__ = [
     "SubscriptionClient",
     "SubscriptionConfig",
     "SubscriptionControlPlane",
-    "likely_stream_root",
 ]
 
 NOT_FOUND = "SUBSCRIPTION_NOT_FOUND"
@@ -159,26 +151,6 @@ class Claim:
         return {"wake_id": self.wake_id, "generation": self.generation}
 
 
-def likely_stream_root(server: str) -> str:
-    """The stream root a mistaken ``server`` most likely meant: ``…/v1/stream``.
-
-    ``http://h:4437``, ``http://h:4437/`` and ``http://h:4437/v1`` all give
-    ``http://h:4437/v1/stream`` (the reference server's root).
-    """
-    parts = urlsplit(server)
-    path = parts.path.rstrip("/")
-    for suffix in ("/v1/stream", "/v1"):
-        if path.endswith(suffix):
-            path = path[: -len(suffix)]
-            break
-    return urlunsplit((parts.scheme, parts.netloc, path + "/v1/stream", "", ""))
-
-
-def is_subscription(body: Any, sub_id: str) -> bool:
-    """Whether a JSON answer has the shape of subscription ``sub_id`` (PROTOCOL.md §6.3)."""
-    return isinstance(body, Mapping) and sub_id in (body.get("id"), body.get("subscription_id"))
-
-
 class SubscriptionClient:
     """Subscription API calls against one stream root (``http://host/v1/stream``)."""
 
@@ -192,36 +164,9 @@ class SubscriptionClient:
         url = join_url(self.root, f"__ds/subscriptions/{segment(sub_id)}")
         return f"{url}/{action}" if action else url
 
-    def _wrong_root(self, what: str) -> ServerRootError:
-        likely = likely_stream_root(self.root)
-        hint = (f"the stream root is usually {redact_url(likely)}" if likely != self.root
-                else "is it a Durable Streams server?")
-        return ServerRootError(
-            f"{redact_url(self.root)} is not a Durable Streams stream root: {what}; {hint}",
-            server=self.root, likely_root=likely)
-
     async def verify_root(self, http: HttpClient, sub_id: str) -> dict[str, Any] | None:
-        """Prove ``root`` is a stream root before anything is created there.
-
-        ``GET`` of the subscription must answer the subscription (200) or
-        404 ``SUBSCRIPTION_NOT_FOUND``; any other answer (a plain 404, a data
-        stream, 405, HTML) is a :class:`ServerRootError` naming the likely
-        root. 401/403, 429 and 5xx are not about the root: they raise as
-        control-plane errors. Returns the subscription, or None if unknown.
-        """
-        url = self.subscription_url(sub_id)
-        answer = await http.request("GET", url, operation="verify server root")
-        if answer.status == 404 and answer.code == NOT_FOUND:
-            return None
-        body = answer.json()
-        if answer.status == 200 and is_subscription(body, sub_id):
-            return dict(body)
-        if answer.status in (401, 403, 429) or answer.status >= 500:
-            raise_for_answer(answer, operation="verify server root", url=url,
-                             scrub=http.scrub)
-        ctype = answer.headers.get("Content-Type", "?").split(";")[0]
-        raise self._wrong_root(f"GET {redact_url(url)} answered {answer.status} ({ctype}), "
-                               "not a subscription or SUBSCRIPTION_NOT_FOUND")
+        """Prove ``root`` is a stream root first (:func:`pullwake.server_root.verify_root`)."""
+        return await verify_root(http, self.root, self.subscription_url(sub_id), sub_id)
 
     async def ensure_stream(self, http: HttpClient, path: str) -> bool:
         """Create a JSON stream if missing. True if it was created now."""
@@ -261,8 +206,8 @@ class SubscriptionClient:
         raise_for_answer(answer, operation="create subscription", url=url, scrub=http.scrub,
                          cls=SubscriptionError)
         if not is_subscription(answer.json(), sub.id):  # e.g. a data stream created instead
-            raise self._wrong_root(f"PUT {redact_url(url)} answered {answer.status} "
-                                   "without a subscription")
+            raise wrong_root(self.root, f"PUT {redact_url(url)} answered {answer.status} "
+                                        "without a subscription")
         return answer.status == 201
 
     async def get_subscription(self, http: HttpClient, sub_id: str) -> dict[str, Any] | None:
