@@ -15,6 +15,7 @@ from .errors import (
     ConnectTimeout,
     ControlPlaneError,
     HandlerError,
+    HealthServerError,
     IdleTimeout,
     InvalidMessage,
     LeaseLost,
@@ -32,6 +33,7 @@ from .errors import (
     TransportError,
 )
 from .health import Health
+from .healthserver import HealthServer
 from .machine import Lifecycle, LifecycleEffects, WorkTicket
 from .runner import PullWakeRunner, Runtime
 from .spec import LifecycleSpec, load_spec
@@ -56,6 +58,8 @@ __all__ = [
     "FetchCacheWarning",
     "HandlerError",
     "Health",
+    "HealthServer",
+    "HealthServerError",
     "IdleTimeout",
     "InvalidMessage",
     "LeaseLost",

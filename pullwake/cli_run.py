@@ -1,12 +1,17 @@
 """``pullwake run`` and ``pullwake demo``: the operator-facing commands.
 
-This module owns process concerns only: parsing run options, loading the
-handler (``module:function``), logging setup, SIGINT/SIGTERM → graceful stop,
-and the loopback health endpoint. The work itself is :class:`pullwake.Worker`
-and :mod:`pullwake.demo`.
+This module owns process concerns only: turning options
+(:mod:`pullwake.run_options`) into a worker, loading the handler
+(``module:function``), logging setup (:mod:`pullwake.logs`), waiting for the
+server at start (``--start-timeout``), SIGINT/SIGTERM → graceful stop (a
+second signal ends the grace), and binding the health server
+(:class:`pullwake.HealthServer`) before the worker starts. The work itself is
+:class:`pullwake.Worker` and :mod:`pullwake.demo`.
 
-Exit codes of ``run``: 0 stopped by a signal; 1 the worker could not start or
-stopped by itself (e.g. the wake stream was closed); 2 bad arguments.
+Exit codes of ``run``: 0 stopped by a signal (also during start-up); 1 the
+worker could not start or stopped by itself (e.g. the wake stream was
+closed); 2 bad arguments, including a ``--server`` that is not a stream root
+and a health port that cannot be bound (nothing was started).
 """
 
 from __future__ import annotations
@@ -29,15 +34,11 @@ __all__ = ["add_run_commands", "configure_logging", "load_handler", "serve_healt
 log = logging.getLogger("pullwake.cli")
 
 
-def configure_logging(level: str) -> None:
-    """Log to stderr; ``transitions``' own chatter only at WARNING."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("transitions").setLevel(logging.WARNING)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+def configure_logging(level: str, fmt: str = "text", *, worker: str | None = None) -> None:
+    """Log to stderr in ``fmt`` (text or json); every line carries the worker name."""
+    from .logs import configure_logging as configure
+
+    configure(level, fmt, defaults={"worker": worker} if worker else None)
 
 
 def load_handler(spec: str) -> Callable[..., Any]:
@@ -73,35 +74,22 @@ def load_handler(spec: str) -> Callable[..., Any]:
     return target  # type: ignore[no-any-return]
 
 
-def _process_stats() -> dict[str, Any]:
-    """This process: live asyncio tasks and resident memory (``None`` off Linux)."""
-    rss_kb: int | None = None
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    rss_kb = int(line.split()[1])
-                    break
-    except (OSError, ValueError):
-        pass
-    return {"tasks": len(asyncio.all_tasks()), "rss_kb": rss_kb}
-
-
 async def serve_health(port: int, snapshot: Callable[[], dict[str, Any]]) -> Any:
-    """Serve ``GET /health`` (JSON) and ``GET /healthz`` (200 when streaming) on 127.0.0.1."""
+    """Serve ``GET /health`` (JSON) on 127.0.0.1 for any snapshot function.
+
+    Kept for callers of the earlier API; ``pullwake run`` uses
+    :class:`pullwake.HealthServer` (probes, metrics, status page) instead.
+    """
     from aiohttp import web
 
-    async def health(_: web.Request) -> web.Response:
-        body = {**snapshot(), "process": _process_stats()}
-        return web.json_response(body, dumps=lambda o: json.dumps(o, default=str))
+    from .healthserver import process_stats
 
-    async def healthz(_: web.Request) -> web.Response:
-        status = snapshot().get("status")
-        return web.json_response({"status": status}, status=200 if status == "streaming" else 503)
+    async def health(_: web.Request) -> web.Response:
+        body = {**snapshot(), "process": process_stats()}
+        return web.json_response(body, dumps=lambda o: json.dumps(o, default=str))
 
     app = web.Application()
     app.router.add_get("/health", health)
-    app.router.add_get("/healthz", healthz)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
@@ -203,7 +191,7 @@ class _StartTimeout(Exception):
 
 
 async def _run(opts: RunOptions, handler: Callable[..., Any], headers: dict[str, str]) -> int:
-    from .errors import PullwakeError, ServerRootError
+    from .errors import PullwakeError
     from .subscriptions import SubscriptionConfig
     from .worker import Worker
 
@@ -220,13 +208,32 @@ async def _run(opts: RunOptions, handler: Callable[..., Any], headers: dict[str,
         print(f"pullwake run: error: {exc}", file=sys.stderr)
         return 2
 
+    with worker.runner.log_context():
+        return await _serve(opts, worker)
+
+
+async def _serve(opts: RunOptions, worker: Any) -> int:
+    from .errors import HealthServerError, PullwakeError, ServerRootError
+    from .healthserver import HealthServer
+
     def transition(source: str, event: str, dest: str, kind: str) -> None:
         if kind == "transition":  # state changes at INFO; everything at DEBUG
             log.info("lifecycle: %s --%s--> %s", source, event, dest)
 
+    # The health server binds first: a port in use is one line and exit 2,
+    # before anything was started or claimed.
+    health = None
+    if opts.health_port is not None:
+        try:
+            health = HealthServer(worker, host=opts.health_host, port=opts.health_port)
+            await health.start()
+        except HealthServerError as exc:
+            print(f"pullwake run: {exc}", file=sys.stderr)
+            return 2
+        log.info("health on %s/ (probes /livez /readyz, JSON /health, metrics /metrics)",
+                 health.url)
     worker.runner.observe(transition)
     signals = _Signals(asyncio.get_running_loop())
-    health_runner = None
     try:
         names = ", ".join(repr(s) for s in worker.subscriptions)
         log.info("starting worker %r on %s (subscriptions %s, wake stream %r)",
@@ -242,10 +249,6 @@ async def _run(opts: RunOptions, handler: Callable[..., Any], headers: dict[str,
         if not started:
             log.info("stopped during start-up (signal %s)", signals.received[0])
             return 0
-        if opts.health_port is not None:
-            health_runner = await serve_health(opts.health_port, worker.health)
-            port = health_runner.addresses[0][1] if health_runner.addresses else opts.health_port
-            log.info("health on http://127.0.0.1:%d/health", port)
         stopped = asyncio.ensure_future(worker.runner.wait_for_stopped())
         by_signal = not await signals.wait_or(stopped)
         if by_signal:
@@ -273,8 +276,8 @@ async def _run(opts: RunOptions, handler: Callable[..., Any], headers: dict[str,
             return 1
         return 0 if by_signal else 1
     finally:
-        if health_runner is not None:
-            await health_runner.cleanup()
+        if health is not None:
+            await health.stop()
         signals.close()
 
 
@@ -288,7 +291,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         headers = _headers(opts)
     except ValueError as exc:  # UsageError, or the handler / token cannot be loaded
         parser.error(str(exc))
-    configure_logging(opts.log_level)
+    configure_logging(opts.log_level, opts.log_format, worker=opts.worker)
     return asyncio.run(_run(opts, handler, headers))
 
 
@@ -313,7 +316,8 @@ def _legacy_lease_ms(text: str) -> int:
 
 RUN_EPILOG = """Precedence: flags > PULLWAKE_* variables > --config FILE > defaults.
 Exit status: 0 stopped by a signal; 1 the worker could not start or stopped by
-itself; 2 bad arguments (including a --server that is not a stream root)."""
+itself; 2 bad arguments (including a --server that is not a stream root and a
+health port that cannot be bound)."""
 
 
 def add_run_commands(sub: Any) -> None:

@@ -27,6 +27,7 @@ library's exceptions lives in exactly one place per library
     │   ├── LeaseLost             409 FENCED or 401: the lease is gone
     │   └── SubscriptionError     a subscription cannot be created or was forgotten
     ├── HandlerError              a worker's handler raised (the wake was released)
+    ├── HealthServerError         the health server cannot serve (e.g. its port is in use)
     └── CacheError                the fetch cache could not be installed or used
 
 Messages never contain header values, tokens or URL credentials: URLs pass
@@ -46,6 +47,7 @@ __all__ = [
     "ConnectTimeout",
     "ControlPlaneError",
     "HandlerError",
+    "HealthServerError",
     "IdleTimeout",
     "InvalidMessage",
     "LeaseLost",
@@ -284,6 +286,10 @@ class SubscriptionError(ControlPlaneError):
 
 class HandlerError(PullwakeError):
     """A worker handler raised; the wake was released so it will be retried."""
+
+
+class HealthServerError(PullwakeError):
+    """The health server cannot serve: a bad port, or the address is in use."""
 
 
 class CacheError(PullwakeError):

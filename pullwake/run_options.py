@@ -46,6 +46,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from .errors import ConfigError
+from .logs import LOG_FORMATS, LOG_LEVELS
 from .urls import validate_base_url
 
 __all__ = [
@@ -224,10 +225,18 @@ class RunOptions:
              "(sent as Authorization: Bearer ...; kept out of the process arguments)")
     health_port: int | None = option(
         convert=_number(0, 65_535, "", integer=True), metavar="PORT",
-        help="serve GET /health and /healthz on 127.0.0.1:PORT (0: any free port)")
+        help="serve probes (/livez, /readyz), /health, /metrics and a status page (/) "
+             "on PORT (0: any free port, logged)")
+    health_host: str = option(
+        "127.0.0.1", metavar="HOST",
+        help="address the health server binds (0.0.0.0 for a Kubernetes probe on the pod IP)")
     log_level: str = option(
-        "INFO", convert=_choice("DEBUG", "INFO", "WARNING", "ERROR", fold=str.upper),
-        metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR (logs go to stderr)")
+        "INFO", convert=_choice(*LOG_LEVELS, fold=str.upper), metavar="LEVEL",
+        help="DEBUG, INFO, WARNING, ERROR or CRITICAL, any case (logs go to stderr)")
+    log_format: str = option(
+        "text", convert=_choice(*LOG_FORMATS), metavar="FORMAT",
+        help="text or json: one object per line with worker, subscription, wake and "
+             "state fields")
     subscriptions: tuple[SubscriptionOptions, ...] = ()
 
     @property

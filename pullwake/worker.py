@@ -47,7 +47,10 @@ from .errors import (
     PullwakeError,
     SubscriptionError,
 )
+from .health import SubscriptionStats
 from .http import HeadersSource, HttpClient
+from .logs import job_context
+from .metrics import WorkerMetrics
 from .runner import PullWakeRunner
 from .subscriptions import (
     INVALID_OFFSET,
@@ -247,11 +250,20 @@ class Worker:
             on_retry=lambda exc: self.runner.claims.record_failure(exc), clock=clock)
         self.runner = PullWakeRunner(config, self, control_plane=control)
         self._http: HttpClient = self.runner.http
+        self._sub_stats = {s: SubscriptionStats() for s in self.subscriptions}
+        spec = self.runner.lifecycle.spec
+        #: This worker's Prometheus registry (``metrics.registry``), read off health().
+        self.metrics = WorkerMetrics(self.health, clock=self._clock, states=[
+            spec.leaf_name(p) for p in spec.leaf_states])
 
     # ================================================================ public
 
     async def start(self) -> None:
         """Ensure the wake stream and subscriptions exist, then start reading."""
+        with self.runner.log_context():
+            await self._start()
+
+    async def _start(self) -> None:
         self._closing = False
         self._grace_over.clear()
         self._http.open()
@@ -269,6 +281,10 @@ class Worker:
 
     async def stop(self) -> None:
         """Stop gracefully: running handlers get ``stop_grace``, then are released."""
+        with self.runner.log_context():
+            await self._stop()
+
+    async def _stop(self) -> None:
         try:
             await self.runner.stop()
         finally:
@@ -303,8 +319,15 @@ class Worker:
         await self.stop()
 
     def health(self) -> dict[str, Any]:
+        """The runner's snapshot, ``worker`` counters and per-``subscriptions`` state."""
         out = self.runner.health().to_dict()
         out["worker"] = {**self.stats.__dict__, "jobs_active": len(self._jobs)}
+        now = self._clock.monotonic()
+        out["subscriptions"] = {
+            sub_id: st.snapshot(
+                now, cooling_down_s=max(0.0, self._cooldown_until.get(sub_id, now) - now),
+                consecutive_failures=self._failures.get(sub_id, 0))
+            for sub_id, st in self._sub_stats.items()}
         return out
 
     # ============================================== Runtime (for the runner)
@@ -312,6 +335,11 @@ class Worker:
     #: The worker calls ``runner.wake_free`` when a job ends or a cool-down
     #: runs out, so a held-back wake is claimed then, never by polling.
     notifies_wake_free = True
+
+    def wake_received(self, wake: Any) -> None:
+        st = self._sub_stats.get(getattr(wake, "subscription_id", None) or "")
+        if st is not None:
+            st.wake_seen(self._clock.monotonic())
 
     def is_wake_active(self, key: str) -> bool:
         if key in self._jobs or len(self._jobs) >= self.max_concurrency:
@@ -323,11 +351,19 @@ class Worker:
                       claim_token_header: str | None) -> None:
         claim: Claim = notification["claim"]
         self.stats.wakes_claimed += 1
-        task = asyncio.ensure_future(self._job_scoped(claim))
+        self._sub(claim).claimed(self._clock.monotonic(), claim.generation,
+                                 (s.path for s in claim.streams if s.tail_offset > s.acked_offset))
+        task = asyncio.get_running_loop().create_task(
+            self._job_scoped(claim),
+            context=job_context(subscription=claim.subscription_id, wake=claim.generation))
         task.set_name(f"pullwake-job[{claim.subscription_id}#{claim.generation}]")
         self._jobs[claim.subscription_id] = task
 
-        task.add_done_callback(lambda t: self._job_over(claim.subscription_id, t))
+        def done(t: asyncio.Task[Any]) -> None:
+            self._sub(claim).ended()
+            self._job_over(claim.subscription_id, t)
+
+        task.add_done_callback(done)
 
     def _job_over(self, key: str, task: asyncio.Future[Any]) -> None:
         """``key`` is free once its job acked (or ended): tell the runner at once."""
@@ -389,6 +425,7 @@ class Worker:
             await asyncio.gather(handler, return_exceptions=True)
             lost = keeper.exception() if not keeper.cancelled() else None
             self.stats.leases_lost += 1
+            self._sub(claim).leases_lost += 1
             self._report(lost or LeaseLost("lease lost", operation="extend lease"))
             return
         keeper.cancel()
@@ -399,6 +436,7 @@ class Worker:
         error = handler.exception()
         if error is not None:
             self.stats.handler_errors += 1
+            self._sub(claim).handler_errors += 1
             self._cool_down(claim.subscription_id)
             herr = HandlerError(f"handler failed on {claim.subscription_id}#{claim.generation}: "
                                 f"{type(error).__name__}: {self._http.scrub(str(error))}")
@@ -407,17 +445,19 @@ class Worker:
             await self._release(claim, why="handler failed")
             return
         self.stats.wakes_handled += 1
+        self._sub(claim).wakes_handled += 1
         self._failures.pop(claim.subscription_id, None)
         await self._finish(claim, wake)
 
     async def _call_handler(self, wake: Wake) -> None:
         async with self._slots:  # the lease is kept while a job waits for a slot
-            if inspect.iscoroutinefunction(self.handler):
-                await self.handler(wake)
-                return
-            result = await asyncio.to_thread(self.handler, wake)
-            if inspect.isawaitable(result):
-                await result
+            with self.metrics.time_handler(wake.subscription_id):
+                if inspect.iscoroutinefunction(self.handler):
+                    await self.handler(wake)
+                    return
+                result = await asyncio.to_thread(self.handler, wake)
+                if inspect.isawaitable(result):
+                    await result
 
     async def _keep_lease(self, claim: Claim) -> None:
         """Extend the lease every third of its TTL until cancelled; return when lost."""
@@ -467,6 +507,7 @@ class Worker:
             self._report(exc)  # not acked: the lease expires and the wake comes back
             return
         self.stats.wakes_acked += 1
+        self._sub(claim).acked()
         ledger = self._ledger[claim.subscription_id]
         for path, offset in acks:
             if offset > ledger.get(path, "-1"):
@@ -488,6 +529,10 @@ class Worker:
                      claim.subscription_id, claim.generation, why, exc)
             return
         self.stats.wakes_released += 1
+        self._sub(claim).wakes_released += 1
+
+    def _sub(self, claim: Claim) -> SubscriptionStats:
+        return self._sub_stats.setdefault(claim.subscription_id, SubscriptionStats())
 
     def _cool_down(self, sub_id: str) -> None:
         n = self._failures.get(sub_id, 0) + 1
@@ -608,6 +653,7 @@ class Worker:
             return self._session_sync
 
     def _report(self, error: BaseException) -> None:
+        self.runner.note_error("worker", error)
         log.warning("[%s] %s: %s", self.worker_name, type(error).__name__,
                     self._http.scrub(str(error)))
         if self._on_error is not None:

@@ -1,7 +1,7 @@
 """`.ci/setup` and the reference-server install, run twice at once.
 
 The registries (PyPI, npm, Debian) are the seam these tests cannot reach (only
-loopback is allowed), so `npm`, `dot`, `node` and the venv's `python -m pip`
+loopback is allowed), so `npm`, `dot`, `node`, `chromium` and the venv's `python -m pip`
 are small recording fakes on PATH; everything else is the real script and the
 real ``python -m pullwake.testing.realserver install``. The same run against
 the real registries is ``.ci/check-concurrent-setup`` (see docs/development.md).
@@ -56,6 +56,7 @@ def _fake_bin(tmp: Path) -> Path:
         "npm": FAKE_NPM.format(python=sys.executable, version=DS_SERVER_VERSION),
         "dot": "#!/bin/sh\necho 'dot - graphviz version fake'\n",
         "node": "#!/bin/sh\necho v20.0.0-fake\n",
+        "chromium": "#!/bin/sh\necho Chromium fake\n",
     }
     for name, text in scripts.items():
         (bin_dir / name).write_text(text)
