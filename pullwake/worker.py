@@ -35,8 +35,9 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .areader import AsyncShell
 from .clock import Clock, LoopClock, deadline, sleep
 from .config import RunnerConfig
 from .errors import (
@@ -51,6 +52,7 @@ from .health import SubscriptionStats
 from .http import HeadersSource, HttpClient
 from .logs import job_context
 from .metrics import WorkerMetrics
+from .protocol import DEFAULT_RETRY, Assembler, Batch, Checkpoint, ReadCore, Rejected
 from .runner import PullWakeRunner
 from .subscriptions import (
     INVALID_OFFSET,
@@ -61,10 +63,12 @@ from .subscriptions import (
     SubscriptionConfig,
     SubscriptionControlPlane,
 )
-from .transport import catch_up
 from .urls import encode_path, validate_base_url
 
 __all__ = ["Wake", "Worker", "WorkerStats"]
+
+if TYPE_CHECKING:
+    from .cache import FetchCache
 
 log = logging.getLogger("pullwake.worker")
 
@@ -85,25 +89,59 @@ class WorkerStats:
     jobs_active: int = 0
 
 
-class _Messages:
-    """``wake.messages(path)``: async-iterable on the loop, iterable in a sync handler."""
+class _StreamRead:
+    """``wake.messages(path)`` / ``wake.items(path)``: ``async for`` on the loop, ``for``
+    in a sync handler. Both drive the one read core (:mod:`pullwake.protocol`)
+    over ``(acked_offset, tail_offset]``, streaming: items are handed over as
+    they are framed, so a backlog of any size is read with memory bounded per
+    message. Credentials come from the worker's headers (a mapping or a
+    provider, resolved before every request on both paths).
 
-    def __init__(self, wake: Wake, stream: ClaimedStream) -> None:
+    ``messages`` yields values and raises an item's typed
+    :class:`~pullwake.errors.MessageError` if it cannot be decoded; ``items``
+    yields :class:`~pullwake.protocol.Item` s, so a handler can skip a bad one.
+    """
+
+    def __init__(self, wake: Wake, stream: ClaimedStream, *, items: bool) -> None:
         self._wake = wake
         self._stream = stream
+        self._items = items
+
+    def _core(self) -> ReadCore:
+        worker = self._wake._worker
+        s = self._stream
+        return ReadCore(offset=s.acked_offset, live="catch-up", until=s.tail_offset,
+                        max_message_bytes=worker._max_item_bytes,
+                        url=worker._client.stream_url(s.path))
+
+    def _handle(self, event: Any) -> Iterator[Any]:
+        kind = type(event)
+        if kind is Batch:
+            if self._items:
+                yield from Assembler.items(event)
+                return
+            for value in event.values:
+                if type(value) is Rejected:
+                    error = value.error
+                    if error.offset is None:
+                        error.offset = event.start
+                    raise error
+                yield value
+        elif kind is Checkpoint:
+            self._wake._read_to(self._stream.path, event.next_offset)
+        elif kind is Rejected:
+            raise event.error
 
     async def __aiter__(self) -> AsyncIterator[Any]:
         worker = self._wake._worker
-        s = self._stream
-        headers = await worker._http.resolve_headers()
-        async for messages, nxt in catch_up(
-            worker._http.session, worker._client.stream_url(s.path), s.acked_offset,
-            until=s.tail_offset, headers=headers, clock=worker._clock,
-            timeout=worker._request_timeout, secrets=worker._http.secrets,
-        ):
-            for m in messages:
-                yield m
-            self._wake._read_to(s.path, nxt)
+        http = worker._http
+        core = self._core()
+        shell = AsyncShell(http.session, core.url or "", core, headers=http.resolve_headers,
+                           clock=worker._clock, connect_timeout=worker._request_timeout,
+                           idle_timeout=worker._request_timeout, secrets=lambda: http.secrets)
+        async for event in shell.events():
+            for out in self._handle(event):
+                yield out
 
     def __iter__(self) -> Iterator[Any]:
         try:
@@ -112,16 +150,22 @@ class _Messages:
             pass
         else:
             raise RuntimeError("use `async for` in an async handler; `for` is for sync handlers")
-        from .reader import read_stream
+        return self._sync()
+
+    def _sync(self) -> Iterator[Any]:
+        from .reader import _SyncShell
 
         worker = self._wake._worker
-        s = self._stream
-        result = read_stream(worker._client.stream_url(s.path), s.acked_offset,
-                             until=s.tail_offset, headers=dict(worker._sync_headers),
-                             session=worker._sync_session(),
-                             timeout=worker._request_timeout)
-        self._wake._read_to(s.path, result.next_offset)
-        return iter(result.messages)
+        core = self._core()
+        shell = _SyncShell(worker._sync_session(), core.url or "", core,
+                           headers=worker._sync_headers, timeout=worker._request_timeout,
+                           retry=DEFAULT_RETRY, secrets=worker._http.secrets)
+        events = shell.events()
+        try:
+            for event in events:
+                yield from self._handle(event)
+        finally:
+            events.close()
 
 
 @dataclass
@@ -142,9 +186,23 @@ class Wake:
                 return s
         raise KeyError(f"stream {path!r} is not part of this wake")
 
-    def messages(self, path: str) -> _Messages:
-        """The messages of ``path`` in ``(acked_offset, tail_offset]``."""
-        return _Messages(self, self.stream(path))
+    def messages(self, path: str) -> _StreamRead:
+        """The messages of ``path`` in ``(acked_offset, tail_offset]`` (values).
+
+        JSON streams give their messages, ``text/*`` streams ``str`` chunks,
+        others ``bytes`` chunks. A message that cannot be decoded raises its
+        typed :class:`~pullwake.errors.MessageError`; use :meth:`items` to skip it.
+        """
+        return _StreamRead(self, self.stream(path), items=False)
+
+    def items(self, path: str) -> _StreamRead:
+        """The :class:`~pullwake.protocol.Item` s of ``path`` in ``(acked, tail]``.
+
+        Each carries ``data`` (raising if it could not be decoded; check
+        ``item.ok`` to skip it), ``offset`` (resume after its chunk), ``start``
+        and ``index`` (``(start, index)`` names it, for idempotent handlers).
+        """
+        return _StreamRead(self, self.stream(path), items=True)
 
     def _read_to(self, path: str, offset: str) -> None:
         if offset > self._read.get(path, ""):
@@ -180,7 +238,8 @@ class Worker:
         connect_timeout: float = 10.0,
         read_idle_timeout: float | None = None,
         heartbeat_interval: float = 10.0,
-        fetch_cache: str | None = None,
+        fetch_cache: FetchCache | None = None,
+        max_item_bytes: int = 16 * 1024 * 1024,
         on_error: Callable[[BaseException], Any] | None = None,
         clock: Clock | None = None,
         runner_options: Mapping[str, Any] | None = None,
@@ -210,10 +269,14 @@ class Worker:
         self._clock: Clock = clock or LoopClock()
         self._request_timeout = request_timeout
         self._on_error = on_error
-        self._fetch_cache = fetch_cache
+        self._fetch_cache = _check_fetch_cache(fetch_cache)
+        if isinstance(max_item_bytes, bool) or not isinstance(max_item_bytes, int) \
+                or max_item_bytes <= 0:
+            raise ConfigError("max_item_bytes must be a positive int")
+        self._max_item_bytes = max_item_bytes
         self._session_sync: Any = None
         self._session_lock = threading.Lock()
-        self._sync_headers: dict[str, str] = dict(headers) if isinstance(headers, Mapping) else {}
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._client = SubscriptionClient(self.server)
         self._jobs: dict[str, asyncio.Task[Any]] = {}
         self._recoveries: set[asyncio.Task[Any]] = set()
@@ -266,6 +329,7 @@ class Worker:
     async def _start(self) -> None:
         self._closing = False
         self._grace_over.clear()
+        self._loop = asyncio.get_running_loop()
         self._http.open()
         try:
             # Before anything is created: a wrong root would get a plain data stream.
@@ -632,19 +696,30 @@ class Worker:
 
     # ================================================================ helpers
 
+    def _sync_headers(self) -> dict[str, str]:
+        """The worker's headers for a sync handler's read, resolved on the loop.
+
+        The same provider, validation and secret memory as async reads: a
+        sync handler sends exactly the credentials an async one does.
+        """
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            raise ConfigError("the worker is not running: no headers for a sync read")
+        future = asyncio.run_coroutine_threadsafe(self._http.resolve_headers(), loop)
+        return future.result(timeout=self._request_timeout)
+
     def _sync_session(self) -> Any:
         """The worker's own requests.Session for sync handlers (cached if configured)."""
         with self._session_lock:
             if self._session_sync is None:
                 import requests
 
-                if self._fetch_cache:
-                    from .cache import cached_session
+                if self._fetch_cache is not None:
                     from .errors import CacheError
 
                     try:
-                        self._session_sync = cached_session(self._fetch_cache)  # type: ignore[arg-type]
-                    except CacheError as exc:  # a broken store must not fail handlers
+                        self._session_sync = self._fetch_cache.session()
+                    except (CacheError, ConfigError) as exc:  # never fail handlers
                         log.warning("[%s] fetch cache unusable, reading uncached: %s",
                                     self.worker_name, exc)
                         self._session_sync = requests.Session()
@@ -662,3 +737,17 @@ class Worker:
             except Exception:
                 log.exception("[%s] on_error raised; ignoring", self.worker_name)
 
+
+
+def _check_fetch_cache(value: object) -> FetchCache | None:
+    """``fetch_cache`` is ``None`` or a :class:`pullwake.cache.FetchCache`, never a string."""
+    if value is None:
+        return None
+    from .cache import FetchCache
+
+    if isinstance(value, FetchCache):
+        return value
+    raise ConfigError(
+        f"fetch_cache must be None or a pullwake.cache.FetchCache "
+        f"(FetchCache.memory() or FetchCache.sqlite(path)), not {type(value).__name__} "
+        f"{value!r}")
