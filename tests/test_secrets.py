@@ -436,10 +436,12 @@ async def test_broken_proxy_answer_echoing_the_token_is_scrubbed_in_the_cause_ch
 
 
 def test_run_help_warns_header_values_are_visible_and_offers_header_env(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
+    import dataclasses
 
     from pullwake.cli_run import _headers, add_run_commands
+    from pullwake.run_options import resolve
 
     parser = argparse.ArgumentParser()
     add_run_commands(parser.add_subparsers())
@@ -447,14 +449,17 @@ def test_run_help_warns_header_values_are_visible_and_offers_header_env(
     text = " ".join(run.format_help().split())
     assert "/proc/PID/cmdline" in text and "--header-env NAME=ENVVAR" in text
     monkeypatch.setenv("PULLWAKE_TEST_KEY", TOKEN)
-    args = run.parse_args(["--server", "http://127.0.0.1:1/v1/stream", "--subscription", "s",
-                           "--wake-stream", "w", "--handler", "m:f", "--stream", "a",
-                           "--header-env", "X-Api-Key=PULLWAKE_TEST_KEY"])
-    assert _headers(args) == {"X-Api-Key": TOKEN}
-    for bad in ("X-Api-Key", "=PULLWAKE_TEST_KEY", "X-Api-Key=PULLWAKE_TEST_UNSET_VAR"):
-        args.header_env = [bad]
-        with pytest.raises(ValueError, match="--header-env"):
-            _headers(args)
+    argv = ["--server", "http://127.0.0.1:1/v1/stream", "--subscription", "s",
+            "--wake-stream", "w", "--handler", "m:f", "--stream", "a"]
+    opts = resolve(run.parse_args([*argv, "--header-env", "X-Api-Key=PULLWAKE_TEST_KEY"]),
+                   environ={})
+    assert _headers(opts) == {"X-Api-Key": TOKEN}
+    with pytest.raises(ValueError, match="--header-env"):
+        _headers(dataclasses.replace(opts, header_env=("X-Api-Key=PULLWAKE_TEST_UNSET_VAR",)))
+    for bad in ("X-Api-Key", "=PULLWAKE_TEST_KEY", "X-Api-Key="):
+        with pytest.raises(SystemExit):
+            run.parse_args([*argv, "--header-env", bad])
+        assert "--header-env" in capsys.readouterr().err
 
 
 async def test_run_with_header_env_sends_the_header_and_keeps_it_out_of_argv(
