@@ -13,6 +13,9 @@ Owns the claim tasks of one runner. A wake is a hint; the claim decides.
   seconds (on the injectable clock); one that does is still asked every
   :data:`NOTIFIED_FALLBACK_S`, a safety net that normal operation never uses.
 - Claims run concurrently with reading the stream and with each other.
+- Every per-key table is bounded: at most ``max_keys`` keys have a claim in
+  flight or a wake held back; a wake for one more key is dropped with a
+  record (a reported ``ControlPlaneError``, counted as a failed claim).
 - :meth:`close` (stop began) stops all dispatching: a claim that completes
   afterwards is not dispatched. :meth:`settle` gives in-flight claims a
   grace period, then cancels them.
@@ -39,6 +42,9 @@ log = logging.getLogger("pullwake.claims")
 
 #: Re-check interval for a held-back wake when the runtime announces free keys.
 NOTIFIED_FALLBACK_S = 1.0
+#: Distinct keys with a claim in flight or held back, at most (every per-key
+#: table here is a subset of those keys, so each is bounded by it).
+MAX_CLAIM_KEYS = 10_000
 
 
 def failure_reason(error: BaseException) -> str:
@@ -68,7 +74,11 @@ class ClaimScheduler:
         notify: Callable[[], None],
         spawn: Callable[[Awaitable[Any], str], asyncio.Task[Any]],
         notified: bool = False,
+        max_keys: int = MAX_CLAIM_KEYS,
     ) -> None:
+        self.max_keys = max_keys
+        #: Wakes dropped because ``max_keys`` keys were already busy (each reported).
+        self.dropped = 0
         self._control = control
         self._http = http
         self._runtime = runtime
@@ -117,6 +127,16 @@ class ClaimScheduler:
             self._stats.count_skip("in_flight")
             self._deferred[key] = wake
             self._notify()
+            return
+        if len(self._in_flight) + len(self._waiting) >= self.max_keys:
+            # A flood of distinct keys (thousands of never-seen stream names)
+            # must not grow memory without bound: this hint is dropped, with a
+            # record. The server keeps the work; its next wake is claimed.
+            self.dropped += 1
+            self.record_failure(ControlPlaneError(
+                f"{self.max_keys} keys already have a claim in flight or held back: "
+                f"the wake for {key[:200]!r} is dropped (its work stays on the server)",
+                operation="claim"))
             return
         self._start(key, wake)
 

@@ -80,7 +80,9 @@ class RunnerConfig:
     wake_stream_path: str | None = None
     heartbeat_path: str | None = None
     claim_path: str | None = None
-    heartbeat_interval: float = 30.0
+    #: Seconds between periodic heartbeats; 0: none periodic, but diagnostics
+    #: changes still send one (as the original does); None: no heartbeats at all.
+    heartbeat_interval: float | None = 30.0
     event_heartbeat_throttle: float = 2.0
     lease_ms: int | None = None
     live: Literal["sse", "long-poll"] = "sse"
@@ -112,7 +114,9 @@ class RunnerConfig:
         _check_headers("claim_headers", self.claim_headers)
         for name in ("connect_timeout", "read_idle_timeout", "request_timeout"):
             _positive(name, getattr(self, name))
-        for name in ("heartbeat_interval", "event_heartbeat_throttle", "claim_grace",
+        if self.heartbeat_interval is not None:
+            _positive("heartbeat_interval", self.heartbeat_interval, allow_zero=True)
+        for name in ("event_heartbeat_throttle", "claim_grace",
                      "runtime_busy_retry"):
             _positive(name, getattr(self, name), allow_zero=True)
         if self.live not in ("sse", "long-poll"):
@@ -170,7 +174,7 @@ class RunnerConfig:
     def effective_lease_ms(self) -> int:
         if self.lease_ms is not None:
             return self.lease_ms
-        return max(1, int(self.heartbeat_interval * 3 * 1000))
+        return max(1, int((self.heartbeat_interval or 0) * 3 * 1000))
 
     def _url(self, path: str | None, default: str) -> str:
         return join_url(self.base_url, path if path is not None else default)
@@ -198,7 +202,7 @@ class RunnerConfig:
 
     @property
     def hung_heartbeat_bound(self) -> float | None:
-        if self.heartbeat_interval <= 0:
+        if not self.heartbeat_interval:
             return None
         return self.heartbeat_interval + self.heartbeat_failures_before_reset * self.request_timeout
 

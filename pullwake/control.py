@@ -55,12 +55,22 @@ async def retry_transient(call: Callable[[], Awaitable[T]], *, clock: Clock,
             await sleep(clock, wait)
             delay = min(delay * 2, CLAIM_RETRY_CAP_S)
 
+def stream_key(path: str) -> str:
+    """A stream path as claim de-duplication and ``is_wake_active`` see it.
+
+    Normalised like the original: one leading ``/`` (``a/b``, ``/a/b`` and
+    ``//a/b`` are one key), so a runtime keyed by ``/path`` matches.
+    """
+    return "/" + path.lstrip("/")
+
+
 __all__ = [
     "SKIP_CODES",
     "ClaimOutcome",
     "ControlPlane",
     "ElectricControlPlane",
     "WakeEvent",
+    "stream_key",
 ]
 
 #: 409 codes that mean "someone else has it / nothing to do": not errors.
@@ -133,7 +143,7 @@ class ElectricControlPlane:
         self._on_retry = on_retry
 
     def claim_key(self, wake: WakeEvent) -> str:
-        return wake.stream
+        return stream_key(wake.stream)
 
     async def claim(self, http: HttpClient, wake: WakeEvent) -> ClaimOutcome:
         """Claim ``wake``; transient failures (no answer, 429, 5xx) are retried."""
@@ -158,9 +168,9 @@ class ElectricControlPlane:
 
     async def heartbeat(self, http: HttpClient, *, lease_ms: int, offset: str | None,
                         diagnostics: Mapping[str, Any]) -> None:
-        body: dict[str, Any] = {"lease_ms": lease_ms, "diagnostics": dict(diagnostics)}
-        if offset is not None:
-            body["wake_stream_offset"] = offset
+        # Before the first read the offset is "-1" (the beginning), as the original sends.
+        body: dict[str, Any] = {"lease_ms": lease_ms, "wake_stream_offset": offset or "-1",
+                                "diagnostics": dict(diagnostics)}
         answer = await http.request("POST", self.heartbeat_url, operation="heartbeat",
                                     json_body=body)
         raise_for_answer(answer, operation="heartbeat", url=self.heartbeat_url,

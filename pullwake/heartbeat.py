@@ -2,7 +2,9 @@
 
 Owns the heartbeat schedule of one runner while it is ``running`` (the spec's
 ``heartbeat`` work): one immediately at start, then every ``interval``; an
-extra one at most every ``throttle`` seconds when diagnostics change. While a
+extra one at most every ``throttle`` seconds when diagnostics change (also
+with ``interval`` 0, which turns off only the periodic ones; ``None`` turns
+off both). While a
 heartbeat is in flight, further requests coalesce into one follow-up. A
 failure is retried at once (so a hung or failing server is confirmed quickly);
 ``failures_before_reset`` consecutive failures call ``on_reset`` (the runner
@@ -33,7 +35,7 @@ class Heartbeater:
         *,
         send: Callable[[], Awaitable[None]],
         clock: Clock,
-        interval: float,
+        interval: float | None,
         throttle: float,
         failures_before_reset: int,
         on_result: Callable[[bool, BaseException | None], None],
@@ -58,13 +60,18 @@ class Heartbeater:
 
     @property
     def enabled(self) -> bool:
-        return self.interval > 0
+        """Periodic heartbeats (``interval > 0``); event-driven ones unless ``None``."""
+        return self.interval is not None and self.interval > 0
 
     def start(self) -> Heartbeater:
-        """Begin: a heartbeat now, then every ``interval``. Returns self (cancellable)."""
+        """Begin: a heartbeat now, then every ``interval``. Returns self (cancellable).
+
+        With ``interval`` 0 there is no periodic heartbeat, but diagnostics
+        changes still send one (throttled), as the original runner does.
+        """
         self.failures = 0
-        self.active = self.enabled
-        if self.active:
+        self.active = self.interval is not None
+        if self.enabled:
             self._request_now()
             self._schedule_periodic()
         return self
@@ -114,6 +121,7 @@ class Heartbeater:
         self._request_now()
 
     def _schedule_periodic(self) -> None:
+        assert self.interval is not None
         self._periodic = self._clock.call_later(self.interval, self._tick)
 
     def _tick(self) -> None:

@@ -25,6 +25,7 @@ import contextlib
 import functools
 import json
 import re
+import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -86,9 +87,32 @@ def make_session(*, verify_tls: bool = True, connect_timeout: float | None = Non
     timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=connect_timeout,
                                     sock_read=None)
     ssl_ctx: ssl.SSLContext | bool = bool(verify_tls)
-    connector = aiohttp.TCPConnector(limit=limit, ssl=ssl_ctx, enable_cleanup_closed=False)
+    connector = aiohttp.TCPConnector(limit=limit, ssl=ssl_ctx, enable_cleanup_closed=False,
+                                     socket_factory=_socket_factory(connect_timeout))
     return aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=True,
                                  raise_for_status=False, trust_env=False)
+
+
+def _socket_factory(user_timeout: float | None) -> Callable[[Any], socket.socket]:
+    """Sockets whose sent data must be acknowledged within ``user_timeout``.
+
+    ``TCP_USER_TIMEOUT`` (Linux): a request written to a kept-alive connection
+    the server cut silently (its packets dropped) fails once it has gone
+    unacknowledged for ``connect_timeout``, instead of hanging until the read
+    idle timeout (issue 14, class 14). A long-poll the server holds open is
+    not affected: its request was acknowledged, nothing is outstanding.
+    """
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+
+    def create(addr_info: Any) -> socket.socket:
+        family, type_, proto = addr_info[0], addr_info[1], addr_info[2]
+        sock = socket.socket(family=family, type=type_, proto=proto)
+        if option is not None and user_timeout and family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, option, max(1, int(user_timeout * 1000)))
+        return sock
+
+    return create
 
 
 class translate:  # lower case: used like a function, `with translate("read", url=...):`

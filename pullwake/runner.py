@@ -60,7 +60,8 @@ class Runtime(Protocol):
     ``dispatch_wake`` must not block (start the work and return; returning an
     awaitable makes the runner own it as a task). ``drain_wakes`` waits for
     dispatched work at stop; ``abort_wakes`` asks it to stop early. The
-    optional ``is_wake_active(stream_path) -> bool`` lets the runner hold a
+    optional ``is_wake_active(stream_path) -> bool`` (the path normalised
+    with one leading ``/``, like the original's) lets the runner hold a
     wake back while the runtime is still busy with that stream. A runtime
     that calls :meth:`PullWakeRunner.wake_free` whenever a key may have become
     free sets ``notifies_wake_free = True``: held-back wakes are then claimed
@@ -102,6 +103,10 @@ class PullWakeRunner:
         self._stats = Stats()
         self._offset: str | None = config.offset
         self._cursor: str | None = None
+        #: Messages read from the wake stream, and their count when the current
+        #: run of liveness failures began (proof of life, see _on_heartbeat_reset).
+        self._messages_read = 0
+        self._messages_at_failure = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._cycle: _StopCycle | None = None
         self._stopped = asyncio.Event()
@@ -436,6 +441,7 @@ class PullWakeRunner:
         try:
             async for item in stream:
                 if isinstance(item, Message):
+                    self._messages_read += 1
                     self._on_message(ticket, item.value)
                 elif isinstance(item, Checkpoint):
                     if self._offset is not None and item.next_offset < self._offset:
@@ -529,6 +535,8 @@ class PullWakeRunner:
         self._stats.heartbeats_ok += 1
 
     def _on_heartbeat_result(self, ok: bool, error: BaseException | None) -> None:
+        if not ok and self._heartbeat.failures == 1:  # a run of failures begins
+            self._messages_at_failure = self._messages_read
         self._stats.last_heartbeat_ok = ok
         self._stats.heartbeat_failures = self._heartbeat.failures
         if ok:
@@ -539,6 +547,17 @@ class PullWakeRunner:
             self._heartbeat_outage.failure(f"{type(error).__name__}: {self._text(error)}")
 
     def _on_heartbeat_reset(self, error: BaseException) -> None:
+        # Proof of life (docs/runner.md, "Heartbeats and resets"): a stream
+        # that delivered messages since this run of liveness failures began is
+        # alive; resetting it cannot mend the control plane. The failures stay
+        # reported and counted (health, readiness); the stream is kept.
+        if (self._messages_read > self._messages_at_failure
+                and self.lifecycle.state == "streaming"):
+            log.warning("[%s] %d liveness failures in a row, but the wake stream delivered "
+                        "messages meanwhile: it is alive, not resetting it", self._label,
+                        self.config.heartbeat_failures_before_reset)
+            self._messages_at_failure = self._messages_read
+            return
         # Already reconnecting, the reset is ignored: no line per failed pair.
         level = logging.DEBUG if self.lifecycle.state == "reconnecting" else logging.WARNING
         log.log(level, "[%s] %d heartbeat failures in a row: resetting the wake stream",

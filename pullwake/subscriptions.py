@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .answers import read_items_answer
-from .clock import Clock, LoopClock
-from .control import SKIP_CODES, ClaimOutcome, WakeEvent, retry_transient
+from .clock import Clock, LoopClock, sleep
+from .control import SKIP_CODES, ClaimOutcome, WakeEvent, retry_transient, stream_key
 from .errors import ConfigError, ControlPlaneError, LeaseLost, SubscriptionError, redact_url
 from .http import BodyReader, HttpAnswer, HttpClient, raise_for_answer
 from .server_root import is_subscription, verify_root, wrong_root
@@ -88,6 +88,17 @@ class SubscriptionConfig:
         if self.streams:
             out["streams"] = list(self.streams)
         return out
+
+
+class SkipCode(str):
+    """A claim's skip code; for ``ALREADY_CLAIMED``, the holder the server named."""
+
+    holder: str | None
+
+    def __new__(cls, code: str, *, holder: str | None = None) -> SkipCode:
+        self = super().__new__(cls, code)
+        self.holder = holder
+        return self
 
 
 @dataclass(frozen=True)
@@ -296,7 +307,9 @@ class SubscriptionClient:
         answer = await http.request("POST", url, operation="claim", json_body={"worker": worker},
                                     consume=consume, item_limit=self.max_item_bytes)
         if answer.status == 409 and answer.code in SKIP_CODES:
-            return str(answer.code)
+            err = (answer.json() or {}).get("error") if isinstance(answer.json(), dict) else None
+            holder = err.get("current_holder") if isinstance(err, dict) else None
+            return SkipCode(str(answer.code), holder=holder if isinstance(holder, str) else None)
         self._raise(answer, "claim", url, http)
         parsed = answer.streamed
         if parsed is None or not parsed.is_object:
@@ -381,7 +394,7 @@ class SubscriptionControlPlane:
             self.on_connected = on_connected
 
     def claim_key(self, wake: WakeEvent) -> str:
-        return wake.subscription_id or wake.stream
+        return wake.subscription_id or stream_key(wake.stream)
 
     async def recreate_wake_stream(self, http: HttpClient) -> bool:
         """The wake stream answered 404: re-create it (the worker owns it).
@@ -396,8 +409,29 @@ class SubscriptionControlPlane:
         sub = self.subscriptions.get(wake.subscription_id or "")
         if sub is None:
             return ClaimOutcome.skip("not_ours")
-        result = await retry_transient(lambda: self._claim_once(http, sub), clock=self._clock,
-                                       on_retry=self._on_retry)
+        failed: list[BaseException] = []
+
+        def on_retry(exc: BaseException) -> None:
+            failed.append(exc)
+            if self._on_retry is not None:
+                self._on_retry(exc)
+
+        while True:
+            failed.clear()
+            result = await retry_transient(lambda: self._claim_once(http, sub),
+                                           clock=self._clock, on_retry=on_retry)
+            if not (failed and isinstance(result, SkipCode) and result == "ALREADY_CLAIMED"
+                    and result.holder == self.worker):
+                break
+            # An attempt that failed (timed out, cut) did reach the server: the
+            # wake is claimed by us, but its token never arrived. It cannot be
+            # released; the lease ends in lease_ttl_ms, then it is ours to claim
+            # again (issue 14, class 13): never skipped as someone else's.
+            wait = sub.lease_ttl_ms / 1000 + 0.1
+            log.warning("claim of %s: an earlier attempt succeeded but its answer was lost "
+                        "(%s); claiming again when its lease ends in %.3gs", sub.id,
+                        type(failed[-1]).__name__, wait)
+            await sleep(self._clock, wait)
         if isinstance(result, str):
             return ClaimOutcome.skip(result)
         if result.deferred_streams:

@@ -40,6 +40,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .areader import AsyncShell
+from .bounded import BoundedTable
 from .clock import Clock, LoopClock, TimerHandle, deadline, sleep
 from .config import RunnerConfig
 from .errors import (
@@ -243,13 +244,14 @@ class Worker:
         request_timeout: float = 10.0,
         connect_timeout: float = 10.0,
         read_idle_timeout: float | None = None,
-        heartbeat_interval: float = 10.0,
+        heartbeat_interval: float | None = 10.0,
         fetch_cache: FetchCache | None = None,
         max_item_bytes: int = 16 * 1024 * 1024,
         on_error: Callable[[BaseException], Any] | None = None,
         clock: Clock | None = None,
         runner_options: Mapping[str, Any] | None = None,
         max_claim_streams: int = MAX_CLAIM_STREAMS,
+        max_tracked_streams: int = 100_000,
     ) -> None:
         self.server = validate_base_url(server, field="server")
         if not callable(handler):
@@ -291,7 +293,13 @@ class Worker:
         self._cooldown_until: dict[str, float] = {}
         self._failures: dict[str, int] = {}
         self._confirmed: set[str] = set()
-        self._ledger: dict[str, dict[str, str]] = {s: {} for s in self.subscriptions}
+        #: Per subscription, the acked offset of each stream we know of (for
+        #: recovery after a server restart). Keyed by server-chosen paths, so
+        #: bounded (issue 14, class 8): a forgotten stream is recovered from
+        #: its beginning (more repeats, never a loss).
+        self._ledger_capacity = max_tracked_streams
+        self._ledger: dict[str, BoundedTable[str, str]] = {
+            s: BoundedTable(max_tracked_streams) for s in self.subscriptions}
         self._closing = False
         self._grace_over = asyncio.Event()
         #: Bounds running handlers even when claims for several subscriptions
@@ -578,8 +586,12 @@ class Worker:
     async def _extend_lease(self, claim: Claim, interval: float) -> None:
         """One lease extension; raises LeaseLost when the lease is gone."""
         try:
-            await self._client.ack(self._http, claim, timeout=min(self._request_timeout,
-                                                                  interval))
+            # Bounded by request_timeout (lack of progress), never by the
+            # extension interval: a short lease over a 1 s round trip must not
+            # count every extension as a failure and reset a healthy stream
+            # (issue 14, class 5). Extensions never overlap; one that lands
+            # after the lease ended is answered FENCED (LeaseLost).
+            await self._client.ack(self._http, claim, timeout=self._request_timeout)
         except LeaseLost:
             raise
         except SubscriptionError as exc:
@@ -656,8 +668,14 @@ class Worker:
 
     # ============================================== subscriptions and recovery
 
+    def _ledger_of(self, sub_id: str) -> BoundedTable[str, str]:
+        ledger = self._ledger.get(sub_id)
+        if ledger is None:  # only configured subscriptions are claimed: bounded too
+            ledger = self._ledger[sub_id] = BoundedTable(self._ledger_capacity)
+        return ledger
+
     def _learn(self, sub_id: str, streams: Sequence[ClaimedStream]) -> None:
-        ledger = self._ledger.setdefault(sub_id, {})
+        ledger = self._ledger_of(sub_id)
         for s in streams:
             if s.acked_offset > ledger.get(s.path, "-1"):
                 ledger[s.path] = s.acked_offset
@@ -683,7 +701,7 @@ class Worker:
     async def _recreate(self, http: HttpClient, sub: SubscriptionConfig) -> None:
         # What we knew acked *before* the PUT: once the new subscription
         # exists, claims on it teach the ledger its fresh (skipped-to) offsets.
-        known = dict(self._ledger.setdefault(sub.id, {}))
+        known = dict(self._ledger_of(sub.id))
         created = await self._client.ensure_subscription(http, sub)
         if not created:
             return
@@ -748,7 +766,7 @@ class Worker:
                 self._report(herr)
                 continue
             self.stats.recovered_wakes += 1
-            ledger = self._ledger.setdefault(sub.id, {})
+            ledger = self._ledger_of(sub.id)
             for s in streams:
                 end = max(s.tail_offset, wake._read.get(s.path, ""))
                 if end > ledger.get(s.path, "-1"):

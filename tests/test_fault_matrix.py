@@ -33,7 +33,7 @@ async def test_connecting_refused_backs_off_then_recovers(server: EmbeddedServer
     clock = ManualClock()
     errors: list[BaseException] = []
     rt = RecordingRuntime()
-    runner = make_runner(server, rt, clock=clock, heartbeat_interval=0, on_error=errors.append)
+    runner = make_runner(server, rt, clock=clock, heartbeat_interval=None, on_error=errors.append)
     await server.stop()  # nothing listens on the port: connection refused
     async with started(runner):
         await eventually(lambda: runner.status == "reconnecting")

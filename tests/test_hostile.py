@@ -118,7 +118,7 @@ async def ok_heartbeat(request: web.Request) -> web.Response:
 
 
 def hostile_runner(url: str, runtime: Any = None, **overrides: Any) -> PullWakeRunner:
-    cfg: dict[str, Any] = {"base_url": url, "runner_id": "r1", "heartbeat_interval": 0}
+    cfg: dict[str, Any] = {"base_url": url, "runner_id": "r1", "heartbeat_interval": None}
     cfg.update(overrides)
     return PullWakeRunner(RunnerConfig(**cfg), runtime or RecordingRuntime())
 

@@ -182,7 +182,7 @@ async def test_the_error_is_logged_before_the_reconnect_it_causes(
     clock = ManualClock()
     async with EmbeddedServer() as server:
         server.fail("/runners/r1/wake", 503, count=1)
-        runner = make_runner(server, clock=clock, heartbeat_interval=0)
+        runner = make_runner(server, clock=clock, heartbeat_interval=None)
         async with started(runner):
             await eventually(lambda: runner.status == "reconnecting")
             await clock.advance(1.0)

@@ -181,7 +181,7 @@ async def test_skipped_and_failed_claims_are_counted_by_reason() -> None:
     async with EmbeddedServer() as server:
         server.program_claims(ClaimAnswer.no_content(), ClaimAnswer.error(503),
                               ClaimAnswer.error(400, code="BAD"))
-        runner = make_runner(server, heartbeat_interval=0)
+        runner = make_runner(server, heartbeat_interval=None)
         async with started(runner):
             await eventually(lambda: runner.status == "streaming")
             await server.append_runner_wake("r1", wake("s1", 1))

@@ -91,9 +91,9 @@ async def test_03_second_wake_for_same_path_deferred_until_claim_settles(
 
 async def test_04_runtime_busy_path_retried_until_free(server: EmbeddedServer) -> None:
     rt = RecordingRuntime()
-    rt.active.add("s1")
+    rt.active.add("/s1")  # paths are normalised with a leading "/", as in the original
     clock = ManualClock()
-    runner = make_runner(server, rt, clock=clock, heartbeat_interval=0)
+    runner = make_runner(server, rt, clock=clock, heartbeat_interval=None)
     async with started(runner):
         await eventually(lambda: runner.status == "streaming")
         await server.append_runner_wake("r1", wake("s1"))
@@ -185,7 +185,7 @@ async def test_08_heartbeat_body_periodic_and_event_driven(server: EmbeddedServe
         await eventually(lambda: len(server.heartbeats()) == 1)
         first = server.heartbeats()[0]
         assert first["lease_ms"] == 30_000  # 3 x interval by default
-        assert "wake_stream_offset" not in first  # no offset known yet
+        assert first["wake_stream_offset"] == "-1"  # nothing read yet: as the original
         diag = first["diagnostics"]
         assert "running" not in diag and "offset" not in diag
         assert diag["status"] in ("connecting", "streaming")
@@ -260,7 +260,7 @@ async def test_12_async_headers_provider_resolved_per_connection(
         return {"Authorization": f"Bearer token-{calls}"}
 
     clock = ManualClock()
-    runner = make_runner(server, clock=clock, headers=provider, heartbeat_interval=0)
+    runner = make_runner(server, clock=clock, headers=provider, heartbeat_interval=None)
     async with started(runner):
         await eventually(lambda: runner.status == "streaming")
         first = wake_requests(server)[0].headers["Authorization"]
@@ -435,7 +435,7 @@ async def test_22_concurrent_stops_share_one_shutdown(server: EmbeddedServer) ->
 async def test_23_connection_failures_back_off_exponentially(server: EmbeddedServer) -> None:
     clock = ManualClock()
     server.fail("/runners/r1/wake", 503)
-    runner = make_runner(server, clock=clock, heartbeat_interval=0)
+    runner = make_runner(server, clock=clock, heartbeat_interval=None)
     delays: list[float] = []
     async with started(runner):
         for _ in range(6):

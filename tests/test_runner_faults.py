@@ -87,7 +87,7 @@ async def test_hung_connect_fails_at_exactly_connect_timeout_and_recovers(
     clock = ManualClock()
     errors: list[BaseException] = []
     hang = server.hang(WAKE_PATH)
-    runner = make_runner(server, clock=clock, live=live, heartbeat_interval=0,
+    runner = make_runner(server, clock=clock, live=live, heartbeat_interval=None,
                          connect_timeout=5, on_error=errors.append)
     assert runner.config.hung_connect_bound == 5
     async with started(runner):
@@ -111,7 +111,7 @@ async def test_repeated_hung_connects_back_off(server: EmbeddedServer) -> None:
     clock = ManualClock()
     errors: list[BaseException] = []
     server.hang(WAKE_PATH)
-    runner = make_runner(server, clock=clock, heartbeat_interval=0, connect_timeout=2,
+    runner = make_runner(server, clock=clock, heartbeat_interval=None, connect_timeout=2,
                          on_error=errors.append)
     async with started(runner):
         for n, backoff in enumerate([1.0, 2.0, 4.0]):
@@ -134,7 +134,7 @@ async def test_silent_stream_ends_at_exactly_read_idle_timeout(server: EmbeddedS
     errors: list[BaseException] = []
     rt = RecordingRuntime()
     server.hang_after_headers(WAKE_PATH, count=1)  # headers, then nothing
-    runner = make_runner(server, rt, clock=clock, live=live, heartbeat_interval=0,
+    runner = make_runner(server, rt, clock=clock, live=live, heartbeat_interval=None,
                          read_idle_timeout=20, on_error=errors.append)
     assert runner.config.hung_stream_bound == 20
     async with started(runner):
@@ -154,7 +154,7 @@ async def test_silent_stream_ends_at_exactly_read_idle_timeout(server: EmbeddedS
 async def test_idle_deadline_rearms_on_every_chunk(server: EmbeddedServer) -> None:
     clock = ManualClock()
     rt = RecordingRuntime()
-    runner = make_runner(server, rt, clock=clock, heartbeat_interval=0, read_idle_timeout=20)
+    runner = make_runner(server, rt, clock=clock, heartbeat_interval=None, read_idle_timeout=20)
     async with started(runner):
         await eventually(lambda: runner.status == "streaming")
         for n in range(3):  # activity every 15 s keeps a 20 s idle bound from firing
@@ -174,7 +174,7 @@ async def test_server_paused_mid_stream_then_for_every_connect(server: EmbeddedS
     clock = ManualClock()
     errors: list[BaseException] = []
     rt = RecordingRuntime()
-    runner = make_runner(server, rt, clock=clock, live=live, heartbeat_interval=0,
+    runner = make_runner(server, rt, clock=clock, live=live, heartbeat_interval=None,
                          connect_timeout=4, read_idle_timeout=20, on_error=errors.append)
     async with started(runner):
         await eventually(lambda: runner.status == "streaming")
@@ -201,7 +201,7 @@ async def test_hung_claim_fails_at_request_timeout_is_retried_then_the_next_wake
     errors: list[BaseException] = []
     rt = RecordingRuntime()
     server.hang(CLAIM_PATH, count=1)
-    runner = make_runner(server, rt, clock=clock, heartbeat_interval=0, request_timeout=3,
+    runner = make_runner(server, rt, clock=clock, heartbeat_interval=None, request_timeout=3,
                          on_error=errors.append)
     async with started(runner):
         await eventually(lambda: runner.status == "streaming")
@@ -296,7 +296,7 @@ async def test_connection_dropped_before_answer_reconnects(server: EmbeddedServe
     # Every attempt is dropped (aiohttp itself retries a GET whose connection
     # closed before any answer, so one drop alone may go unnoticed).
     drop = server.drop(WAKE_PATH)
-    runner = make_runner(server, clock=clock, heartbeat_interval=0, on_error=errors.append)
+    runner = make_runner(server, clock=clock, heartbeat_interval=None, on_error=errors.append)
     async with started(runner):
         await eventually(lambda: runner.status == "reconnecting")
         assert isinstance(errors[0], ConnectError)
@@ -311,7 +311,7 @@ async def test_killed_server_drops_the_stream_then_runner_resumes(server: Embedd
     clock = ManualClock()
     rt = RecordingRuntime()
     errors: list[BaseException] = []
-    runner = make_runner(server, rt, clock=clock, live=live, heartbeat_interval=0,
+    runner = make_runner(server, rt, clock=clock, live=live, heartbeat_interval=None,
                          on_error=errors.append)
     async with started(runner):
         await eventually(lambda: runner.status == "streaming")
@@ -339,7 +339,7 @@ async def test_graceful_server_restart_resumes_from_offset_without_losing_wakes(
         server: EmbeddedServer, live: str) -> None:
     clock = ManualClock()
     rt = RecordingRuntime()
-    runner = make_runner(server, rt, clock=clock, live=live, heartbeat_interval=0)
+    runner = make_runner(server, rt, clock=clock, live=live, heartbeat_interval=None)
     async with started(runner):
         await eventually(lambda: runner.status == "streaming")
         await server.append_runner_wake("r1", wake("before1"))
@@ -385,7 +385,7 @@ async def test_restarts_under_load_lose_no_wake(server: EmbeddedServer, live: st
     clock = ManualClock()
     rt = RecordingRuntime()
     errors: list[BaseException] = []
-    runner = make_runner(server, rt, clock=clock, live=live, heartbeat_interval=0,
+    runner = make_runner(server, rt, clock=clock, live=live, heartbeat_interval=None,
                          on_error=errors.append)
     produced: list[str] = []
     stop_producing = asyncio.Event()
@@ -540,9 +540,9 @@ async def test_never_dispatch_after_stop_began(server: EmbeddedServer) -> None:
 
     rt = Watching()
     rt.drain_gate = asyncio.Event()
-    rt.active.add("busy")
+    rt.active.add("/busy")
     server.delay(CLAIM_PATH, seconds=0.2)
-    runner = make_runner(server, rt, clock=clock, heartbeat_interval=0, claim_grace=5)
+    runner = make_runner(server, rt, clock=clock, heartbeat_interval=None, claim_grace=5)
     runner.start()
     await eventually(lambda: runner.status == "streaming")
     for n in range(5):
@@ -574,7 +574,7 @@ async def test_dispatch_status_under_load_then_stop(server: EmbeddedServer) -> N
 
     rt = Watching()
     server.delay(CLAIM_PATH, seconds=0.01)
-    runner = make_runner(server, rt, heartbeat_interval=0, claim_grace=0.05)
+    runner = make_runner(server, rt, heartbeat_interval=None, claim_grace=0.05)
     runner.start()
     await eventually(lambda: runner.status == "streaming")
     for n in range(60):
@@ -688,7 +688,7 @@ async def test_transitions_at_debug_reconnects_and_errors_at_warning(
     caplog.set_level(logging.DEBUG, logger="pullwake")
     clock = ManualClock()
     server.fail(WAKE_PATH, 503, count=1)
-    runner = make_runner(server, clock=clock, heartbeat_interval=0, name="lg")
+    runner = make_runner(server, clock=clock, heartbeat_interval=None, name="lg")
     async with started(runner):
         await eventually(lambda: runner.status == "reconnecting")
         await clock.advance(1)

@@ -219,7 +219,7 @@ async def test_wake_stream_statuses_echoing_the_token(server: EmbeddedServer,
     answer = echo(401, shape)
     server.fail(WAKE_PATH, 401, body=answer.body, count=1)
     runner = make_runner(server, clock=clock, live=live, headers=_async_provider,
-                         heartbeat_interval=0, on_error=errors.append)
+                         heartbeat_interval=None, on_error=errors.append)
     async with started(runner):
         await eventually(lambda: runner.status == "reconnecting")
         await clock.advance(1)

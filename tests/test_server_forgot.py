@@ -104,7 +104,7 @@ async def test_wake_stream_recreated_by_someone_else_is_read_from_the_beginning(
     wake at the new stream's start is not skipped."""
     async with EmbeddedServer() as srv:
         rt = RecordingRuntime()
-        runner = make_runner(srv, rt, heartbeat_interval=0)
+        runner = make_runner(srv, rt, heartbeat_interval=None)
         with caplog.at_level(logging.WARNING, logger="pullwake"):
             async with started(runner):
                 for i in range(5):

@@ -736,7 +736,7 @@ async def test_claim_grace_runs_on_the_injected_clock() -> None:
     control.claim_mode = "black_hole"
     runner = PullWakeRunner(RunnerConfig(
         base_url="http://127.0.0.1:9", runner_id="r1", clock=clock, stream_factory=transport,
-        claim_grace=GRACE, heartbeat_interval=0), runtime, control_plane=control)
+        claim_grace=GRACE, heartbeat_interval=None), runtime, control_plane=control)
     transport.runner = control.runner = runner
     runner.start()
     await settle()
