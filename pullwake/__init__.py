@@ -6,6 +6,7 @@ Start at README.md; the lifecycle lives in machine_spec.yaml (docs/lifecycle.md)
 from typing import TYPE_CHECKING
 
 from .areader import aiter_chunks, aiter_items, aread_stream
+from .fetchcache import FetchCache
 from .clock import Clock, LoopClock
 from .config import RunnerConfig
 from .control import ClaimOutcome, ControlPlane, ElectricControlPlane, WakeEvent
@@ -114,7 +115,6 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .cache import (
-        FetchCache,
         FetchCacheInfo,
         FetchCacheWarning,
         cached_session,
@@ -128,7 +128,6 @@ if TYPE_CHECKING:
 # The sync reader and the fetch cache pull in requests and requests-cache
 # (about 20 MB): import them only when used.
 _LAZY = {
-    "FetchCache": "cache",
     "FetchCacheInfo": "cache",
     "FetchCacheWarning": "cache",
     "cached_session": "cache",
