@@ -213,7 +213,10 @@ class _MemoryCache(_Safe, BaseCache):
 class _SQLiteCache(_Safe, SQLiteCache):
     def __init__(self, config: FetchCache, path: Path, extra: frozenset[str]) -> None:
         # WAL: readers never wait on a writer (or on another process's write lock).
-        super().__init__(db_path=path, wal=True, timeout=config.lock_timeout)
+        # requests-cache's JSON serializer, not its default pickle: a cache file is
+        # shared between processes, and unpickling a tampered one would run its code.
+        super().__init__(db_path=path, wal=True, timeout=config.lock_timeout,
+                         serializer="json")
         self._extra = extra
         for table in (self.responses, self.redirects):
             table._acquire_sqlite_lock = _bounded_write_lock(table)  # type: ignore[method-assign]

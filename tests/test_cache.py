@@ -1000,3 +1000,38 @@ async def test_real_server_answers_revalidation_with_304(
 
     assert second.messages == first.messages == ({"n": 1}, {"n": 2})
     assert [s for o, s, _ in recorder.seen if o == "-1"] == [200, 304]
+
+
+@pytest.mark.timeout(20)
+def test_a_foreign_cache_that_kept_the_tail_is_asked_past_for_fresh_data(
+    fake: FakeStreamServer,
+) -> None:
+    """A stock requests-cache session caches every 200, the empty tail answer too; the
+    reader never takes such an answer as the truth: it asks the origin (no-cache)."""
+    url = fake.create("a")
+    fake.append("a", {"n": 1})
+    with requests_cache.CachedSession(backend="memory") as stock:
+        first = read_stream(url, session=stock)
+        again = read_stream(url, first.next_offset, session=stock)  # the tail, cached now
+        fake.append("a", {"n": 2})
+        later = read_stream(url, first.next_offset, session=stock)
+    assert first.messages == ({"n": 1},) and again.messages == ()
+    assert later.messages == ({"n": 2},)
+    assert any(h.headers.get("Cache-Control") == "no-cache" for h in fake.hits)
+
+
+@pytest.mark.timeout(20)
+def test_the_sqlite_store_holds_json_never_pickle(fake: FakeStreamServer, db: Path) -> None:
+    """A cache file may be shared between processes: unpickling a tampered one would run
+    its code, so entries are requests-cache's JSON serialization."""
+    import json
+
+    install_fetch_cache("sqlite", db)
+    url = fake.create("a")
+    fake.append("a", {"n": 1})
+    read_stream(url)
+    uninstall_fetch_cache()
+    with sqlite3.connect(db) as con:
+        [(value,)] = con.execute("SELECT value FROM responses").fetchall()
+    entry = json.loads(value)
+    assert entry["status_code"] == 200 and "Stream-Up-To-Date" not in entry["headers"]
