@@ -6,7 +6,6 @@ Start at README.md; the lifecycle lives in machine_spec.yaml (docs/lifecycle.md)
 from typing import TYPE_CHECKING
 
 from .areader import aiter_chunks, aiter_items, aread_stream
-from .fetchcache import FetchCache
 from .clock import Clock, LoopClock
 from .config import RunnerConfig
 from .control import ClaimOutcome, ControlPlane, ElectricControlPlane, WakeEvent
@@ -33,6 +32,7 @@ from .errors import (
     SubscriptionError,
     TransportError,
 )
+from .fetchcache import FetchCache
 from .health import Health
 from .healthserver import HealthServer
 from .machine import Lifecycle, LifecycleEffects, WorkTicket

@@ -238,8 +238,8 @@ def test_a_failed_open_leaves_nothing_behind_and_can_be_retried(
 @needs_proc
 @pytest.mark.timeout(20)
 def test_a_failure_half_way_through_patching_is_rolled_back(
-    monkeypatch: pytest.MonkeyPatch, db: Path
-, per_store: int) -> None:
+    monkeypatch: pytest.MonkeyPatch, db: Path, per_store: int
+) -> None:
     class Exploding:
         Session = requests.Session
 
@@ -290,8 +290,8 @@ def test_bad_arguments_are_config_errors_and_install_nothing(
 @needs_proc
 @pytest.mark.timeout(60)
 def test_a_hundred_worker_restarts_leave_one_layer_and_one_open_file(
-    fake: FakeStreamServer, db: Path
-, per_store: int) -> None:
+    fake: FakeStreamServer, db: Path, per_store: int
+) -> None:
     url = fake.create("a")
     fake.append("a", {"n": 1})
     outcomes = []
@@ -309,8 +309,8 @@ def test_a_hundred_worker_restarts_leave_one_layer_and_one_open_file(
 @needs_proc
 @pytest.mark.timeout(60)
 def test_a_hundred_install_uninstall_cycles_open_and_release_one_handle(
-    fake: FakeStreamServer, db: Path
-, per_store: int) -> None:
+    fake: FakeStreamServer, db: Path, per_store: int
+) -> None:
     url = fake.create("a")
     fake.append("a", {"n": 1})
     for _ in range(100):
@@ -325,8 +325,8 @@ def test_a_hundred_install_uninstall_cycles_open_and_release_one_handle(
 @needs_proc
 @pytest.mark.timeout(30)
 def test_scoped_sessions_restarted_a_hundred_times_hold_at_most_one_handle(
-    fake: FakeStreamServer, db: Path
-, per_store: int) -> None:
+    fake: FakeStreamServer, db: Path, per_store: int
+) -> None:
     url = fake.create("a")
     fake.append("a", {"n": 1})
     for _ in range(100):
@@ -865,7 +865,9 @@ def _store_failed(record: logging.LogRecord) -> bool:
 
 @needs_proc
 @pytest.mark.timeout(20)
-def test_cached_session_is_scoped_and_closes_its_store(fake: FakeStreamServer, db: Path, per_store: int) -> None:
+def test_cached_session_is_scoped_and_closes_its_store(
+    fake: FakeStreamServer, db: Path, per_store: int
+) -> None:
     url = fake.create("a")
     fake.append("a", {"n": 1})
 
@@ -886,8 +888,8 @@ def test_cached_session_is_scoped_and_closes_its_store(fake: FakeStreamServer, d
 @needs_proc
 @pytest.mark.timeout(20)
 def test_a_forgotten_cached_session_releases_its_file(
-    fake: FakeStreamServer, db: Path, monkeypatch: pytest.MonkeyPatch
-, per_store: int) -> None:
+    fake: FakeStreamServer, db: Path, monkeypatch: pytest.MonkeyPatch, per_store: int
+) -> None:
     url = fake.create("a")
     fake.append("a", {"n": 1})
     session = cached_session("sqlite", db)
