@@ -10,6 +10,7 @@ from .clock import Clock, LoopClock
 from .config import RunnerConfig
 from .control import ClaimOutcome, ControlPlane, ElectricControlPlane, WakeEvent
 from .errors import (
+    AnswerTooLarge,
     CacheError,
     ConfigError,
     ConnectError,
@@ -22,6 +23,7 @@ from .errors import (
     LeaseLost,
     MalformedMessage,
     MessageError,
+    OffsetsWentBack,
     OversizedMessage,
     ProtocolError,
     PullwakeError,
@@ -47,6 +49,7 @@ from .worker import Wake, Worker, WorkerStats
 __version__ = "0.1.0"
 
 __all__ = [
+    "AnswerTooLarge",
     "CacheError",
     "Chunk",
     "ClaimOutcome",
@@ -75,6 +78,7 @@ __all__ = [
     "LoopClock",
     "MalformedMessage",
     "MessageError",
+    "OffsetsWentBack",
     "OversizedMessage",
     "ProtocolError",
     "PullWakeRunner",

@@ -39,6 +39,7 @@ from typing import Any, Literal
 from ..errors import (
     ConfigError,
     MalformedMessage,
+    OffsetsWentBack,
     OversizedMessage,
     ProtocolError,
     StreamStatusError,
@@ -345,7 +346,7 @@ class ReadCore:
             assert nxt_raw is not None
             nxt = nxt_raw
         if self.offset not in SENTINELS and nxt < self.offset:
-            raise ProtocolError("Stream-Next-Offset moved backwards", url=self.url)
+            raise OffsetsWentBack("Stream-Next-Offset moved backwards", url=self.url)
         etag = headers.get("ETag")
         if etag and self._mode == "catch-up" and not self._not_modified:
             self.etag = etag
@@ -424,7 +425,7 @@ class ReadCore:
                                 url=self.url)
         assert isinstance(nxt, str)
         if self.offset not in SENTINELS and nxt < self.offset:
-            raise ProtocolError("SSE streamNextOffset moved backwards", url=self.url)
+            raise OffsetsWentBack("SSE streamNextOffset moved backwards", url=self.url)
         out: list[Event] = []
         if self._pending:
             out.append(Batch(self._pending, self.offset, nxt, 0))
