@@ -687,7 +687,8 @@ async def soak(bench: Bench, n: int, wakes: int, limit_s: float, window: int
                 w1, c1, t1 = consumer.wakes, cpu_seconds(), time.perf_counter()
                 samples.append({"wakes": w1 - start_wakes, "cpu_ms": (c1 - c0) / (w1 - w0) * 1e3,
                                 "rate": (w1 - w0) / (t1 - t0), "rss": rss_bytes() / 2**20,
-                                "secrets": len(consumer.worker.runner.http.secrets)})
+                                "secrets": len(consumer.worker.runner.http.secrets),
+                                "load": os.getloadavg()[0]})
                 s = samples[-1]
                 print(f"  soak {s['wakes']:>7.0f} wakes: {s['cpu_ms']:.3f} ms CPU/wake, "
                       f"{s['rate']:.0f} wakes/s, RSS {s['rss']:.1f} MiB, "
@@ -704,9 +705,9 @@ async def soak(bench: Bench, n: int, wakes: int, limit_s: float, window: int
     step = max(1, len(samples) // 10)
     shown = samples[::step] if samples[-1] in samples[::step] else [*samples[::step], samples[-1]]
     rows = [[f"{s['wakes']:.0f}", f"{s['cpu_ms']:.3f}", f"{s['rate']:.0f}", f"{s['rss']:.1f}",
-             f"{s['secrets']:.0f}"] for s in shown]
+             f"{s['secrets']:.0f}", f"{s['load']:.1f}"] for s in shown]
     text = table(["wakes so far", "client CPU ms/wake (window)", "wakes/s (window)",
-                  "RSS MiB", "secrets held"], rows)
+                  "RSS MiB", "secrets held", "machine load (1 min)"], rows)
     k = max(1, len(samples) // 5)
     first = statistics.median(s["cpu_ms"] for s in samples[:k])
     last = statistics.median(s["cpu_ms"] for s in samples[-k:])
