@@ -156,8 +156,8 @@ async def _start(worker: Any, opts: RunOptions, signals: _Signals) -> bool:
                                         f"{opts.start_timeout:g} s; last error: {exc}") from exc
                 raise
             delay = min(backoff.next_delay(), remaining)
-            log.warning("waiting for the server (%s); retrying in %.1f s, giving up in %.0f s "
-                        "(--start-timeout)", exc, delay, remaining)
+            log.warning("waiting for the server at %s: retrying in %.1f s, giving up in %.0f s "
+                        "(--start-timeout); last error: %s", opts.server, delay, remaining, exc)
         if not await signals.wait_or(asyncio.sleep(delay)):
             return False
 

@@ -69,7 +69,8 @@ async def _list(client: Any, http: Any, opts: RunOptions, _: argparse.Namespace)
         verdict = ("matches this configuration" if not diffs else
                    "DIFFERS from this configuration: " + "; ".join(diffs)
                    + f" (a worker would fail with SUBSCRIPTION_ALREADY_EXISTS; "
-                     f"`pullwake subscriptions delete {sub.id}` removes it)")
+                     f"`pullwake subscriptions delete --server {opts.server} {sub.id}` "
+                     "removes it)")
         print(f"{sub.id}: on the server ({_summary(body)}); {verdict}")
     return 0
 
