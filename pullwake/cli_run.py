@@ -26,7 +26,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from .run_options import RunOptions, add_arguments, resolve
+from .run_options import RunOptions, add_arguments, misspelled_variables, resolve
 
 __all__ = ["add_run_commands", "configure_logging", "load_handler"]
 
@@ -268,6 +268,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as exc:  # UsageError, or the handler / token cannot be loaded
         parser.error(str(exc))
     configure_logging(opts.log_level, opts.log_format, worker=opts.worker)
+    for warning in misspelled_variables():
+        log.warning("%s", warning)
     return asyncio.run(_run(opts, handler, headers))
 
 
