@@ -35,6 +35,7 @@ from .errors import (
     SubscriptionError,
     TransportError,
 )
+from .fetchcache import FetchCache
 from .health import Health
 from .healthserver import HealthServer
 from .machine import Lifecycle, LifecycleEffects, WorkTicket
@@ -120,7 +121,6 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .cache import (
-        FetchCache,
         FetchCacheInfo,
         FetchCacheWarning,
         cached_session,
@@ -134,7 +134,6 @@ if TYPE_CHECKING:
 # The sync reader and the fetch cache pull in requests and requests-cache
 # (about 20 MB): import them only when used.
 _LAZY = {
-    "FetchCache": "cache",
     "FetchCacheInfo": "cache",
     "FetchCacheWarning": "cache",
     "cached_session": "cache",

@@ -72,7 +72,7 @@ from .urls import encode_path, validate_base_url
 __all__ = ["Wake", "Worker", "WorkerStats"]
 
 if TYPE_CHECKING:
-    from .cache import FetchCache
+    from .fetchcache import FetchCache
 
 log = logging.getLogger("pullwake.worker")
 
@@ -830,11 +830,11 @@ def _check_fetch_cache(value: object) -> FetchCache | None:
     """``fetch_cache`` is ``None`` or a :class:`pullwake.cache.FetchCache`, never a string."""
     if value is None:
         return None
-    from .cache import FetchCache
+    from .fetchcache import FetchCache
 
     if isinstance(value, FetchCache):
         return value
     raise ConfigError(
-        f"fetch_cache must be None or a pullwake.cache.FetchCache "
+        f"fetch_cache must be None or a pullwake.FetchCache "
         f"(FetchCache.memory() or FetchCache.sqlite(path)), not {type(value).__name__} "
         f"{value!r}")

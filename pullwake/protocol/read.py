@@ -148,6 +148,8 @@ class Checkpoint:
     cursor: str | None = None
     up_to_date: bool = False
     closed: bool = False
+    #: The HTTP status of the answer it ends (204: a long-poll timed out).
+    status: int = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +226,7 @@ class ReadCore:
         self._emitted = 0  # values delivered from the current answer
         self._drop = 0  # values to drop from a retried answer (already delivered)
         self._not_modified = False
+        self._status = 200
 
     # ----------------------------------------------------------- requests
 
@@ -235,6 +238,8 @@ class ReadCore:
             return "catch-up"
         if self.up_to_date or self.kind is not None:
             return self.live
+        if self.live == "long-poll" and self.offset == "now":
+            return "long-poll"  # §8: wait at the tail at once; an answer with data names its type
         return "catch-up"  # learn the content type (and catch up) first
 
     def request(self) -> Request:
@@ -269,6 +274,7 @@ class ReadCore:
         self._head = headers
         self._start = self.offset
         self._not_modified = status == 304
+        self._status = status
         self._pending = []
         self._emitted = 0
         if mode == "sse":
@@ -352,7 +358,7 @@ class ReadCore:
         self._drop = 0
         self.offset, self.cursor = nxt, cursor
         self.up_to_date, self.closed = up_to_date, closed
-        out.append(Checkpoint(nxt, cursor, up_to_date, closed))
+        out.append(Checkpoint(nxt, cursor, up_to_date, closed, self._status))
         if closed or (self.live == "catch-up" and (up_to_date or self._reached(nxt))):
             self.done = True
         elif self.live == "catch-up" and not advanced:
