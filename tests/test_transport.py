@@ -66,7 +66,7 @@ def cursors(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 def runner_for(server: EmbeddedServer, live: str, *, errors: list[BaseException] | None = None,
                runtime: RecordingRuntime | None = None, **overrides: Any) -> PullWakeRunner:
-    overrides.setdefault("heartbeat_interval", 0)
+    overrides.setdefault("heartbeat_interval", None)
     if errors is not None:
         overrides["on_error"] = errors.append
     return make_runner(server, runtime or RecordingRuntime(), live=live, **overrides)
