@@ -550,7 +550,7 @@ class Worker:
         clock = self._clock
         held_until = clock.monotonic() + ttl  # as of the claim answer
         timer: TimerHandle | None = None
-        task: asyncio.Task[None] | None = None
+        task: asyncio.Task[bool] | None = None
 
         def extend() -> None:
             nonlocal timer, task
