@@ -14,7 +14,9 @@ from .errors import (
     ConnectError,
     ConnectTimeout,
     ControlPlaneError,
+    DeadLetterError,
     HandlerError,
+    HandlerTimeout,
     IdleTimeout,
     InvalidMessage,
     LeaseLost,
@@ -30,6 +32,7 @@ from .errors import (
     SubscriptionError,
     TransportError,
 )
+from .failures import RetryPolicy
 from .health import Health
 from .machine import Lifecycle, LifecycleEffects, WorkTicket
 from .runner import PullWakeRunner, Runtime
@@ -50,10 +53,12 @@ __all__ = [
     "ConnectTimeout",
     "ControlPlane",
     "ControlPlaneError",
+    "DeadLetterError",
     "ElectricControlPlane",
     "FetchCacheInfo",
     "FetchCacheWarning",
     "HandlerError",
+    "HandlerTimeout",
     "Health",
     "IdleTimeout",
     "InvalidMessage",
@@ -70,6 +75,7 @@ __all__ = [
     "PullwakeError",
     "ReadResult",
     "RequestTimeout",
+    "RetryPolicy",
     "RunnerConfig",
     "Runtime",
     "SpecError",

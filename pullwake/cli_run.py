@@ -123,6 +123,8 @@ async def _run(args: argparse.Namespace) -> int:
             pattern=args.pattern, streams=tuple(args.stream or ()), worker_name=args.worker,
             lease_ms=args.lease_ms, handler=handler, headers=headers or None,
             max_concurrency=args.max_concurrency, live=args.live, stop_grace=args.stop_grace,
+            handler_timeout=args.handler_timeout, max_attempts=args.max_attempts,
+            dead_letter_stream=args.dead_letter_stream,
         )
     except (ValueError, PullwakeError) as exc:
         print(f"pullwake run: {exc}", file=sys.stderr)
@@ -153,17 +155,53 @@ async def _run(args: argparse.Namespace) -> int:
         stopped.cancel()
         signalled.cancel()
         log.info("stopping (%s)", "signal" if by_signal else "runner stopped itself")
+        rc = 0 if by_signal else 1
         try:
             await worker.stop()
         except Exception as exc:  # noqa: BLE001 - report and exit non-zero
             log.error("stop failed: %s", exc)
-            return 1
-        return 0 if by_signal else 1
+            rc = 1
+        _exit_now_if_handlers_stuck(worker, rc)
+        return rc
     finally:
         if health_runner is not None:
             await health_runner.cleanup()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+def _exit_now_if_handlers_stuck(worker: Any, rc: int) -> None:
+    """Stop is bounded: a handler still running after the grace does not keep us alive."""
+    stuck = worker.abandoned_handlers()
+    if not stuck:
+        return
+    log.warning("exiting with %d handler(s) still running after the stop grace (their wakes "
+                "were released): a stuck sync handler thread or an async handler that "
+                "ignores cancellation is not waited for", stuck)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
+
+
+def _seconds_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text!r}")
+    return value
+
+
+def _attempts_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
+    return value
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -196,6 +234,13 @@ def add_run_commands(sub: Any) -> None:
     p.add_argument("--live", choices=("sse", "long-poll"), default="sse")
     p.add_argument("--stop-grace", type=float, default=10.0,
                    help="seconds running handlers get at stop before release (default 10)")
+    p.add_argument("--handler-timeout", type=_seconds_arg, metavar="SECONDS",
+                   help="a handler running longer fails the attempt (default: no limit)")
+    p.add_argument("--max-attempts", type=_attempts_arg, metavar="N",
+                   help="handler attempts per wake before it is dead-lettered and acked "
+                        "(needs --dead-letter-stream; default with one: 5, without: no limit)")
+    p.add_argument("--dead-letter-stream", metavar="PATH",
+                   help="Durable Stream that gets a JSON record of every wake given up on")
     p.add_argument("--header", action="append", help="extra request header NAME:VALUE")
     p.add_argument("--token-env", help="env var holding a bearer token (kept out of argv)")
     p.add_argument("--health-port", type=int, help="serve health JSON on 127.0.0.1:PORT")

@@ -24,8 +24,10 @@ library's exceptions lives in exactly one place per library
     ├── ControlPlaneError         a claim / heartbeat / ack / release call failed
     │   ├── RequestTimeout        no answer within request_timeout
     │   ├── LeaseLost             409 FENCED or 401: the lease is gone
-    │   └── SubscriptionError     a subscription cannot be created or was forgotten
-    ├── HandlerError              a worker's handler raised (the wake was released)
+    │   ├── SubscriptionError     a subscription cannot be created or was forgotten
+    │   └── DeadLetterError       a record could not be appended to the dead-letter stream
+    ├── HandlerError              a worker's handler failed (raised or timed out)
+    │   └── HandlerTimeout        it ran past handler_timeout
     └── CacheError                the fetch cache could not be installed or used
 
 Messages never contain header values, tokens or URL credentials: URLs pass
@@ -44,7 +46,9 @@ __all__ = [
     "ConnectError",
     "ConnectTimeout",
     "ControlPlaneError",
+    "DeadLetterError",
     "HandlerError",
+    "HandlerTimeout",
     "IdleTimeout",
     "InvalidMessage",
     "LeaseLost",
@@ -267,8 +271,19 @@ class SubscriptionError(ControlPlaneError):
     """A subscription could not be created (conflicting config) or was forgotten."""
 
 
+class DeadLetterError(ControlPlaneError):
+    """A dead-letter record could not be appended; the wake was not acked (released)."""
+
+
 class HandlerError(PullwakeError):
-    """A worker handler raised; the wake was released so it will be retried."""
+    """A worker handler failed (``__cause__`` is what it raised); the wake is retried.
+
+    After the retry policy's last attempt the wake is dead-lettered instead.
+    """
+
+
+class HandlerTimeout(HandlerError, TimeoutError):
+    """A handler ran past ``handler_timeout``: cancelled (async) or abandoned (sync)."""
 
 
 class CacheError(PullwakeError):
