@@ -6,9 +6,12 @@ Owns the claim tasks of one runner. A wake is a hint; the claim decides.
   Durable Streams profile) are claimed one at a time: a wake arriving while
   one is in flight is counted as skipped and deferred, then claimed again
   when the first settles (keeping only the latest deferred wake).
-- If the runtime reports that key as still active, the wake is skipped
-  locally and retried every ``busy_retry`` seconds (on the injectable clock)
-  until the runtime is free.
+- If the runtime reports that key as still active, the wake is held back
+  (the latest one per key) and claimed the moment the runtime says the key
+  is free (:meth:`ClaimScheduler.runtime_free`, an event). A runtime that
+  never says so (``notified=False``) is asked again every ``busy_retry``
+  seconds (on the injectable clock); one that does is still asked every
+  :data:`NOTIFIED_FALLBACK_S`, a safety net that normal operation never uses.
 - Claims run concurrently with reading the stream and with each other.
 - :meth:`close` (stop began) stops all dispatching: a claim that completes
   afterwards is not dispatched. :meth:`settle` gives in-flight claims a
@@ -33,6 +36,9 @@ __all__ = ["ClaimScheduler"]
 
 log = logging.getLogger("pullwake.claims")
 
+#: Re-check interval for a held-back wake when the runtime announces free keys.
+NOTIFIED_FALLBACK_S = 1.0
+
 
 class ClaimScheduler:
     def __init__(
@@ -49,13 +55,14 @@ class ClaimScheduler:
         report_error: Callable[[BaseException], None],
         notify: Callable[[], None],
         spawn: Callable[[Awaitable[Any], str], asyncio.Task[Any]],
+        notified: bool = False,
     ) -> None:
         self._control = control
         self._http = http
         self._runtime = runtime
         self._clock = clock
         self._stats = stats
-        self._busy_retry = busy_retry
+        self._busy_retry = max(busy_retry, NOTIFIED_FALLBACK_S) if notified else busy_retry
         self._claim_headers = claim_headers
         self._claim_token_header = claim_token_header
         self._report_error = report_error
@@ -64,8 +71,11 @@ class ClaimScheduler:
         self._in_flight: dict[str, asyncio.Task[Any]] = {}
         self._waiting: dict[str, TimerHandle] = {}
         self._deferred: dict[str, WakeEvent] = {}
+        self._held: dict[str, WakeEvent] = {}  # the wake each waiting key waits with
         self._open = False
         self.dispatched = 0
+        #: Held-back wakes re-checked because the retry timer fired (not an event).
+        self.busy_retries = 0
 
     # ------------------------------------------------------------------ public
 
@@ -79,6 +89,7 @@ class ClaimScheduler:
         for handle in self._waiting.values():
             handle.cancel()
         self._waiting.clear()
+        self._held.clear()
         self._deferred.clear()
 
     @property
@@ -96,6 +107,19 @@ class ClaimScheduler:
             self._notify()
             return
         self._start(key, wake)
+
+    def runtime_free(self, key: str | None = None) -> None:
+        """The runtime finished with ``key`` (None: any key may be free): claim what
+        was held back for it now, instead of at the next retry."""
+        if not self._open or not self._waiting:
+            return
+        for k in [key] if key is not None else list(self._waiting):
+            handle = self._waiting.get(k)
+            if handle is None or self._runtime_busy(k):
+                continue
+            handle.cancel()
+            del self._waiting[k]
+            self._spawn_claim(k, self._take_held(k))
 
     def record_failure(self, error: BaseException) -> None:
         """Count and report one failed claim attempt (final, or about to be retried)."""
@@ -132,7 +156,15 @@ class ClaimScheduler:
             self._notify()
             self._wait_for_runtime(key, wake)
             return
+        self._spawn_claim(key, wake)
+
+    def _spawn_claim(self, key: str, wake: WakeEvent) -> None:
         self._in_flight[key] = self._spawn(self._claim(key, wake), f"pullwake-claim:{key[:64]}")
+
+    def _take_held(self, key: str) -> WakeEvent:
+        """The latest wake for a waiting key (a deferred one is newer than the held one)."""
+        held = self._held.pop(key)
+        return self._deferred.pop(key, held)
 
     def _runtime_busy(self, key: str) -> bool:
         check = getattr(self._runtime, "is_wake_active", None)
@@ -145,18 +177,19 @@ class ClaimScheduler:
             return False
 
     def _wait_for_runtime(self, key: str, wake: WakeEvent) -> None:
-        def retry() -> None:
-            self._waiting.pop(key, None)
-            if not self._open:
-                return
-            latest = self._deferred.pop(key, wake)
-            if self._runtime_busy(key):
-                self._wait_for_runtime(key, latest)
-            else:
-                self._in_flight[key] = self._spawn(self._claim(key, latest),
-                                                   f"pullwake-claim:{key[:64]}")
+        self._held[key] = wake
+        self._waiting[key] = self._clock.call_later(self._busy_retry, self._retry, key)
 
-        self._waiting[key] = self._clock.call_later(self._busy_retry, retry)
+    def _retry(self, key: str) -> None:
+        """The retry timer fired before the runtime said ``key`` is free."""
+        if self._waiting.pop(key, None) is None or not self._open:
+            return
+        self.busy_retries += 1
+        wake = self._take_held(key)
+        if self._runtime_busy(key):
+            self._wait_for_runtime(key, wake)
+        else:
+            self._spawn_claim(key, wake)
 
     async def _claim(self, key: str, wake: WakeEvent) -> None:
         stats = self._stats

@@ -68,7 +68,9 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 
 def cmd_diagram(args: argparse.Namespace) -> int:
-    from .diagram import check_diagrams, render_diagrams
+    import shutil
+
+    from .diagram import TEXT_FORMATS, check_advice, check_diagrams, render_diagrams
 
     try:
         spec = _load(args.spec)
@@ -77,20 +79,23 @@ def cmd_diagram(args: argparse.Namespace) -> int:
         return 1
     out = Path(args.out) if args.out else _default_diagram_dir()
     if args.check:
-        drift = check_diagrams(spec, out)
-        for d in drift:
-            print(f"{d.path}: {d.problem}", file=sys.stderr)
-        if drift:
-            print("diagrams are stale: run `pullwake diagram` and commit the result",
+        findings = check_diagrams(spec, out)
+        for d in findings:
+            print(f"{d.path}: {d.problem}" if d.fails else f"note: {d.path}: {d.problem}",
                   file=sys.stderr)
+        advice = check_advice(findings, have_dot=shutil.which("dot") is not None)
+        if advice is not None:
+            print(advice, file=sys.stderr)
             return 1
         print(f"{out}: diagrams match the spec")
         return 0
     try:
         written = render_diagrams(spec, out)
     except FileNotFoundError as exc:
-        written = render_diagrams(spec, out, formats=("dot",))
-        print(f"warning: {exc}; wrote DOT only", file=sys.stderr)
+        written = render_diagrams(spec, out, formats=TEXT_FORMATS)
+        print(f"warning: {exc}; wrote the text sources only (the images still show the "
+              "old diagram: `pullwake diagram --check` fails until they are re-rendered)",
+              file=sys.stderr)
     for p in written:
         print(p)
     return 0

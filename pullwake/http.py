@@ -9,17 +9,19 @@ This module owns everything pullwake does with aiohttp directly:
   exception tree, by phase (``connect``, ``read``, ``request``), raised
   ``from`` the original. No other module catches aiohttp exceptions.
 - :class:`HttpClient` runs control-plane requests (claim, heartbeat, ack, …)
-  under ``request_timeout`` with bounded bodies, and remembers every header
-  value it sent so that error text can be scrubbed of secrets.
+  under ``request_timeout`` with bounded bodies, and knows every header
+  value it sends (:class:`Secrets`) so that error text can be scrubbed of them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
+import re
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -43,6 +45,7 @@ __all__ = [
     "HeadersSource",
     "HttpAnswer",
     "HttpClient",
+    "Secrets",
     "error_code",
     "make_session",
     "read_bounded",
@@ -57,6 +60,7 @@ HeadersSource = (
 )
 #: Control-plane answers larger than this are an error (they are small JSON).
 MAX_CONTROL_BODY = 1024 * 1024
+_NO_SCOPE = contextlib.nullcontext()
 
 
 def to_url(url: str) -> URL:
@@ -87,7 +91,7 @@ class translate:  # lower case: used like a function, `with translate("read", ur
     __slots__ = ("operation", "phase", "secrets", "url")
 
     def __init__(self, phase: Phase, *, url: str | None = None, operation: str = "request",
-                 secrets: tuple[str, ...] = ()) -> None:
+                 secrets: Iterable[str] = ()) -> None:
         self.phase = phase
         self.url = url
         self.operation = operation
@@ -197,12 +201,145 @@ class HttpAnswer:
         return error_code(self._parsed)
 
 
+#: Shorter values are not treated as secrets (they would scrub ordinary words).
+MIN_SECRET = 4
+
+
+def secret_values(headers: Mapping[str, str]) -> Iterator[str]:
+    """The secret-looking parts of header values: each value, and ``xyz`` of ``Bearer xyz``."""
+    for value in headers.values():
+        if isinstance(value, str) and len(value) >= MIN_SECRET:
+            yield value
+            if " " in value:  # "Bearer xyz": the credential alone too
+                cred = value.split(" ", 1)[1]
+                if len(cred) >= MIN_SECRET:
+                    yield cred
+
+
+class Secrets:
+    """The secrets one client scrubs from text; bounded however long it runs.
+
+    Two kinds, so the set never grows with the number of requests or wakes:
+
+    - *kept*: values of configured headers (a mapping, or what a provider
+      returns). A provider that rotates credentials yields new values: the
+      :attr:`keep_limit` most recently seen are kept, the oldest forgotten.
+    - *held*: values scoped to a piece of work (a claim token for the life of
+      its wake, a request's own headers for that request), counted, and
+      forgotten when the last holder lets go (:meth:`hold`).
+
+    Adding or forgetting costs O(1); the snapshot (:meth:`snapshot`, iteration)
+    and the compiled pattern behind :meth:`scrub` are rebuilt only after the
+    set changed, and only when something reads them (error paths).
+    """
+
+    __slots__ = ("_held", "_kept", "_pattern", "_snapshot", "keep_limit")
+
+    def __init__(self, *, keep_limit: int = 64) -> None:
+        self.keep_limit = keep_limit
+        self._kept: dict[str, None] = {}  # insertion-ordered: oldest first
+        self._held: dict[str, int] = {}
+        self._snapshot: tuple[str, ...] | None = None
+        self._pattern: re.Pattern[str] | None = None
+
+    def keep(self, values: Iterable[str]) -> None:
+        """Remember ``values`` (most recent last); beyond the limit the oldest go."""
+        kept = self._kept
+        for value in values:
+            if value in kept:
+                if next(reversed(kept)) != value:  # keep recency order
+                    del kept[value]
+                    kept[value] = None
+                continue
+            kept[value] = None
+            if len(kept) > self.keep_limit:
+                del kept[next(iter(kept))]
+            self._changed()
+
+    def hold(self, values: Iterable[str]) -> _Hold:
+        """Scrub ``values`` while the block runs; forget them after (unless held elsewhere)."""
+        return _Hold(self, tuple(values))
+
+    def _add_held(self, vals: tuple[str, ...]) -> None:
+        held = self._held
+        for v in vals:
+            n = held.get(v, 0)
+            held[v] = n + 1
+            if n == 0 and v not in self._kept:
+                self._changed()
+
+    def _drop_held(self, vals: tuple[str, ...]) -> None:
+        held = self._held
+        for v in vals:
+            n = held[v] - 1
+            if n:
+                held[v] = n
+            else:
+                del held[v]
+                if v not in self._kept:
+                    self._changed()
+
+    def _changed(self) -> None:
+        self._snapshot = None
+        self._pattern = None
+
+    def snapshot(self) -> tuple[str, ...]:
+        """Every secret now known, longest first (rebuilt only after a change)."""
+        snap = self._snapshot
+        if snap is None:
+            snap = self._snapshot = tuple(sorted({*self._kept, *self._held}, key=len,
+                                                 reverse=True))
+        return snap
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.snapshot())
+
+    def __len__(self) -> int:
+        return len(self.snapshot())
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._kept or value in self._held
+
+    def __repr__(self) -> str:  # never the values themselves
+        return f"<Secrets: {len(self._kept)} kept, {len(self._held)} held>"
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every known secret and any ``Bearer xyz`` credential replaced."""
+        text = redact_text(text)
+        pattern = self._pattern
+        if pattern is None:
+            snap = self.snapshot()
+            if not snap:
+                return text
+            pattern = self._pattern = re.compile("|".join(map(re.escape, snap)))
+        return pattern.sub("***", text)
+
+
+class _Hold:
+    """``with secrets.hold(values):`` (a class, not a generator: it wraps requests)."""
+
+    __slots__ = ("_owner", "_vals")
+
+    def __init__(self, owner: Secrets, vals: tuple[str, ...]) -> None:
+        self._owner = owner
+        self._vals = vals
+
+    def __enter__(self) -> None:
+        self._owner._add_held(self._vals)
+
+    def __exit__(self, *exc: object) -> None:
+        self._owner._drop_held(self._vals)
+
+
 class HttpClient:
     """Control-plane HTTP for one runner: a session, headers, timeouts, secrets.
 
     ``headers`` is a mapping or a (sync or async) provider, resolved before
     every connection attempt and request. Every header value it yields is
-    remembered as a secret so :meth:`scrub` can remove it from any text.
+    kept as a secret so :meth:`scrub` can remove it from any text; a
+    request's own ``headers`` are held for that request, and
+    :meth:`hold_secrets` holds others (a claim token) for a wake
+    (:class:`Secrets`: bounded, O(1) per request).
     """
 
     def __init__(self, *, headers: HeadersSource, clock: Clock, request_timeout: float,
@@ -215,7 +352,7 @@ class HttpClient:
         self._connect_timeout = connect_timeout
         self._external = session
         self._session: aiohttp.ClientSession | None = session
-        self._secrets: set[str] = set()
+        self._secrets = Secrets()
         self._closed = False
         self._static: dict[str, str] | None = None
 
@@ -243,17 +380,20 @@ class HttpClient:
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        return tuple(self._secrets)
+        """Every secret now known (a cached snapshot: rebuilt only after a change)."""
+        return self._secrets.snapshot()
 
     def remember_secrets(self, headers: Mapping[str, str]) -> None:
-        for value in headers.values():
-            if isinstance(value, str) and len(value) >= 4:
-                self._secrets.add(value)
-                if " " in value:  # "Bearer xyz": the credential alone too
-                    self._secrets.add(value.split(" ", 1)[1])
+        """Keep the values of configured headers (the most recent 64 distinct)."""
+        self._secrets.keep(secret_values(headers))
+
+    def hold_secrets(self, *values: str) -> _Hold:
+        """Scrub ``values`` (and their ``Bearer`` forms) until the block ends."""
+        return self._secrets.hold(
+            s for v in values if len(v) >= MIN_SECRET for s in (v, f"Bearer {v}"))
 
     def scrub(self, text: str) -> str:
-        return redact_text(text, self._secrets)
+        return self._secrets.scrub(text)
 
     async def resolve_headers(self, source: HeadersSource = None, *,
                               use_default: bool = True) -> dict[str, str]:
@@ -286,12 +426,13 @@ class HttpClient:
                       max_body: int = MAX_CONTROL_BODY) -> HttpAnswer:
         """One bounded control-plane request; the whole exchange under ``timeout``."""
         limit = self.request_timeout if timeout is None else timeout
-        with translate("request", url=url, operation=operation, secrets=self.secrets):
+        scoped = self._secrets.hold(secret_values(headers)) if headers else _NO_SCOPE
+        with scoped, translate("request", url=url, operation=operation,
+                               secrets=self._secrets):
             async with deadline(self._clock, limit):
                 hdrs = await self.resolve_headers()
                 if headers:
                     hdrs.update(headers)
-                    self.remember_secrets(headers)
                 data = None
                 if json_body is not None:
                     data = json.dumps(json_body, separators=(",", ":")).encode()

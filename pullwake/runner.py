@@ -58,7 +58,10 @@ class Runtime(Protocol):
     awaitable makes the runner own it as a task). ``drain_wakes`` waits for
     dispatched work at stop; ``abort_wakes`` asks it to stop early. The
     optional ``is_wake_active(stream_path) -> bool`` lets the runner hold a
-    wake back while the runtime is still busy with that stream.
+    wake back while the runtime is still busy with that stream. A runtime
+    that calls :meth:`PullWakeRunner.wake_free` whenever a key may have become
+    free sets ``notifies_wake_free = True``: held-back wakes are then claimed
+    on that call, and the runner does not poll ``is_wake_active``.
     """
 
     def dispatch_wake(self, notification: Any, *, claim_headers: Any,
@@ -121,6 +124,7 @@ class PullWakeRunner:
             claim_headers=self._resolve_claim_headers,
             claim_token_header=config.claim_token_header,
             report_error=self._report_error, notify=self._heartbeat.notify, spawn=self._spawn,
+            notified=bool(getattr(runtime, "notifies_wake_free", False)),
         )
         spec = load_spec(config.spec_path) if config.spec_path else None
         kwargs: dict[str, Any] = {"name": self._label}
@@ -179,6 +183,11 @@ class PullWakeRunner:
         Listeners observe only; one that raises is logged and ignored.
         """
         self._listeners.append(listener)
+
+    def wake_free(self, key: str | None = None) -> None:
+        """The runtime is done with ``key`` (None: with some key, e.g. a slot opened):
+        a wake held back for it is claimed now."""
+        self.claims.runtime_free(key)
 
     def record_liveness(self, ok: bool, error: BaseException | None = None) -> None:
         """Count an outside liveness result (e.g. a lease extension) like a heartbeat."""

@@ -219,20 +219,23 @@ class SubscriptionClient:
         if done:
             body["done"] = True
         op = "ack done" if done else ("ack" if acks else "extend lease")
-        answer = await http.request("POST", url, operation=op, json_body=body,
-                                    headers={"Authorization": f"Bearer {claim.token}"},
-                                    timeout=timeout)
-        self._raise(answer, op, url, http)
+        with http.hold_secrets(claim.token):  # an error answer may echo it
+            answer = await http.request("POST", url, operation=op, json_body=body,
+                                        headers={"Authorization": f"Bearer {claim.token}"},
+                                        timeout=timeout)
+            self._raise(answer, op, url, http)
         out = answer.json()
         return out if isinstance(out, dict) else {}
 
     async def release(self, http: HttpClient, claim: Claim, *,
                       timeout: float | None = None) -> None:
         url = self.subscription_url(claim.subscription_id, "release")
-        answer = await http.request("POST", url, operation="release", json_body=claim.fence(),
-                                    headers={"Authorization": f"Bearer {claim.token}"},
-                                    timeout=timeout)
-        self._raise(answer, "release", url, http)
+        with http.hold_secrets(claim.token):  # an error answer may echo it
+            answer = await http.request("POST", url, operation="release",
+                                        json_body=claim.fence(),
+                                        headers={"Authorization": f"Bearer {claim.token}"},
+                                        timeout=timeout)
+            self._raise(answer, "release", url, http)
 
     @staticmethod
     def _raise(answer: HttpAnswer, op: str, url: str, http: HttpClient) -> None:

@@ -388,6 +388,10 @@ class Worker:
 
     # ============================================== Runtime (for the runner)
 
+    #: The worker calls ``runner.wake_free`` when a job ends or a cool-down
+    #: runs out, so a held-back wake is claimed then, never by polling.
+    notifies_wake_free = True
+
     def is_wake_active(self, key: str) -> bool:
         if key in self._jobs or len(self._jobs) + self._stray >= self.max_concurrency:
             return True
@@ -399,15 +403,19 @@ class Worker:
                       claim_token_header: str | None) -> None:
         claim: Claim = notification["claim"]
         self.stats.wakes_claimed += 1
-        task = asyncio.ensure_future(self._job(claim))
+        task = asyncio.ensure_future(self._job_scoped(claim))
         task.set_name(f"pullwake-job[{claim.subscription_id}#{claim.generation}]")
         self._jobs[claim.subscription_id] = task
 
-        def done(t: asyncio.Task[Any]) -> None:
-            if self._jobs.get(claim.subscription_id) is t:
-                del self._jobs[claim.subscription_id]
+        task.add_done_callback(lambda t: self._job_over(claim.subscription_id, t))
 
-        task.add_done_callback(done)
+    def _job_over(self, key: str, task: asyncio.Future[Any]) -> None:
+        """``key`` is free once its job acked (or ended): tell the runner at once."""
+        if self._jobs.get(key) is not task:
+            return
+        full = len(self._jobs) >= self.max_concurrency
+        del self._jobs[key]
+        self.runner.wake_free(None if full else key)  # a full worker frees any key
 
     def abort_wakes(self) -> None:
         self._closing = True
@@ -430,6 +438,11 @@ class Worker:
             await asyncio.gather(*pending, return_exceptions=True)
 
     # ================================================================= jobs
+
+    async def _job_scoped(self, claim: Claim) -> None:
+        """A job with its claim token scrubbed from any text while, and only while, it runs."""
+        with self._http.hold_secrets(claim.token):
+            await self._job(claim)
 
     async def _job(self, claim: Claim) -> None:
         sub = claim.subscription_id
@@ -475,7 +488,7 @@ class Worker:
                     fails.succeeded()
                 return
             if fails.dead:  # the record could not be written: retry it after a cool-down
-                fails.cool(self._clock.monotonic())
+                self._free_after(fails.cool(self._clock.monotonic()), sub)
             await self._stop_keeper(keeper)
             await self._release(claim, why="handler failed")
         except asyncio.CancelledError:
@@ -572,8 +585,13 @@ class Worker:
         ex.parts -= 1
         if ex.parts == 0:
             self._slots.release()
-            if ex.abandoned:
+            if ex.abandoned:  # it held a slot past its job: the worker is less full now
                 self._stray -= 1
+                self.runner.wake_free(None)
+
+    def _free_after(self, delay: float, sub_id: str) -> None:
+        """A cool-down: tell the runner when it ends (held-back wakes are not polled)."""
+        self._clock.call_later(delay, self.runner.wake_free, sub_id)
 
     async def _wait_on_clock(self, fut: asyncio.Future[Any], seconds: float | None) -> bool:
         """Wait for ``fut`` at most ``seconds`` on the worker's clock; True if it is done.
@@ -621,6 +639,7 @@ class Worker:
         """Count, log (traceback, rate-limited) and report one failed attempt; the cool-down."""
         now, wall = self._clock.monotonic(), self._clock.time()
         delay = fails.failed(error, now, wall)
+        self._free_after(delay, wake.subscription_id)
         self.stats.handler_errors += 1
         errs = self._sub_errors.setdefault(wake.subscription_id, SubscriptionErrors())
         errs.handler_errors += 1
@@ -759,6 +778,9 @@ class Worker:
         for path, offset in acks:
             if offset > ledger.get(path, "-1"):
                 ledger[path] = offset
+        task = asyncio.current_task()
+        if task is not None:  # acked: the next wake may be claimed before this task ends
+            self._job_over(claim.subscription_id, task)
         return True
 
     @staticmethod

@@ -1,0 +1,347 @@
+"""Per-wake costs that must not grow: the secrets a worker scrubs, and held wakes.
+
+- The secrets an :class:`~pullwake.http.HttpClient` scrubs stay bounded however
+  many wakes a worker handles: a claim token is scrubbed while its wake runs
+  and forgotten when it ends; a rotating credential provider keeps only its
+  most recent values; the scrubber is rebuilt only when the set changes.
+- A wake that arrives while the previous one on its subscription is still
+  held is claimed the moment that one is acked: the worker tells the runner
+  the key is free (an event), so the runner never polls for it.
+
+Real sockets on 127.0.0.1 only (the embedded server, whose request log gives
+the tokens the worker sent, and the reference server where marked); every
+test has a hard timeout; nothing asserts on elapsed time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from pullwake.control import ClaimOutcome, WakeEvent
+from pullwake.errors import ControlPlaneError
+from pullwake.http import HttpClient, Secrets
+from pullwake.testing.clock import ManualClock
+from pullwake.testing.interface import DurableStreamsServer
+from pullwake.testing.server import EmbeddedServer
+from pullwake.worker import Wake, Worker
+
+pytestmark = [pytest.mark.timeout(60), pytest.mark.ds_server_options(long_poll_timeout=1.0)]
+
+JSON = {"Content-Type": "application/json"}
+SUB = "sub1"
+STREAM = "events/one"
+ACK_PATH = f"/v1/stream/__ds/subscriptions/{SUB}/ack"
+STATIC = "static-credential-value"
+FAST: dict[str, Any] = {"lease_ms": 1000, "heartbeat_interval": 0.5, "read_idle_timeout": 3.0,
+                        "request_timeout": 2.0, "connect_timeout": 2.0, "stop_grace": 1.0}
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        yield session
+
+
+async def append(http: aiohttp.ClientSession, srv: DurableStreamsServer, value: Any) -> None:
+    async with http.post(f"{srv.stream_root}/{STREAM}", data=json.dumps(value),
+                         headers=JSON) as resp:
+        assert resp.status == 204, await resp.text()
+
+
+async def create(http: aiohttp.ClientSession, srv: DurableStreamsServer) -> None:
+    async with http.put(f"{srv.stream_root}/{STREAM}", headers=JSON) as resp:
+        assert resp.status in (200, 201), await resp.text()
+
+
+def make_worker(srv: DurableStreamsServer, handler: Any, **overrides: Any) -> Worker:
+    opts: dict[str, Any] = {"server": srv.stream_root, "subscription": SUB,
+                            "wake_stream": "wake/pool", "streams": [STREAM],
+                            "worker_name": "w1", "handler": handler, **FAST}
+    opts.update(overrides)
+    return Worker(**opts)
+
+
+async def wait_for(predicate: Any, *, timeout: float, what: str) -> None:
+    """Poll a condition on the loop; fail (not hang) after ``timeout``."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not predicate():
+        if loop.time() > end:
+            raise AssertionError(f"not reached within {timeout}s: {what}")
+        await asyncio.sleep(0.005)
+
+
+# ------------------------------------------------------------ the secret set
+
+
+def test_held_secrets_are_forgotten_and_the_snapshot_is_cached() -> None:
+    s = Secrets()
+    s.keep(["static-one"])
+    base = s.snapshot()
+    assert s.snapshot() is base  # unchanged: no copy per request
+    for i in range(10_000):
+        token = f"claim-token-{i:05d}"
+        with s.hold([token, f"Bearer {token}"]):
+            assert token in s
+            assert s.scrub(f"echo {token} and Bearer {token}!") == "echo *** and Bearer ***!"
+            with s.hold([token]):  # held twice (the request inside the wake)
+                pass
+            assert token in s  # still held by the outer scope
+        assert token not in s
+    assert s.snapshot() == base and len(s) == 1
+    assert s.scrub("x static-one y") == "x *** y"
+
+
+def test_a_rotating_provider_keeps_only_its_recent_values() -> None:
+    s = Secrets(keep_limit=8)
+    for i in range(1000):
+        s.keep([f"rotating-{i:04d}"])
+    assert len(s) == 8
+    assert "rotating-0999" in s and "rotating-0992" in s and "rotating-0991" not in s
+    s.keep(["rotating-0992"])  # seen again: now the most recent, so it survives
+    s.keep(["rotating-new"])
+    assert "rotating-0992" in s and "rotating-0993" not in s
+
+
+def test_longest_secret_wins_and_repr_shows_no_value() -> None:
+    s = Secrets()
+    s.keep(["abcd", "abcdefgh"])
+    assert s.scrub("abcdefgh abcd") == "*** ***"
+    assert "abcd" not in repr(s)
+
+
+async def test_request_headers_are_secret_for_that_request_only(
+        embedded_ds_server: EmbeddedServer) -> None:
+    srv = embedded_ds_server
+    http = HttpClient(headers={"Authorization": f"Bearer {STATIC}"}, clock=ManualClock(),
+                      request_timeout=5)
+    try:
+        for i in range(200):
+            token = f"per-request-token-{i:04d}"
+            answer = await http.request("HEAD", f"{srv.stream_root}/nope", operation="probe",
+                                        headers={"Authorization": f"Bearer {token}"})
+            assert answer.status == 404
+            assert token not in http.secrets
+        assert set(http.secrets) == {f"Bearer {STATIC}", STATIC}
+        sent = [r.headers["Authorization"] for r in srv.requests_matching("/nope")]
+        assert sent[-1] == "Bearer per-request-token-0199"
+    finally:
+        await http.close()
+
+
+async def test_worker_secrets_stay_bounded_and_live_tokens_are_scrubbed(
+        embedded_ds_server: EmbeddedServer, http: aiohttp.ClientSession) -> None:
+    """200 sequential wakes: each token is scrubbed while its wake runs, then forgotten."""
+    srv = embedded_ds_server
+    wakes = 200
+    during: dict[int, tuple[str, ...]] = {}
+    scrubbed: dict[int, str] = {}
+    after: list[tuple[str, ...]] = []
+    worker: Worker
+
+    async def handle(wake: Wake) -> None:
+        assert wake.generation is not None
+        snap = worker.runner.http.secrets
+        during[wake.generation] = snap
+        live = [v for v in snap if STATIC not in v and not v.startswith("Bearer ")]
+        scrubbed[wake.generation] = worker.runner.http.scrub(f"echo {' '.join(live)} end")
+
+    worker = make_worker(srv, handle, headers={"Authorization": f"Bearer {STATIC}"})
+    await create(http, srv)
+    async with worker:
+        for i in range(wakes):
+            acked = worker.stats.wakes_acked
+            await append(http, srv, {"i": i})
+            await wait_for(lambda n=acked: worker.stats.wakes_acked > n, timeout=10,
+                           what=f"wake {i} acked")
+            after.append(worker.runner.http.secrets)
+    tokens = {}
+    for r in srv.requests_matching(ACK_PATH, method="POST"):
+        body = json.loads(r.body)
+        if body.get("done"):
+            tokens[body["generation"]] = r.headers["Authorization"].split(" ", 1)[1]
+    assert len(tokens) == wakes == len(during)
+    base = {f"Bearer {STATIC}", STATIC}
+    for gen, token in tokens.items():
+        assert set(during[gen]) == base | {token, f"Bearer {token}"}, gen
+        assert scrubbed[gen] == "echo *** end"
+    # Once a wake is acked its token is gone: the set never grows with the run.
+    assert all(set(snap) == base for snap in after)
+    assert not any(t in snap for snap in after for t in tokens.values())
+
+
+async def test_an_ack_answer_echoing_the_live_token_is_scrubbed(
+        embedded_ds_server: EmbeddedServer, http: aiohttp.ClientSession) -> None:
+    srv = embedded_ds_server
+    errors: list[BaseException] = []
+    echoed: list[str] = []
+    worker: Worker
+
+    async def handle(wake: Wake) -> None:
+        if echoed:
+            return
+        (token,) = [v for v in worker.runner.http.secrets if not v.startswith("Bearer ")]
+        echoed.append(token)
+        srv.fail(ACK_PATH, 500, body={"message": f"token {token} rejected"}, count=1)
+
+    worker = make_worker(srv, handle, on_error=errors.append)
+    await create(http, srv)
+    async with worker:
+        await append(http, srv, {"i": 0})
+        # The done-ack fails; the lease runs out and the wake comes back and is acked.
+        await wait_for(lambda: worker.stats.wakes_acked == 1, timeout=15, what="acked")
+    (token,) = echoed
+    failures = [e for e in errors if isinstance(e, ControlPlaneError) and e.status == 500]
+    assert failures, errors
+    for e in errors:
+        assert token not in f"{e} {e!r} {e.args!r}"
+
+
+# ----------------------------------------------------------- a held wake waits
+
+
+class _Control:
+    """A control plane seam: every claim is granted at once (no HTTP)."""
+
+    def __init__(self) -> None:
+        self.claimed: list[str] = []
+
+    def claim_key(self, wake: WakeEvent) -> str:
+        return wake.subscription_id or wake.stream
+
+    async def claim(self, http: Any, wake: WakeEvent) -> ClaimOutcome:
+        self.claimed.append(wake.stream)
+        return ClaimOutcome(True, {"wake": wake.stream})
+
+    async def heartbeat(self, http: Any, **kw: Any) -> None:  # pragma: no cover - unused
+        return None
+
+
+class _BusyRuntime:
+    notifies_wake_free = True
+
+    def __init__(self) -> None:
+        self.busy: set[str] = set()
+        self.dispatched: list[Any] = []
+
+    def is_wake_active(self, key: str) -> bool:
+        return key in self.busy
+
+    def dispatch_wake(self, notification: Any, **kw: Any) -> None:
+        self.dispatched.append(notification)
+
+
+async def test_a_held_back_wake_is_claimed_when_the_runtime_frees_the_key() -> None:
+    from pullwake.claims import ClaimScheduler
+    from pullwake.health import Stats
+
+    clock = ManualClock()
+    control, runtime = _Control(), _BusyRuntime()
+    tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        tasks.add(task)
+        return task
+
+    async def no_headers() -> dict[str, str]:
+        return {}
+
+    claims = ClaimScheduler(control=control, http=None, runtime=runtime, clock=clock,  # type: ignore[arg-type]
+                            stats=Stats(), busy_retry=0.025, claim_headers=no_headers,
+                            claim_token_header=None, report_error=lambda e: None,
+                            notify=lambda: None, spawn=spawn, notified=True)
+    claims.open()
+    runtime.busy.add("sub1")
+    claims.submit(WakeEvent(stream="s1", subscription_id="sub1"))
+    claims.submit(WakeEvent(stream="s2", subscription_id="sub1"))  # the latest is kept
+    assert claims.in_flight == 1 and not control.claimed
+    claims.runtime_free("sub1")  # still busy: nothing happens yet
+    assert not control.claimed
+    runtime.busy.clear()
+    claims.runtime_free("sub1")  # the event: claimed now, no clock advance
+    await asyncio.gather(*tasks)
+    assert control.claimed == ["s2"] and runtime.dispatched == [{"wake": "s2"}]
+    assert claims.busy_retries == 0 and claims.in_flight == 0
+    runtime.busy.add("sub1")
+    claims.submit(WakeEvent(stream="s3", subscription_id="sub1"))
+    runtime.busy.clear()
+    claims.runtime_free(None)  # "any key may be free" (a concurrency slot opened)
+    await asyncio.gather(*tasks)
+    assert control.claimed == ["s2", "s3"] and claims.busy_retries == 0
+    claims.close()
+
+
+async def test_back_to_back_wakes_never_wait_for_a_busy_retry(
+        ds_server: DurableStreamsServer, http: aiohttp.ClientSession) -> None:
+    """Each handler appends the next message, so every next wake arrives while its
+    predecessor is held; it must be claimed on the ack, not by polling."""
+    wakes = 60
+    handled: list[int] = []
+
+    async def handle(wake: Wake) -> None:
+        async for m in wake.messages(STREAM):
+            handled.append(m["i"])
+        if handled[-1] + 1 < wakes:
+            await append(http, ds_server, {"i": handled[-1] + 1})
+
+    # A polling fallback that would take minutes: only the event can make progress.
+    worker = make_worker(ds_server, handle, runner_options={"runtime_busy_retry": 300.0})
+    await create(http, ds_server)
+    async with worker:
+        await append(http, ds_server, {"i": 0})
+        await wait_for(lambda: worker.stats.wakes_acked >= wakes, timeout=40,
+                       what=f"{wakes} wakes acked")
+    assert sorted(set(handled)) == list(range(wakes))
+    assert worker.runner.claims.busy_retries == 0
+    assert worker.stats.handler_errors == 0
+
+
+async def test_a_wake_held_back_by_max_concurrency_goes_when_a_slot_frees(
+        ds_server: DurableStreamsServer, http: aiohttp.ClientSession) -> None:
+    """One slot, two subscriptions: each handler makes work for the other and returns
+    only once the runner has held that wake back (the slot is taken), so every wake
+    but the first waits for a slot; it must be claimed when the slot frees."""
+    rounds = 30
+    order: list[str] = []
+    worker: Worker
+    paths = {"a": "events/a", "b": "events/b"}
+
+    async def handle(wake: Wake) -> None:
+        mine = wake.subscription_id
+        async for _ in wake.messages(paths[mine]):
+            pass
+        order.append(mine)
+        if len(order) < rounds:
+            other = "b" if mine == "a" else "a"
+            async with http.post(f"{ds_server.stream_root}/{paths[other]}",
+                                 data=json.dumps({"n": len(order)}), headers=JSON) as resp:
+                assert resp.status == 204
+            await wait_for(lambda: worker.runner.claims.in_flight >= 1, timeout=10,
+                           what=f"the wake of {other} held back")
+
+    from pullwake.subscriptions import SubscriptionConfig
+
+    subs = [SubscriptionConfig(id=k, wake_stream="wake/pool", streams=(p,), lease_ttl_ms=5000)
+            for k, p in paths.items()]
+    worker = Worker(server=ds_server.stream_root, subscriptions=subs, handler=handle,
+                    worker_name="w1", max_concurrency=1,
+                    runner_options={"runtime_busy_retry": 300.0},
+                    **{k: v for k, v in FAST.items() if k != "lease_ms"})
+    for p in paths.values():
+        async with http.put(f"{ds_server.stream_root}/{p}", headers=JSON) as resp:
+            assert resp.status in (200, 201)
+    async with worker:
+        async with http.post(f"{ds_server.stream_root}/{paths['a']}", data="{}",
+                             headers=JSON) as resp:
+            assert resp.status == 204
+        await wait_for(lambda: worker.stats.wakes_acked >= rounds, timeout=40,
+                       what=f"{rounds} wakes acked")
+    assert order == ["a", "b"] * (rounds // 2)
+    assert worker.runner.claims.busy_retries == 0
