@@ -101,6 +101,117 @@ def cmd_diagram(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ review
+
+
+def _git_spec_text(rev: str, spec_path: Path) -> tuple[str, str]:
+    """(label, text) of ``spec_path`` at git revision ``rev``. Raises ValueError."""
+    import subprocess
+
+    where = spec_path.resolve().parent
+    try:
+        top = subprocess.run(["git", "-C", str(where), "rev-parse", "--show-toplevel"],
+                             capture_output=True, text=True, timeout=60)
+    except FileNotFoundError as exc:
+        raise ValueError("git is not installed: --base needs git") from exc
+    if top.returncode != 0:
+        raise ValueError(f"{where} is not in a git checkout: {top.stderr.strip()}")
+    rel = spec_path.resolve().relative_to(Path(top.stdout.strip()).resolve()).as_posix()
+    shown = subprocess.run(["git", "-C", top.stdout.strip(), "show", f"{rev}:{rel}"],
+                           capture_output=True, timeout=60)
+    if shown.returncode != 0:
+        raise ValueError(f"cannot read {rel} at {rev}: "
+                         f"{shown.stderr.decode(errors='replace').strip()}")
+    return f"{rev}:{rel}", shown.stdout.decode("utf-8", errors="replace")
+
+
+def _review_side(label: str, *, path: Path | None = None, text: str | None = None):  # type: ignore[no-untyped-def]
+    from .review import ReviewSide
+    from .spec import load_spec, parse_spec
+
+    try:
+        if text is not None:
+            from .machine import effect_hook_names
+
+            spec = parse_spec(text, path=label, hooks=effect_hook_names())
+        else:
+            spec = load_spec(path)
+    except SpecError as exc:
+        return ReviewSide.of(label, error=exc)
+    return ReviewSide.of(label, spec)
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    from .diagram import render_with_dot
+    from .spec import default_spec_path
+
+    specs = list(args.specs)
+    if args.base is not None:
+        if len(specs) > 1:
+            print("pullwake review: with --base give at most one spec (the working-tree file)",
+                  file=sys.stderr)
+            return 2
+        head_path = Path(specs[0] if specs else (args.spec or default_spec_path()))
+        try:
+            label, text = _git_spec_text(args.base, head_path)
+        except ValueError as exc:
+            print(f"pullwake review: {exc}", file=sys.stderr)
+            return 2
+        base = _review_side(label, text=text)
+        head = _review_side(str(specs[0]) if specs else _display(head_path), path=head_path)
+    elif len(specs) == 2:
+        base = _review_side(specs[0], path=Path(specs[0]))
+        head = _review_side(specs[1], path=Path(specs[1]))
+    else:
+        print("pullwake review: give two specs (OLD NEW) or --base REV [SPEC]", file=sys.stderr)
+        return 2
+    from .review import review
+
+    result = review(base, head)
+    svg_name: str | None = None
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        if result.drawing is not None:
+            (out / "review.mmd").write_text(result.mermaid(), encoding="utf-8")
+            (out / "review.dot").write_text(result.dot(), encoding="utf-8")
+            try:
+                (out / "review.svg").write_bytes(render_with_dot(result.dot(), "svg"))
+                svg_name = str(out / "review.svg")
+            except FileNotFoundError as exc:
+                print(f"warning: {exc}; wrote review.dot and review.mmd, no SVG",
+                      file=sys.stderr)
+        (out / "review.md").write_text(result.markdown(svg=svg_name), encoding="utf-8")
+    sys.stdout.write(result.markdown(svg=svg_name))
+    return result.exit_code
+
+
+def _display(path: Path) -> str:
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def add_review_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "review", help="review a lifecycle change: table diff and highlighted diagram",
+        description="Compare two lifecycle specs (OLD NEW, or --base REV against the working "
+        "tree) and print a Markdown review: every changed (state x event) cell, other spec "
+        "changes, and the diagram with the changes highlighted (Mermaid inline; SVG with "
+        "--out). Exit 0: no transition changed; 1: transitions changed; 2: usage error "
+        "(bad arguments, git revision or file not found); 3: a spec does not validate.")
+    p.add_argument("specs", nargs="*", metavar="SPEC",
+                   help="OLD NEW spec files; with --base, the working-tree spec (default: the "
+                   "checkout's machine_spec.yaml)")
+    p.add_argument("--base", metavar="REV",
+                   help="git revision of the old spec, e.g. origin/main (same file path)")
+    p.add_argument("--spec", help=argparse.SUPPRESS)
+    p.add_argument("--out", metavar="DIR",
+                   help="also write review.md, review.mmd, review.dot and review.svg here")
+    p.set_defaults(func=cmd_review)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pullwake",
@@ -123,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true",
                    help="exit 1 when the committed diagrams differ from a fresh render")
     p.set_defaults(func=cmd_diagram)
+
+    add_review_command(sub)
 
     try:
         from .cli_run import add_run_commands

@@ -128,6 +128,22 @@ def _branch_lines(b: DrawnBranch, *, with_event: bool = True) -> list[str]:
     return lines
 
 
+def _wrap_marked(prefix: str, items: list[tuple[str, str]], width: int = _WRAP) -> list[str]:
+    """``prefix`` then comma-separated names, each marked by its own review status,
+    broken into lines of at most ``width`` plain characters (escaped markup)."""
+    lines: list[str] = []
+    current, plain = _esc(prefix), len(prefix)
+    for i, (name, status) in enumerate(items):
+        piece = name + ("," if i < len(items) - 1 else "")
+        if plain + len(piece) + 1 > width and plain > len(prefix):
+            lines.append(current.rstrip())
+            current, plain = "    ", 4
+        current += _mark(_esc(name), status) + piece[len(name):] + " "
+        plain += len(piece) + 1
+    lines.append(current.rstrip())
+    return lines
+
+
 def _work_lines(s: DrawnState) -> list[str]:
     w = s.work
     if w is None:
@@ -194,12 +210,8 @@ def _state_rows(drawing: Drawing, s: DrawnState) -> list[str]:
     if ignores:
         lines = []
         for reason, bs in ignores:
-            names = [b.event for b in bs]
-            status_of = {b.event: b.status for b in bs}
-            wrapped = _names_lines(f"ignores {reason}: ", names)
-            marked = {st for st in status_of.values() if st}
-            st = marked.pop() if len(marked) == 1 else ("changed" if marked else "")
-            lines += [(_esc(x), st) for x in wrapped]
+            lines += [(x, "") for x in _wrap_marked(f"ignores {reason}: ",
+                                                    [(b.event, b.status) for b in bs])]
         sections.append(lines)
     for section in sections:
         rows.append("<HR/>")
@@ -393,10 +405,8 @@ def _mermaid_descriptions(drawing: Drawing, s: DrawnState) -> list[str]:
     out = [_mermaid_text(x) for x in lines]
     out += [_mermaid_branch(b, internal=True) for b in _inside(own)]
     for reason, bs in _ignore_groups(own):
-        marks = {b.status for b in bs if b.status}
-        mark = MERMAID_MARKS.get(marks.pop(), "") if len(marks) == 1 else (
-            MERMAID_MARKS["changed"] if marks else "")
-        out.append(_mermaid_text(f"{mark}ignores ({reason}) {', '.join(b.event for b in bs)}"))
+        names = ", ".join(MERMAID_MARKS.get(b.status, "") + b.event for b in bs)
+        out.append(_mermaid_text(f"ignores ({reason}) {names}"))
     return out
 
 
