@@ -17,6 +17,7 @@ from .errors import (
     DeadLetterError,
     HandlerError,
     HandlerTimeout,
+    HealthServerError,
     IdleTimeout,
     InvalidMessage,
     LeaseLost,
@@ -34,6 +35,7 @@ from .errors import (
 )
 from .failures import RetryPolicy
 from .health import Health
+from .healthserver import HealthServer
 from .machine import Lifecycle, LifecycleEffects, WorkTicket
 from .runner import PullWakeRunner, Runtime
 from .spec import LifecycleSpec, load_spec
@@ -60,6 +62,8 @@ __all__ = [
     "HandlerError",
     "HandlerTimeout",
     "Health",
+    "HealthServer",
+    "HealthServerError",
     "IdleTimeout",
     "InvalidMessage",
     "LeaseLost",

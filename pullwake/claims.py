@@ -29,15 +29,27 @@ from typing import Any
 
 from .clock import Clock, TimerHandle, deadline
 from .control import ControlPlane, WakeEvent
+from .errors import ControlPlaneError, RequestTimeout
 from .health import Stats
 from .http import HttpClient
 
-__all__ = ["ClaimScheduler"]
+__all__ = ["ClaimScheduler", "failure_reason"]
 
 log = logging.getLogger("pullwake.claims")
 
 #: Re-check interval for a held-back wake when the runtime announces free keys.
 NOTIFIED_FALLBACK_S = 1.0
+
+
+def failure_reason(error: BaseException) -> str:
+    """A bounded label for a failed claim: timeout, transport, http_4xx, http_5xx, other."""
+    if isinstance(error, RequestTimeout | TimeoutError):
+        return "timeout"
+    if isinstance(error, ControlPlaneError):
+        if error.status is None:
+            return "transport"
+        return "http_5xx" if error.status >= 500 else "http_4xx"
+    return "other"
 
 
 class ClaimScheduler:
@@ -102,7 +114,7 @@ class ClaimScheduler:
             return
         key = self._control.claim_key(wake)
         if key in self._in_flight or key in self._waiting:
-            self._stats.claims_skipped += 1
+            self._stats.count_skip("in_flight")
             self._deferred[key] = wake
             self._notify()
             return
@@ -123,7 +135,7 @@ class ClaimScheduler:
 
     def record_failure(self, error: BaseException) -> None:
         """Count and report one failed claim attempt (final, or about to be retried)."""
-        self._stats.claims_failed += 1
+        self._stats.count_claim_failure(failure_reason(error))
         self._stats.last_claim_result = "error"
         self._notify()
         self._report_error(error)
@@ -152,7 +164,7 @@ class ClaimScheduler:
 
     def _start(self, key: str, wake: WakeEvent) -> None:
         if self._runtime_busy(key):
-            self._stats.claims_skipped += 1
+            self._stats.count_skip("busy")
             self._notify()
             self._wait_for_runtime(key, wake)
             return
@@ -203,7 +215,7 @@ class ClaimScheduler:
                 self.record_failure(exc)
                 return
             if not outcome.claimed:
-                stats.claims_skipped += 1
+                stats.count_skip("no_work")
                 stats.last_claim_result = "no_work"
                 self._notify()
                 return

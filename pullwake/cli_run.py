@@ -1,12 +1,14 @@
 """``pullwake run`` and ``pullwake demo``: the operator-facing commands.
 
 This module owns process concerns only: parsing run options, loading the
-handler (``module:function``), logging setup, SIGINT/SIGTERM → graceful stop,
-and the loopback health endpoint. The work itself is :class:`pullwake.Worker`
-and :mod:`pullwake.demo`.
+handler (``module:function``), logging setup (:mod:`pullwake.logs`),
+SIGINT/SIGTERM → graceful stop, and binding the health server
+(:class:`pullwake.HealthServer`) before the worker starts. The work itself is
+:class:`pullwake.Worker` and :mod:`pullwake.demo`.
 
 Exit codes of ``run``: 0 stopped by a signal; 1 the worker could not start or
-stopped by itself (e.g. the wake stream was closed); 2 bad arguments.
+stopped by itself (e.g. the wake stream was closed); 2 bad arguments,
+including a health port that cannot be bound (nothing was started).
 """
 
 from __future__ import annotations
@@ -22,20 +24,18 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from .logs import LOG_FORMATS, LOG_LEVELS
+
 __all__ = ["add_run_commands", "configure_logging", "load_handler", "serve_health"]
 
 log = logging.getLogger("pullwake.cli")
 
 
-def configure_logging(level: str) -> None:
-    """Log to stderr; ``transitions``' own chatter only at WARNING."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("transitions").setLevel(logging.WARNING)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+def configure_logging(level: str, fmt: str = "text", *, worker: str | None = None) -> None:
+    """Log to stderr in ``fmt`` (text or json); every line carries the worker name."""
+    from .logs import configure_logging as configure
+
+    configure(level, fmt, defaults={"worker": worker} if worker else None)
 
 
 def load_handler(spec: str) -> Callable[..., Any]:
@@ -60,35 +60,22 @@ def load_handler(spec: str) -> Callable[..., Any]:
     return target  # type: ignore[no-any-return]
 
 
-def _process_stats() -> dict[str, Any]:
-    """This process: live asyncio tasks and resident memory (``None`` off Linux)."""
-    rss_kb: int | None = None
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    rss_kb = int(line.split()[1])
-                    break
-    except (OSError, ValueError):
-        pass
-    return {"tasks": len(asyncio.all_tasks()), "rss_kb": rss_kb}
-
-
 async def serve_health(port: int, snapshot: Callable[[], dict[str, Any]]) -> Any:
-    """Serve ``GET /health`` (JSON) and ``GET /healthz`` (200 when streaming) on 127.0.0.1."""
+    """Serve ``GET /health`` (JSON) on 127.0.0.1 for any snapshot function.
+
+    Kept for callers of the earlier API; ``pullwake run`` uses
+    :class:`pullwake.HealthServer` (probes, metrics, status page) instead.
+    """
     from aiohttp import web
 
-    async def health(_: web.Request) -> web.Response:
-        body = {**snapshot(), "process": _process_stats()}
-        return web.json_response(body, dumps=lambda o: json.dumps(o, default=str))
+    from .healthserver import process_stats
 
-    async def healthz(_: web.Request) -> web.Response:
-        status = snapshot().get("status")
-        return web.json_response({"status": status}, status=200 if status == "streaming" else 503)
+    async def health(_: web.Request) -> web.Response:
+        body = {**snapshot(), "process": process_stats()}
+        return web.json_response(body, dumps=lambda o: json.dumps(o, default=str))
 
     app = web.Application()
     app.router.add_get("/health", health)
-    app.router.add_get("/healthz", healthz)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
@@ -129,25 +116,41 @@ async def _run(args: argparse.Namespace) -> int:
     except (ValueError, PullwakeError) as exc:
         print(f"pullwake run: {exc}", file=sys.stderr)
         return 2
+    with worker.runner.log_context():
+        return await _serve(args, worker)
+
+
+async def _serve(args: argparse.Namespace, worker: Any) -> int:
+    from .errors import HealthServerError, PullwakeError
+    from .healthserver import HealthServer
+
     def transition(source: str, event: str, dest: str, kind: str) -> None:
         if kind == "transition":  # state changes at INFO; everything at DEBUG
             log.info("lifecycle: %s --%s--> %s", source, event, dest)
 
+    # The health server binds first: a port in use is one line and exit 2,
+    # before anything was started or claimed.
+    health = None
+    if args.health_port is not None:
+        try:
+            health = HealthServer(worker, host=args.health_host, port=args.health_port)
+            await health.start()
+        except HealthServerError as exc:
+            print(f"pullwake run: {exc}", file=sys.stderr)
+            return 2
+        log.info("health on %s/ (probes /livez /readyz, JSON /health, metrics /metrics)",
+                 health.url)
     worker.runner.observe(transition)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    health_runner = None
     try:
         try:
             await worker.start()
         except PullwakeError as exc:
             log.error("cannot start: %s", exc)
             return 1
-        if args.health_port is not None:
-            health_runner = await serve_health(args.health_port, worker.health)
-            log.info("health on http://127.0.0.1:%d/health", args.health_port)
         stopped = asyncio.ensure_future(worker.runner.wait_for_stopped())
         signalled = asyncio.ensure_future(stop.wait())
         await asyncio.wait({stopped, signalled}, return_when=asyncio.FIRST_COMPLETED)
@@ -164,8 +167,8 @@ async def _run(args: argparse.Namespace) -> int:
         _exit_now_if_handlers_stuck(worker, rc)
         return rc
     finally:
-        if health_runner is not None:
-            await health_runner.cleanup()
+        if health is not None:
+            await health.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
 
@@ -205,7 +208,7 @@ def _attempts_arg(text: str) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format, worker=args.worker)
     if bool(args.pattern) == bool(args.stream):
         print("pullwake run: give exactly one of --pattern or --stream", file=sys.stderr)
         return 2
@@ -217,6 +220,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     configure_logging("ERROR" if not args.verbose else "DEBUG")
     return asyncio.run(run_demo(verbose=args.verbose))
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0..65535, got {port}")
+    return port
 
 
 def add_run_commands(sub: Any) -> None:
@@ -243,8 +256,17 @@ def add_run_commands(sub: Any) -> None:
                    help="Durable Stream that gets a JSON record of every wake given up on")
     p.add_argument("--header", action="append", help="extra request header NAME:VALUE")
     p.add_argument("--token-env", help="env var holding a bearer token (kept out of argv)")
-    p.add_argument("--health-port", type=int, help="serve health JSON on 127.0.0.1:PORT")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--health-port", type=_port, metavar="PORT",
+                   help="serve probes (/livez, /readyz), /health, /metrics and a status page "
+                        "(/) on PORT (0: any free port, logged)")
+    p.add_argument("--health-host", default="127.0.0.1", metavar="HOST",
+                   help="address the health server binds (default 127.0.0.1; 0.0.0.0 for a "
+                        "Kubernetes probe on the pod IP)")
+    p.add_argument("--log-level", default="INFO", choices=LOG_LEVELS, type=str.upper,
+                   help="DEBUG, INFO (default), WARNING, ERROR or CRITICAL")
+    p.add_argument("--log-format", default="text", choices=LOG_FORMATS,
+                   help="text (default) or json: one object per line with worker, "
+                        "subscription, wake and state fields")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="watch a worker survive a hung and restarted server "

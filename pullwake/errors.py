@@ -28,6 +28,7 @@ library's exceptions lives in exactly one place per library
     │   └── DeadLetterError       a record could not be appended to the dead-letter stream
     ├── HandlerError              a worker's handler failed (raised or timed out)
     │   └── HandlerTimeout        it ran past handler_timeout
+    ├── HealthServerError         the health server cannot serve (e.g. its port is in use)
     └── CacheError                the fetch cache could not be installed or used
 
 Messages never contain header values, tokens or URL credentials: URLs pass
@@ -49,6 +50,7 @@ __all__ = [
     "DeadLetterError",
     "HandlerError",
     "HandlerTimeout",
+    "HealthServerError",
     "IdleTimeout",
     "InvalidMessage",
     "LeaseLost",
@@ -284,6 +286,10 @@ class HandlerError(PullwakeError):
 
 class HandlerTimeout(HandlerError, TimeoutError):
     """A handler ran past ``handler_timeout``: cancelled (async) or abandoned (sync)."""
+
+
+class HealthServerError(PullwakeError):
+    """The health server cannot serve: a bad port, or the address is in use."""
 
 
 class CacheError(PullwakeError):

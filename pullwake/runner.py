@@ -41,6 +41,7 @@ from .errors import (
 from .health import Health, Stats
 from .heartbeat import Heartbeater
 from .http import HttpClient, translate
+from .logs import OutageLog, log_context
 from .machine import Lifecycle, WorkTicket
 from .spec import load_spec
 from .transport import BadMessage, Checkpoint, Message, StreamRequest, aiohttp_stream_factory
@@ -61,7 +62,9 @@ class Runtime(Protocol):
     wake back while the runtime is still busy with that stream. A runtime
     that calls :meth:`PullWakeRunner.wake_free` whenever a key may have become
     free sets ``notifies_wake_free = True``: held-back wakes are then claimed
-    on that call, and the runner does not poll ``is_wake_active``.
+    on that call, and the runner does not poll ``is_wake_active``. The
+    optional ``wake_received(wake)`` is told of every wake read (before it is
+    claimed), e.g. to measure how long work waits.
     """
 
     def dispatch_wake(self, notification: Any, *, claim_headers: Any,
@@ -102,6 +105,9 @@ class PullWakeRunner:
         self._stopped = asyncio.Event()
         self._stopped.set()
         self._listeners: list[Any] = []
+        self._backoff_note: tuple[float, int] | None = None
+        self._heartbeat_outage = OutageLog(log, "heartbeat", self._clock,
+                                           prefix=f"[{self._label}] ")
         self.http = HttpClient(headers=config.headers, clock=self._clock,
                                request_timeout=config.request_timeout,
                                verify_tls=config.verify_tls,
@@ -152,19 +158,28 @@ class PullWakeRunner:
         return Health.build(running=self.running, status=self.lifecycle.state,
                             offset=self._offset, stats=self._stats,
                             runner_id=self.config.runner_id,
-                            claims_in_flight=self.claims.in_flight)
+                            claims_in_flight=self.claims.in_flight,
+                            state_path=self.lifecycle.state_path)
+
+    def log_context(self) -> Any:
+        """A context manager: log lines (and tasks started) inside carry this runner's
+        ``worker`` name and live ``state`` (see :mod:`pullwake.logs`)."""
+        lifecycle = self.lifecycle
+        return log_context(worker=self._label, state=lambda: lifecycle.state)
 
     def start(self) -> None:
         """Start (idempotent; ignored while stopping). Needs a running event loop."""
         asyncio.get_running_loop()  # fail fast, clearly, outside a loop
-        self.lifecycle.fire("START")
+        with self.log_context():
+            self.lifecycle.fire("START")
 
     async def stop(self) -> None:
         """Stop and wait; concurrent calls share one shutdown. Re-raises a drain error."""
         if self.lifecycle.state == "stopped":
             return
         cycle = self._cycle
-        self.lifecycle.fire("STOP")
+        with self.log_context():
+            self.lifecycle.fire("STOP")
         cycle = self._cycle or cycle
         if cycle is None:  # pragma: no cover - STOP from running always creates one
             return
@@ -183,6 +198,11 @@ class PullWakeRunner:
         Listeners observe only; one that raises is logged and ignored.
         """
         self._listeners.append(listener)
+
+    def note_error(self, where: str, error: BaseException) -> None:
+        """Record an error reported elsewhere (e.g. a handler's) in health, unlogged."""
+        self._stats.note_error(self._clock.time(), where,
+                               f"{type(error).__name__}: {self._text(error)}")
 
     def wake_free(self, key: str | None = None) -> None:
         """The runtime is done with ``key`` (None: with some key, e.g. a slot opened):
@@ -209,11 +229,18 @@ class PullWakeRunner:
             log.debug("[%s] %s ignored in %s", self._label, event, source)
         else:
             log.debug("[%s] %s --%s--> %s", self._label, source, event, dest)
+        if kind == "transition":
+            self._stats.note_transition(self._clock.time(), source, event, dest)
         for listener in self._listeners:
             try:
                 listener(source, event, dest, kind)
             except Exception:
                 log.exception("[%s] transition listener raised; ignoring", self._label)
+        note, self._backoff_note = self._backoff_note, None
+        if note is not None:
+            # Logged here, after the transition's `after` hooks reported the
+            # error that caused it, so the log reads in the order things happened.
+            log.warning("[%s] reconnecting in %.3gs (attempt %d)", self._label, *note)
 
     def on_start(self, payload: Mapping[str, Any]) -> None:
         self._stats.reset_for_start(self._clock.time())
@@ -264,8 +291,7 @@ class PullWakeRunner:
         self._stats.reconnect_count += 1
         self._heartbeat.notify()
         delay = ticket.delay or 0.0
-        log.warning("[%s] reconnecting in %.3gs (attempt %d)", self._label, delay,
-                    self.lifecycle.backoff.attempt)
+        self._backoff_note = (delay, self.lifecycle.backoff.attempt)
         return self._clock.call_later(delay, ticket.report, "BACKOFF_ELAPSED")
 
     def start_shutdown(self, ticket: WorkTicket) -> asyncio.Task[Any]:
@@ -277,6 +303,12 @@ class PullWakeRunner:
         wake: WakeEvent = payload["wake"]
         self._stats.events_received += 1
         self._heartbeat.notify()
+        told = getattr(self.runtime, "wake_received", None)
+        if told is not None:
+            try:
+                told(wake)
+            except Exception:
+                log.exception("[%s] runtime.wake_received raised; ignoring", self._label)
         self.claims.submit(wake)
 
     def record_offset(self, payload: Mapping[str, Any]) -> None:
@@ -434,19 +466,32 @@ class PullWakeRunner:
 
     async def _send_heartbeat(self) -> None:
         self._stats.last_heartbeat_at = self._clock.time()
-        await self.control.heartbeat(
-            self.http, lease_ms=self.config.effective_lease_ms, offset=self._offset,
-            diagnostics=self.health().diagnostics())
+        try:
+            await self.control.heartbeat(
+                self.http, lease_ms=self.config.effective_lease_ms, offset=self._offset,
+                diagnostics=self.health().diagnostics())
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self._stats.heartbeats_failed += 1
+            raise
+        self._stats.heartbeats_ok += 1
 
     def _on_heartbeat_result(self, ok: bool, error: BaseException | None) -> None:
         self._stats.last_heartbeat_ok = ok
         self._stats.heartbeat_failures = self._heartbeat.failures
-        if not ok and error is not None:
-            self._report_error(error, where="heartbeat")
+        if ok:
+            self._heartbeat_outage.success()
+        elif error is not None:
+            # Recorded every time; logged once per outage (see OutageLog).
+            self._report_error(error, where="heartbeat", quiet=True)
+            self._heartbeat_outage.failure(f"{type(error).__name__}: {self._text(error)}")
 
     def _on_heartbeat_reset(self, error: BaseException) -> None:
-        log.warning("[%s] %d heartbeat failures in a row: resetting the wake stream",
-                    self._label, self.config.heartbeat_failures_before_reset)
+        # Already reconnecting, the reset is ignored: no line per failed pair.
+        level = logging.DEBUG if self.lifecycle.state == "reconnecting" else logging.WARNING
+        log.log(level, "[%s] %d heartbeat failures in a row: resetting the wake stream",
+                self._label, self.config.heartbeat_failures_before_reset)
         ticket = self.lifecycle.owned("running")
         if ticket is not None:
             ticket.report("STREAM_RESET", error=error)
@@ -486,13 +531,13 @@ class PullWakeRunner:
             return "unknown error"
         return self.http.scrub(str(error) or type(error).__name__)
 
-    def _report_error(self, error: object, *, where: str = "runner") -> None:
+    def _report_error(self, error: object, *, where: str = "runner", quiet: bool = False) -> None:
         if not isinstance(error, BaseException):
             error = PullwakeError(str(error))
         text = self._text(error)
-        self._stats.last_error = f"{type(error).__name__}: {text}"
-        self._stats.last_error_at = self._clock.time()
-        log.warning("[%s] %s error: %s: %s", self._label, where, type(error).__name__, text)
+        self._stats.note_error(self._clock.time(), where, f"{type(error).__name__}: {text}")
+        if not quiet:
+            log.warning("[%s] %s error: %s: %s", self._label, where, type(error).__name__, text)
         reporter = self.config.on_error
         if reporter is not None:
             try:

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from .clock import Clock, LoopClock, deadline, iso, sleep
+from .clock import Clock, LoopClock, deadline, sleep
 from .config import RunnerConfig
 from .errors import (
     ConfigError,
@@ -58,7 +58,10 @@ from .errors import (
     SubscriptionError,
 )
 from .failures import FailureLog, RetryPolicy, WakeFailures, dead_letter_record
+from .health import SubscriptionStats
 from .http import HeadersSource, HttpClient, raise_for_answer
+from .logs import job_context
+from .metrics import WorkerMetrics
 from .runner import PullWakeRunner
 from .subscriptions import (
     INVALID_OFFSET,
@@ -100,18 +103,6 @@ class WorkerStats:
     recovered_wakes: int = 0
     subscriptions_recreated: int = 0
     jobs_active: int = 0
-
-
-@dataclass
-class SubscriptionErrors:
-    """Handler-failure counters of one subscription (``health()["subscriptions"]``)."""
-
-    handler_errors: int = 0
-    handler_timeouts: int = 0
-    dead_lettered: int = 0
-    dead_letter_failures: int = 0
-    last_error: str | None = None
-    last_error_at: float | None = None
 
 
 class _Execution:
@@ -269,10 +260,7 @@ class Worker:
         self._recoveries: set[asyncio.Task[Any]] = set()
         #: Per subscription: the current wake's failures and the cool-down.
         self._failures: dict[str, WakeFailures] = {}
-        self._sub_errors: dict[str, SubscriptionErrors] = {
-            s: SubscriptionErrors() for s in self.subscriptions}
         self._failure_log = FailureLog(log, self.retry.log_interval)
-        self._last_error: tuple[str, float] | None = None
         self._is_async = inspect.iscoroutinefunction(handler)
         #: Handler executions that outlived their job (abandoned), still holding a slot.
         self._stray = 0
@@ -308,11 +296,20 @@ class Worker:
             on_retry=lambda exc: self.runner.claims.record_failure(exc), clock=clock)
         self.runner = PullWakeRunner(config, self, control_plane=control)
         self._http: HttpClient = self.runner.http
+        self._sub_stats = {s: SubscriptionStats() for s in self.subscriptions}
+        spec = self.runner.lifecycle.spec
+        #: This worker's Prometheus registry (``metrics.registry``), read off health().
+        self.metrics = WorkerMetrics(self.health, clock=self._clock, states=[
+            spec.leaf_name(p) for p in spec.leaf_states])
 
     # ================================================================ public
 
     async def start(self) -> None:
         """Ensure the wake stream and subscriptions exist, then start reading."""
+        with self.runner.log_context():
+            await self._start()
+
+    async def _start(self) -> None:
         self._closing = False
         self._http.open()
         try:
@@ -335,6 +332,10 @@ class Worker:
         handler that swallows ``CancelledError``) is abandoned and logged;
         :meth:`abandoned_handlers` counts those still running.
         """
+        with self.runner.log_context():
+            await self._stop()
+
+    async def _stop(self) -> None:
         try:
             await self.runner.stop()
         finally:
@@ -371,18 +372,19 @@ class Worker:
         await self.stop()
 
     def health(self) -> dict[str, Any]:
+        """The runner's snapshot, ``worker`` counters and per-``subscriptions`` state."""
         out = self.runner.health().to_dict()
         out["worker"] = {**self.stats.__dict__, "jobs_active": len(self._jobs),
                          "handlers_stuck": self.abandoned_handlers()}
-        if self._last_error is not None:  # the newer of the runner's and the handlers'
-            text, at = self._last_error
-            if out.get("last_error_at") is None or str(iso(at)) > str(out["last_error_at"]):
-                out["last_error"], out["last_error_at"] = text, iso(at)
+        now = self._clock.monotonic()
         subs: dict[str, Any] = {}
-        for sub_id, errs in self._sub_errors.items():
+        for sub_id, st in self._sub_stats.items():
             fails = self._failures.get(sub_id)
-            subs[sub_id] = {**errs.__dict__, "last_error_at": iso(errs.last_error_at),
-                            "failed_attempts": fails.attempts if fails else 0}
+            until = fails.cooldown_until if fails is not None else None
+            subs[sub_id] = st.snapshot(
+                now, cooling_down_s=0.0 if until is None else max(0.0, until - now),
+                consecutive_failures=fails.backoff.attempt if fails is not None else 0,
+                failed_attempts=fails.attempts if fails is not None else 0)
         out["subscriptions"] = subs
         return out
 
@@ -391,6 +393,11 @@ class Worker:
     #: The worker calls ``runner.wake_free`` when a job ends or a cool-down
     #: runs out, so a held-back wake is claimed then, never by polling.
     notifies_wake_free = True
+
+    def wake_received(self, wake: Any) -> None:
+        st = self._sub_stats.get(getattr(wake, "subscription_id", None) or "")
+        if st is not None:
+            st.wake_seen(self._clock.monotonic())
 
     def is_wake_active(self, key: str) -> bool:
         if key in self._jobs or len(self._jobs) + self._stray >= self.max_concurrency:
@@ -403,11 +410,19 @@ class Worker:
                       claim_token_header: str | None) -> None:
         claim: Claim = notification["claim"]
         self.stats.wakes_claimed += 1
-        task = asyncio.ensure_future(self._job_scoped(claim))
+        self._sub(claim).claimed(self._clock.monotonic(), claim.generation,
+                                 (s.path for s in claim.streams if s.tail_offset > s.acked_offset))
+        task = asyncio.get_running_loop().create_task(
+            self._job_scoped(claim),
+            context=job_context(subscription=claim.subscription_id, wake=claim.generation))
         task.set_name(f"pullwake-job[{claim.subscription_id}#{claim.generation}]")
         self._jobs[claim.subscription_id] = task
 
-        task.add_done_callback(lambda t: self._job_over(claim.subscription_id, t))
+        def done(t: asyncio.Task[Any]) -> None:
+            self._sub(claim).ended()
+            self._job_over(claim.subscription_id, t)
+
+        task.add_done_callback(done)
 
     def _job_over(self, key: str, task: asyncio.Future[Any]) -> None:
         """``key`` is free once its job acked (or ended): tell the runner at once."""
@@ -466,12 +481,14 @@ class Worker:
                     await asyncio.gather(attempt, return_exceptions=True)
                     lost = keeper.exception() if not keeper.cancelled() else None
                     self.stats.leases_lost += 1
+                    self._sub(claim).leases_lost += 1
                     self._report(lost or LeaseLost("lease lost", operation="extend lease"))
                     return
                 error = attempt.result()
                 if error is None:
                     await self._stop_keeper(keeper)
                     self.stats.wakes_handled += 1
+                    self._sub(claim).wakes_handled += 1
                     fails.succeeded()
                     await self._finish(claim, wake)
                     return
@@ -515,20 +532,28 @@ class Worker:
         """
         await self._slots.acquire()  # the lease is kept while a job waits for a slot
         ex = _Execution()
+        start = self._clock.monotonic()
         run = asyncio.ensure_future(self._invoke(wake, ex))
         run.add_done_callback(lambda _t: self._part_ended(ex))
+        outcome = "cancelled"
         try:
             if not await self._wait_on_clock(run, self.retry.handler_timeout):
                 await self._wind_down(run, ex, wake, why="timed out")
+                outcome = "error"
                 return HandlerTimeout(
                     f"handler timed out on {self._what(wake)} after "
                     f"{self.retry.handler_timeout:g}s (handler_timeout)")
+            if run.cancelled():  # pragma: no cover - only this method cancels it
+                return asyncio.CancelledError()
+            error = run.result()
+            outcome = "ok" if error is None else "error"
+            return error
         except asyncio.CancelledError:
             await self._wind_down(run, ex, wake, why="was cancelled")
             raise
-        if run.cancelled():  # pragma: no cover - only this method cancels it
-            return asyncio.CancelledError()
-        return run.result()
+        finally:
+            self.metrics.handler_duration.labels(wake.subscription_id, outcome).observe(
+                max(0.0, self._clock.monotonic() - start))
 
     async def _invoke(self, wake: Wake, ex: _Execution) -> BaseException | None:
         try:
@@ -641,14 +666,13 @@ class Worker:
         delay = fails.failed(error, now, wall)
         self._free_after(delay, wake.subscription_id)
         self.stats.handler_errors += 1
-        errs = self._sub_errors.setdefault(wake.subscription_id, SubscriptionErrors())
+        errs = self._sub_of(wake.subscription_id)
         errs.handler_errors += 1
         if isinstance(error, HandlerTimeout):
             self.stats.handler_timeouts += 1
             errs.handler_timeouts += 1
         text = f"{type(error).__name__}: {self._http.scrub(str(error))}"
         errs.last_error, errs.last_error_at = text, wall
-        self._last_error = (text, wall)
         limit = self.retry.max_attempts
         of = f"/{limit}" if limit is not None else ""
         then = ("giving up: dead-lettering it" if self.retry.exhausted(fails.attempts)
@@ -663,7 +687,7 @@ class Worker:
         else:
             herr = HandlerError(f"handler failed on {self._what(wake)}: {text}")
             herr.__cause__ = error
-        self._notify(herr)
+        self._notify(herr, "handler")
         return delay
 
     @staticmethod
@@ -681,7 +705,7 @@ class Worker:
     async def _dead_letter(self, wake: Wake, fails: WakeFailures, *, reason: str) -> bool:
         """Append the wake's record to the dead-letter stream; True once it is written."""
         stream = self.retry.dead_letter_stream
-        errs = self._sub_errors.setdefault(wake.subscription_id, SubscriptionErrors())
+        errs = self._sub_of(wake.subscription_id)
         if stream is None:  # pragma: no cover - RetryPolicy never exhausts without one
             return False
         record = dead_letter_record(
@@ -774,6 +798,7 @@ class Worker:
             self._report(exc)  # not acked: the lease expires and the wake comes back
             return False
         self.stats.wakes_acked += 1
+        self._sub(claim).acked()
         ledger = self._ledger[claim.subscription_id]
         for path, offset in acks:
             if offset > ledger.get(path, "-1"):
@@ -796,6 +821,13 @@ class Worker:
                      claim.subscription_id, claim.generation, why, exc)
             return
         self.stats.wakes_released += 1
+        self._sub(claim).wakes_released += 1
+
+    def _sub(self, claim: Claim) -> SubscriptionStats:
+        return self._sub_of(claim.subscription_id)
+
+    def _sub_of(self, sub_id: str) -> SubscriptionStats:
+        return self._sub_stats.setdefault(sub_id, SubscriptionStats())
 
     # ============================================== subscriptions and recovery
 
@@ -948,8 +980,9 @@ class Worker:
                     self._http.scrub(str(error)))
         self._notify(error)
 
-    def _notify(self, error: BaseException) -> None:
-        """Hand ``error`` to ``on_error`` (reporting only: what it raises is logged)."""
+    def _notify(self, error: BaseException, where: str = "worker") -> None:
+        """Record ``error`` in health and hand it to ``on_error`` (which only reports)."""
+        self.runner.note_error(where, error)
         if self._on_error is not None:
             try:
                 self._on_error(error)
