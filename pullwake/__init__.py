@@ -5,6 +5,7 @@ Start at README.md; the lifecycle lives in machine_spec.yaml (docs/lifecycle.md)
 
 from typing import TYPE_CHECKING
 
+from .areader import aiter_chunks, aiter_items, aread_stream
 from .clock import Clock, LoopClock
 from .config import RunnerConfig
 from .control import ClaimOutcome, ControlPlane, ElectricControlPlane, WakeEvent
@@ -33,10 +34,11 @@ from .errors import (
     SubscriptionError,
     TransportError,
 )
-from .failures import RetryPolicy
+from .failures import FailurePolicy
 from .health import Health
 from .healthserver import HealthServer
 from .machine import Lifecycle, LifecycleEffects, WorkTicket
+from .protocol import Chunk, Item, RetryPolicy
 from .runner import PullWakeRunner, Runtime
 from .spec import LifecycleSpec, load_spec
 from .subscriptions import ClaimedStream, SubscriptionConfig
@@ -47,6 +49,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CacheError",
+    "Chunk",
     "ClaimOutcome",
     "ClaimedStream",
     "Clock",
@@ -57,6 +60,8 @@ __all__ = [
     "ControlPlaneError",
     "DeadLetterError",
     "ElectricControlPlane",
+    "FailurePolicy",
+    "FetchCache",
     "FetchCacheInfo",
     "FetchCacheWarning",
     "HandlerError",
@@ -66,6 +71,7 @@ __all__ = [
     "HealthServerError",
     "IdleTimeout",
     "InvalidMessage",
+    "Item",
     "LeaseLost",
     "Lifecycle",
     "LifecycleEffects",
@@ -97,10 +103,15 @@ __all__ = [
     "Worker",
     "WorkerStats",
     "__version__",
+    "aiter_chunks",
+    "aiter_items",
+    "aread_stream",
     "cached_session",
     "fetch_cache_info",
     "fetch_cache_installed",
     "install_fetch_cache",
+    "iter_chunks",
+    "iter_items",
     "load_spec",
     "read_stream",
     "uninstall_fetch_cache",
@@ -109,6 +120,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .cache import (
+        FetchCache,
         FetchCacheInfo,
         FetchCacheWarning,
         cached_session,
@@ -117,11 +129,12 @@ if TYPE_CHECKING:
         install_fetch_cache,
         uninstall_fetch_cache,
     )
-    from .reader import ReadResult, read_stream
+    from .reader import ReadResult, iter_chunks, iter_items, read_stream
 
 # The sync reader and the fetch cache pull in requests and requests-cache
 # (about 20 MB): import them only when used.
 _LAZY = {
+    "FetchCache": "cache",
     "FetchCacheInfo": "cache",
     "FetchCacheWarning": "cache",
     "cached_session": "cache",
@@ -131,6 +144,8 @@ _LAZY = {
     "uninstall_fetch_cache": "cache",
     "ReadResult": "reader",
     "read_stream": "reader",
+    "iter_chunks": "reader",
+    "iter_items": "reader",
 }
 
 

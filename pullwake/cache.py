@@ -80,6 +80,7 @@ __all__ = [
     "DEFAULT_LOCK_TIMEOUT_S",
     "DEFAULT_MAX_ENTRY_BYTES",
     "DEFAULT_MAX_MEMORY_BYTES",
+    "FetchCache",
     "FetchCacheInfo",
     "FetchCacheWarning",
     "cached_session",
@@ -1311,3 +1312,39 @@ def cached_session(
         state.close()
         raise
     return session
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FetchCache:
+    """A typed fetch-cache choice for :class:`pullwake.Worker` (``fetch_cache=``).
+
+    ``FetchCache.memory()`` or ``FetchCache.sqlite(path)``: never a bare
+    string that could mean a store or a path. Validated when built, so a bad
+    value is refused at ``Worker(...)``, never at the first read.
+    """
+
+    store: Store = "memory"
+    path: Path | None = None
+    expire_after: float | None = DEFAULT_EXPIRE_AFTER_S
+    auth_headers: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        config = _validate(self.store, self.path, self.expire_after, self.auth_headers,
+                           DEFAULT_MAX_ENTRY_BYTES, DEFAULT_MAX_MEMORY_BYTES,
+                           DEFAULT_LOCK_TIMEOUT_S)
+        object.__setattr__(self, "path", config.path)
+        object.__setattr__(self, "auth_headers", config.auth_headers)
+
+    @classmethod
+    def memory(cls, **kwargs: Any) -> FetchCache:
+        return cls(store="memory", **kwargs)
+
+    @classmethod
+    def sqlite(cls, path: str | os.PathLike[str] | None = None, **kwargs: Any) -> FetchCache:
+        return cls(store="sqlite", path=None if path is None else Path(os.fspath(path)),
+                   **kwargs)
+
+    def session(self) -> requests.Session:
+        """A new session with its own cache of this kind (see :func:`cached_session`)."""
+        return cached_session(self.store, self.path, expire_after=self.expire_after,
+                              auth_headers=self.auth_headers)

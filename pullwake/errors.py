@@ -192,9 +192,11 @@ class IdleTimeout(TransportError, TimeoutError):
 class StreamStatusError(TransportError):
     """The wake stream answered with an unexpected HTTP status."""
 
-    def __init__(self, status: int, *, url: str | None = None, code: str | None = None) -> None:
+    def __init__(self, status: int, *, url: str | None = None, code: str | None = None,
+                 retry_after: float | None = None) -> None:
         self.status = status
         self.code = code
+        self.retry_after = retry_after
         detail = f"unexpected status {status}" + (f" ({code})" if code else "")
         super().__init__(f"stream read: {detail}", url=url)
 

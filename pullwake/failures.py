@@ -3,7 +3,7 @@
 This module owns what the worker decides about a handler that failed (raised
 anything, ``BaseException`` included, or ran past its timeout):
 
-- :class:`RetryPolicy`: the frozen, validated policy (handler timeout,
+- :class:`FailurePolicy`: the frozen, validated policy (handler timeout,
   attempts per wake, the dead-letter stream, the cool-down's
   :class:`~pullwake.backoff.Backoff` with jitter, the log rate limit);
 - :class:`WakeFailures`: the failure history of one subscription's current
@@ -39,7 +39,7 @@ from .subscriptions import ClaimedStream
 __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
     "FailureLog",
-    "RetryPolicy",
+    "FailurePolicy",
     "WakeFailures",
     "dead_letter_record",
     "scrubbed_exception",
@@ -66,7 +66,7 @@ def _seconds(name: str, value: object, *, optional: bool = False) -> None:
 
 
 @dataclass(frozen=True, kw_only=True)
-class RetryPolicy:
+class FailurePolicy:
     """What the worker does when a handler fails (see docs/worker.md, "Handler failures").
 
     ``max_attempts`` handler runs per wake; after the last one fails the wake

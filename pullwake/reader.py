@@ -1,53 +1,54 @@
-"""The synchronous catch-up reader: read a Durable Streams stream with ``requests``.
+"""The synchronous read shell: Durable Streams reads with ``requests``.
 
-This module owns :func:`read_stream` and :class:`ReadResult`, for code that is
-not async (sync worker handlers, scripts, notebooks). It is also the one place
-where ``requests`` exceptions become pullwake errors (raised ``from`` the
-original), mirroring what :mod:`pullwake.http` does for aiohttp:
+This module owns :func:`read_stream` and :func:`iter_chunks` for code that is
+not async (sync worker handlers, scripts, notebooks). It only moves bytes:
+every rule (offsets, live modes, cursor, statuses, framing by content type,
+retries) is :class:`pullwake.protocol.ReadCore`'s, the same core the async
+shells use. It is also the one place where ``requests`` (and urllib3)
+exceptions become pullwake errors, raised ``from`` the original, mirroring
+what :mod:`pullwake.http` does for aiohttp:
 
 =================================================  ===================================
 ``requests`` / server                              pullwake
 =================================================  ===================================
 ``ConnectTimeout``                                 :class:`ConnectTimeout`
-``ReadTimeout`` (headers or body)                  :class:`IdleTimeout`
+``ReadTimeout`` (headers or body), a stalled body  :class:`IdleTimeout`
 ``ConnectionError`` / ``SSLError`` before headers  :class:`ConnectError`
 connection lost, bad chunking or gzip in the body  :class:`ProtocolError`
 ``InvalidURL`` / ``InvalidHeader`` / ...           :class:`ConfigError`
 any status but 200/204 (404, 410, 5xx, ...)        :class:`StreamStatusError` (``status``, ``code``)
 missing / invalid ``Stream-Next-Offset``           :class:`ProtocolError`
-a body that is not JSON                            :class:`MalformedMessage`
-JSON that is not an array, non-JSON content type   :class:`InvalidMessage`
-more than ``max_bytes`` in one call                :class:`OversizedMessage`
+a JSON message that cannot be decoded              :class:`MalformedMessage`
+a JSON body that is not an array                   :class:`InvalidMessage`
+one message past ``max_message_bytes``, or more    :class:`OversizedMessage`
+than ``max_bytes`` in one ``read_stream`` call
 =================================================  ===================================
 
-Reads follow ``Stream-Next-Offset`` until the server says ``Stream-Up-To-Date``
-(or ``Stream-Closed``), or until ``next_offset >= until``. The protocol has no
-end offset for a read (PROTOCOL.md §5.5: the server picks the chunk size), so
-``until`` only stops the loop: the last chunk may hold messages past it.
+Transient failures (5xx, 429 with ``Retry-After``, refused or dropped
+connections, stalled bodies) are retried under a bounded
+:class:`~pullwake.protocol.RetryPolicy`; a retried answer never repeats an
+item already handed out. Redirects are never followed (a 3xx is a
+:class:`StreamStatusError`): credentials are never sent to another origin,
+and a stream's data never comes from somewhere else (issue 14, class 10).
 
 A response served from a cache is never trusted to be up to date (it says what
 was true when it was stored), so the reader always asks the server for the next
 offset after a cached chunk; that is how appended data is never missed.
-
-This module must not long-poll or open SSE (the async side does live reads),
-must not cache by itself (the fetch cache is a session layer:
-:mod:`pullwake.cache`), and never puts header values in messages; URLs pass
-through :func:`~pullwake.errors.redact_url`.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import requests
 import requests.exceptions as rexc
 import requests.sessions
+import urllib3.exceptions as uexc
+from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import ReadTimeoutError
 
 from .errors import (
@@ -55,78 +56,55 @@ from .errors import (
     ConnectError,
     ConnectTimeout,
     IdleTimeout,
-    InvalidMessage,
-    MalformedMessage,
     OversizedMessage,
     ProtocolError,
     PullwakeError,
-    StreamStatusError,
     TransportError,
     redact_url,
 )
+from .protocol import (
+    DEFAULT_RETRY,
+    Assembler,
+    Chunk,
+    Item,
+    Live,
+    ReadCore,
+    ReadResult,
+    RetryPolicy,
+)
+from .protocol.read import ERROR_BODY_LIMIT, ProgressWindow
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_TIMEOUT_S",
+    "Collector",
     "ReadResult",
+    "check_headers",
+    "iter_chunks",
+    "iter_items",
     "read_stream",
 ]
 
-#: Upper bound on the decoded body bytes one :func:`read_stream` call accepts.
+#: Upper bound on the body bytes one :func:`read_stream` call collects.
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+#: Upper bound on one message (or text/bytes chunk): a limit per item, not per answer.
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 #: ``(connect, read)`` timeouts in seconds: no headers within the first, or a
 #: silence longer than the second while reading, fails the read.
 DEFAULT_TIMEOUT_S: tuple[float, float] = (5.0, 30.0)
+#: Live requests wait at least this long for a first byte (a long-poll is held
+#: open up to the server's timeout: 30 s on the reference server).
+LIVE_READ_TIMEOUT_S = 45.0
 
-#: Offsets are opaque tokens (PROTOCOL.md §6) that must not contain , & = ? /;
-#: pullwake accepts a conservative URL-safe alphabet and at most 256 characters.
-_OFFSET_RE = re.compile(r"^[A-Za-z0-9._~:+-]{1,256}$")
-_SENTINELS = ("-1", "now")
 _RESERVED_PARAMS = frozenset({"offset", "live", "cursor"})
-_CODE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-#: Codes pullwake assigns when the server's error body carries none.
-_FALLBACK_CODES = {404: "STREAM_NOT_FOUND", 410: "OFFSET_GONE"}
 _READ_CHUNK = 256 * 1024
-_ERROR_BODY_LIMIT = 4096
 
 Timeout = float | tuple[float, float] | None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ReadResult:
-    """The outcome of one :func:`read_stream` call.
-
-    Attributes:
-        messages: the decoded JSON messages, in stream order.
-        next_offset: where to resume (the last ``Stream-Next-Offset``).
-        up_to_date: the server said ``Stream-Up-To-Date`` on the last,
-            freshly fetched response (never inferred from a cached one).
-        closed: the stream is closed (``Stream-Closed: true``): nothing more
-            will ever be appended.
-        responses: HTTP responses consumed (cached ones included).
-        cached_responses: how many of those came from a cache.
-        bytes_read: decoded body bytes across all responses.
-    """
-
-    messages: tuple[Any, ...]
-    next_offset: str
-    up_to_date: bool
-    closed: bool
-    responses: int = 0
-    cached_responses: int = 0
-    bytes_read: int = 0
+HeadersArg = Mapping[str, str] | Callable[[], Mapping[str, str]] | None
 
 
 # ------------------------------------------------------------------ validation
-
-
-def _check_offset(value: object, name: str) -> str:
-    if not isinstance(value, str) or not _OFFSET_RE.match(value):
-        raise ConfigError(
-            f"{name} must be '-1', 'now' or an offset token (1-256 characters of "
-            "A-Z a-z 0-9 . _ ~ : + -)"
-        )
-    return value
 
 
 def _check_url(url: object) -> str:
@@ -150,15 +128,19 @@ def _check_url(url: object) -> str:
     return url
 
 
-def _check_headers(headers: object) -> dict[str, str]:
+def check_headers(headers: object) -> dict[str, str]:
+    """A validated copy of a header mapping (str to str, no line breaks)."""
     if headers is None:
         return {}
     if not isinstance(headers, Mapping):
-        raise ConfigError("headers must be a mapping of header names to values")
+        raise ConfigError("headers must be a mapping of header names to values "
+                          "(or a callable returning one)")
     checked: dict[str, str] = {}
     for name, value in headers.items():
         if not isinstance(name, str) or not isinstance(value, str):
             raise ConfigError("headers must map str names to str values")
+        if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
+            raise ConfigError(f"header {name!r} contains a line break")
         checked[name] = value
     return checked
 
@@ -178,20 +160,27 @@ def _check_timeout(timeout: object) -> Timeout:
     raise ConfigError("timeout must be None, seconds > 0, or a (connect, read) pair of them")
 
 
-def _check_max_bytes(max_bytes: object) -> int:
-    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
-        raise ConfigError("max_bytes must be a positive int")
-    return max_bytes
+def _check_positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name} must be a positive int")
+    return value
+
+
+def _check_session(session: object) -> None:
+    # Not isinstance(requests.Session): that name is rebound by cache layers, so a
+    # session made before an install would fail it. Every session has this base.
+    if session is not None and not isinstance(session, requests.sessions.SessionRedirectMixin):
+        raise ConfigError("session must be a requests.Session")
 
 
 # ---------------------------------------------------- the requests -> pullwake boundary
 
 
-def _translate(exc: rexc.RequestException, url: str, *, reading_body: bool) -> PullwakeError:
-    """Map one ``requests`` exception to pullwake's tree (the only such mapping)."""
+def _translate(exc: BaseException, url: str, *, reading_body: bool) -> PullwakeError:
+    """Map one ``requests`` / urllib3 exception to pullwake's tree (the only such mapping)."""
     if isinstance(exc, rexc.ConnectTimeout):
         return ConnectTimeout("no response headers within the connect timeout", url=url)
-    if isinstance(exc, rexc.ReadTimeout) or (
+    if isinstance(exc, (rexc.ReadTimeout, ReadTimeoutError)) or (
         isinstance(exc, rexc.ConnectionError)
         and any(isinstance(arg, ReadTimeoutError) for arg in exc.args)
     ):
@@ -208,249 +197,376 @@ def _translate(exc: rexc.RequestException, url: str, *, reading_body: bool) -> P
         ),
     ):
         return ConfigError(f"invalid request ({type(exc).__name__}) for {redact_url(url)}")
-    if isinstance(exc, (rexc.ChunkedEncodingError, rexc.ContentDecodingError)):
+    if isinstance(exc, (rexc.ChunkedEncodingError, rexc.ContentDecodingError, uexc.DecodeError,
+                        uexc.ProtocolError)):
         return ProtocolError(f"response body truncated or corrupt ({type(exc).__name__})", url=url)
     if isinstance(exc, rexc.TooManyRedirects):
         return ProtocolError("too many redirects", url=url)
-    if isinstance(exc, rexc.ConnectionError):
+    if isinstance(exc, rexc.ConnectionError) or (
+            isinstance(exc, OSError) and not isinstance(exc, rexc.RequestException)):
         if reading_body:
             return ProtocolError("connection lost while reading the response body", url=url)
         return ConnectError(f"cannot connect ({type(exc).__name__})", url=url)
     return TransportError(f"request failed ({type(exc).__name__})", url=url)
 
 
-def _status_error(response: requests.Response, url: str) -> StreamStatusError:
-    """A :class:`StreamStatusError` carrying the server's error code, if it sent one."""
-    code: str | None = None
-    try:
-        raw = b""
-        for piece in response.iter_content(1024):
-            raw += piece
-            if len(raw) >= _ERROR_BODY_LIMIT:
-                break
-        body = json.loads(raw[:_ERROR_BODY_LIMIT]) if raw.lstrip()[:1] == b"{" else None
-    except (rexc.RequestException, ValueError, RecursionError):
-        body = None
-    if isinstance(body, dict):
-        found = body.get("code")
-        error = body.get("error")
-        if found is None and isinstance(error, dict):
-            found = error.get("code")
-        elif found is None and isinstance(error, str):
-            found = error
-        if isinstance(found, str) and _CODE_RE.match(found):
-            code = found
-    return StreamStatusError(
-        response.status_code, url=url, code=code or _FALLBACK_CODES.get(response.status_code)
-    )
+def _transient(error: PullwakeError) -> bool:
+    """Connection-level failures worth another try (statuses are the core's call)."""
+    return isinstance(error, (ConnectError, IdleTimeout)) or (
+        isinstance(error, ProtocolError) and getattr(error, "_io", False))
 
 
-def _get(
-    session: requests.Session,
-    url: str,
-    offset: str,
-    headers: dict[str, str],
-    timeout: Timeout,
-) -> requests.Response:
-    try:
-        return session.get(
-            url,
-            params={"offset": offset},
-            headers=headers,
-            timeout=timeout,
-            stream=True,
-            allow_redirects=True,
-        )
-    except rexc.RequestException as exc:
-        raise _translate(exc, url, reading_body=False) from exc
-
-
-def _read_body(
-    response: requests.Response, budget: int, *, url: str, offset: str, max_bytes: int
-) -> bytes:
-    def too_big(size: int) -> OversizedMessage:
-        return OversizedMessage(
-            f"catch-up read of {redact_url(url)} exceeded max_bytes={max_bytes}",
-            offset=offset,
-            size=size,
-        )
-
+def _pieces(response: requests.Response, *, url: str) -> Iterator[bytes]:
+    """The body as it arrives (``read1``: whatever is there, never waiting for a full chunk)."""
     if getattr(response, "_content_consumed", False):  # cached, or already read by a layer
-        body = response.content or b""
-        if len(body) > budget:
-            raise too_big(max_bytes - budget + len(body))
-        return body
-    length = response.headers.get("Content-Length", "")
-    if length.isdigit() and "Content-Encoding" not in response.headers and int(length) > budget:
-        raise too_big(max_bytes - budget + int(length))
-    parts: list[bytes] = []
-    size = 0
+        if response.content:
+            yield response.content
+        return
+    raw = response.raw
+    read = getattr(raw, "read1", None)
+    while True:
+        try:
+            piece = (read(_READ_CHUNK, decode_content=True) if read is not None
+                     else raw.read(_READ_CHUNK, decode_content=True))
+        except (uexc.HTTPError, rexc.RequestException, OSError) as exc:
+            wrapped: BaseException = exc
+            if isinstance(exc, uexc.ProtocolError):
+                wrapped = rexc.ChunkedEncodingError(exc)
+            elif isinstance(exc, uexc.DecodeError):
+                wrapped = rexc.ContentDecodingError(exc)
+            elif isinstance(exc, ReadTimeoutError):
+                wrapped = rexc.ConnectionError(exc)
+            error = _translate(wrapped, url, reading_body=True)
+            error._io = True  # type: ignore[attr-defined]
+            raise error from wrapped
+        if not piece:
+            return
+        yield piece
+
+
+class _SyncShell:
+    """Drive one :class:`ReadCore` with a ``requests`` session."""
+
+    def __init__(self, session: requests.Session, url: str, core: ReadCore, *,
+                 headers: HeadersArg, timeout: Timeout, retry: RetryPolicy,
+                 secrets: tuple[str, ...] = (), monotonic: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.session = session
+        self.url = url
+        self.core = core
+        self.headers = headers
+        self.timeout = timeout
+        self.retry = retry
+        self.secrets = secrets
+        self.monotonic = monotonic
+        self.sleep = sleep
+        self.responses = 0
+        self.cached = 0
+        self.bytes_read = 0
+
+    def _headers(self) -> dict[str, str]:
+        source = self.headers
+        value = source() if callable(source) else source
+        out = check_headers(value)
+        if self.secrets is not None:
+            extra = tuple(v for v in out.values() if len(v) >= 4)
+            extra += tuple(v.split(" ", 1)[1] for v in extra if " " in v)
+            self.secrets = (*self.secrets, *extra) if extra else self.secrets
+        return out
+
+    def _timeout(self, live: Live) -> Timeout:
+        t = self.timeout
+        if live == "catch-up" or t is None:
+            return t
+        connect, read = t if isinstance(t, tuple) else (t, t)
+        return (connect, max(read, LIVE_READ_TIMEOUT_S))
+
+    def _idle(self) -> float | None:
+        t = self.timeout
+        return t[1] if isinstance(t, tuple) else t
+
+    def _fail(self, error: PullwakeError, retrying: Any, retry_after: float | None = None,
+              cause: BaseException | None = None) -> None:
+        delay = retrying.delay(retry_after)
+        if delay is None:
+            if cause is not None:
+                raise error from cause
+            raise error
+        self.sleep(delay)
+
+    def events(self) -> Generator[Any, None, None]:
+        core = self.core
+        retrying = self.retry.start()
+        while not core.done:
+            req = core.request()
+            headers = self._headers()
+            headers.update(req.headers)
+            try:
+                response = self.session.get(req.url(self.url), headers=headers,
+                                            timeout=self._timeout(req.live), stream=True,
+                                            allow_redirects=False)
+            except rexc.RequestException as exc:
+                error = _translate(exc, self.url, reading_body=False)
+                if not _transient(error):
+                    raise error from exc
+                self._fail(error, retrying, cause=exc)
+                continue
+            try:
+                self.responses += 1
+                from_cache = bool(getattr(response, "from_cache", False))
+                self.cached += from_cache
+                head_headers: Any = response.headers
+                if from_cache and "Stream-Up-To-Date" in head_headers:
+                    # A cached chunk says what was true when it was stored: never "up to date".
+                    head_headers = CaseInsensitiveDict(head_headers)
+                    del head_headers["Stream-Up-To-Date"]
+                head = core.head(response.status_code, head_headers)
+                if not head.ok:
+                    body = b""
+                    if response.status_code >= 400:
+                        try:
+                            for piece in response.iter_content(1024):
+                                body += piece
+                                if len(body) >= ERROR_BODY_LIMIT:
+                                    break
+                        except (rexc.RequestException, OSError):
+                            body = b""
+                    error = core.status_error(response.status_code, body, self.secrets)
+                    error.retry_after = head.retry_after
+                    if not head.transient:
+                        raise error
+                    self._fail(error, retrying, head.retry_after)
+                    continue
+                window = ProgressWindow(self._idle())
+                try:
+                    for piece in _pieces(response, url=self.url):
+                        self.bytes_read += len(piece)
+                        out = core.feed(piece)
+                        if window.update(self.monotonic(), len(piece), bool(out)):
+                            stalled = IdleTimeout("the answer made no progress within the "
+                                                  "read timeout (a trickle)", url=self.url)
+                            stalled._io = True  # type: ignore[attr-defined]
+                            raise stalled
+                        yield from out
+                    out = core.end()
+                except PullwakeError as error:
+                    if not _transient(error):
+                        raise
+                    core.broken()
+                    self._fail(error, retrying, cause=error.__cause__)
+                    continue
+            finally:
+                response.close()
+            retrying.progressed()
+            yield from out
+
+
+def _start(url: str, offset: str, live: object, *, cursor: str | None, until: str | None,
+           max_message_bytes: int, kind: Any = None, params: Mapping[str, str] | None = None,
+           use_etag: bool = False) -> ReadCore:
+    if live in (None, False, "catch-up"):
+        mode: Live = "catch-up"
+    elif live is True:
+        mode = "long-poll"
+    elif live in ("long-poll", "sse"):
+        mode = live
+    else:
+        raise ConfigError(f"live must be None, 'long-poll' or 'sse', got {live!r}")
+    extra: tuple[tuple[str, str], ...] = ()
+    if params:
+        checked = check_headers(params)
+        extra = tuple(checked.items())
+    return ReadCore(offset=offset, live=mode, cursor=cursor, until=until,
+                    max_message_bytes=_check_positive_int(max_message_bytes,
+                                                          "max_message_bytes"),
+                    url=url, kind=kind, extra_params=extra, use_etag=use_etag)
+
+
+def iter_chunks(
+    url: str,
+    offset: str = "-1",
+    *,
+    live: Live | bool | None = None,
+    cursor: str | None = None,
+    until: str | None = None,
+    headers: HeadersArg = None,
+    params: Mapping[str, str] | None = None,
+    session: requests.Session | None = None,
+    timeout: Timeout = DEFAULT_TIMEOUT_S,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    retry: RetryPolicy = DEFAULT_RETRY,
+) -> Iterator[Chunk]:
+    """Yield the stream's :class:`~pullwake.protocol.Chunk` s, one per answer.
+
+    Catch-up (``live=None``) ends when the server says up to date or closed,
+    or once ``next_offset >= until``. ``live="long-poll"`` / ``"sse"``
+    (``True`` means long-poll) catches up, then follows the stream until it is
+    closed (§4.1) or you stop iterating. ``headers`` may be a mapping or a
+    callable returning one, called before every request.
+    """
+    url = _check_url(url)
+    core = _start(url, offset, live, cursor=cursor, until=until,
+                  max_message_bytes=max_message_bytes, params=params)
+    _check_session(session)
+    checked_timeout = _check_timeout(timeout)
+    if not callable(headers):
+        headers = check_headers(headers)
+    own = session is None
+    active = requests.Session() if session is None else session
+    shell = _SyncShell(active, url, core, headers=headers, timeout=checked_timeout, retry=retry)
+    assembler = Assembler(core)
     try:
-        for piece in response.iter_content(_READ_CHUNK):
-            size += len(piece)
-            if size > budget:
-                raise too_big(max_bytes - budget + size)
-            parts.append(piece)
-    except rexc.RequestException as exc:
-        raise _translate(exc, url, reading_body=True) from exc
-    return b"".join(parts)
+        for event in shell.events():
+            chunk = assembler.add(event)
+            if chunk is not None:
+                yield chunk
+    finally:
+        if own:
+            active.close()
 
 
-def _decode(body: bytes, content_type: str, *, offset: str) -> list[Any]:
-    if not body.strip():
-        return []
-    if content_type and "json" not in content_type.lower():
-        raise InvalidMessage(
-            "the response's content type is not JSON; read_stream decodes "
-            "application/json streams only",
-            offset=offset,
-            size=len(body),
-        )
-    try:
-        decoded = json.loads(body)
-    except RecursionError:
-        raise MalformedMessage(
-            "catch-up chunk is nested too deeply to decode", offset=offset, size=len(body)
-        ) from None
-    except ValueError as exc:
-        raise MalformedMessage(
-            f"catch-up chunk is not valid JSON ({type(exc).__name__})",
-            offset=offset,
-            size=len(body),
-        ) from exc
-    if not isinstance(decoded, list):
-        raise InvalidMessage(
-            f"catch-up chunk is a JSON {type(decoded).__name__}, expected an array of messages",
-            offset=offset,
-            size=len(body),
-        )
-    return decoded
-
-
-def _is_true(value: str | None) -> bool:
-    return value is not None and value.strip().lower() == "true"
-
-
-def _reached(offset: str, until: str | None) -> bool:
-    return until is not None and offset not in _SENTINELS and offset >= until
-
-
-# ------------------------------------------------------------------------ public
+def iter_items(url: str, offset: str = "-1", **kwargs: Any) -> Iterator[Item]:
+    """Like :func:`iter_chunks`, one :class:`~pullwake.protocol.Item` at a time."""
+    for chunk in iter_chunks(url, offset, **kwargs):
+        yield from chunk.items
 
 
 def read_stream(
     url: str,
     offset: str = "-1",
     *,
+    live: Live | bool | None = None,
+    cursor: str | None = None,
     until: str | None = None,
-    headers: Mapping[str, str] | None = None,
+    headers: HeadersArg = None,
+    params: Mapping[str, str] | None = None,
     session: requests.Session | None = None,
     timeout: Timeout = DEFAULT_TIMEOUT_S,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    skip_bad: bool = False,
+    retry: RetryPolicy = DEFAULT_RETRY,
+    secrets: tuple[str, ...] = (),
 ) -> ReadResult:
-    """Read a stream's messages from ``offset`` with catch-up ``GET`` requests.
+    """Read a stream's items from ``offset`` until it is up to date (or ``until``).
 
-    Follows ``Stream-Next-Offset`` until the server says the stream is up to
-    date or closed, or until ``next_offset >= until`` (offsets sort as
-    strings). Uses ``session`` if given (for example a
-    :func:`pullwake.cache.cached_session`), else a new ``requests.Session()``
-    closed before returning, which goes through the process-wide fetch cache
-    when one is installed.
+    Any content type: JSON streams give their messages, ``text/*`` streams
+    ``str`` chunks, others ``bytes`` chunks (``result.kind`` says which). With
+    ``live="long-poll"`` or ``"sse"`` the read catches up and, if nothing was
+    new, waits for the next data (or the server's timeout) before returning.
+    Uses ``session`` if given (for example a :func:`pullwake.cache.cached_session`),
+    else a new ``requests.Session()`` closed before returning, which goes
+    through the process-wide fetch cache when one is installed.
 
     Args:
         url: the stream URL, e.g. ``http://host/v1/stream/events/a``.
-        offset: ``"-1"`` (the beginning), ``"now"`` (the tail: no messages,
-            just its offset) or an offset from an earlier ``next_offset``.
+        offset: ``"-1"`` (the beginning), ``"now"`` (the tail: no items, just
+            its offset) or an offset from an earlier ``next_offset``.
         until: stop once ``next_offset >= until``. Reads cannot be bounded on
-            the server, so the last chunk may include messages past it.
-        headers: extra request headers (credentials, for example).
+            the server, so the last chunk may include items past it.
+        headers: extra request headers (credentials, for example), or a
+            callable returning them before every request.
         session: the ``requests.Session`` to use.
         timeout: ``(connect, read)`` seconds, one number for both, or
-            ``None`` for no timeout.
-        max_bytes: the most decoded body bytes this call accepts.
+            ``None``. The read timeout also bounds lack of progress: an answer
+            that trickles (fewer than 4 KiB per read timeout) is stalled.
+        max_bytes: the most body bytes this call collects.
+        max_message_bytes: the most bytes one item may have.
+        skip_bad: keep going past an item that cannot be decoded (it stays in
+            ``result.items`` with its ``error``) instead of raising.
+        retry: how transient failures are retried.
 
     Raises:
         ConfigError: a bad argument (offset, until, url, headers, ...).
-        ConnectError, ConnectTimeout, IdleTimeout, ProtocolError: transport.
+        ConnectError, ConnectTimeout, IdleTimeout, ProtocolError: transport
+            (after the retries).
         StreamStatusError: any status but 200/204 (``status``, ``code``).
-        MalformedMessage, InvalidMessage: a chunk that is not a JSON array.
+        MalformedMessage, InvalidMessage, OversizedMessage: an item that
+            cannot be decoded (unless ``skip_bad``).
         OversizedMessage: more than ``max_bytes`` were read.
     """
     url = _check_url(url)
-    current = _check_offset(offset, "offset")
-    if until is not None and _check_offset(until, "until") in _SENTINELS:
-        raise ConfigError("until must be an offset token, not '-1' or 'now'")
-    request_headers = _check_headers(headers)
+    core = _start(url, offset, live, cursor=cursor, until=until,
+                  max_message_bytes=max_message_bytes, params=params)
+    limit = _check_positive_int(max_bytes, "max_bytes")
     checked_timeout = _check_timeout(timeout)
-    limit = _check_max_bytes(max_bytes)
-    # Not isinstance(requests.Session): that name is rebound by cache layers, so a
-    # session made before an install would fail it. Every session has this base.
-    if session is not None and not isinstance(session, requests.sessions.SessionRedirectMixin):
-        raise ConfigError("session must be a requests.Session")
-    if _reached(current, until):
-        return ReadResult(messages=(), next_offset=current, up_to_date=False, closed=False)
-
+    if not callable(headers):
+        headers = check_headers(headers)
+    _check_session(session)
+    if core.done:
+        return ReadResult(messages=(), next_offset=core.offset, up_to_date=False, closed=False)
     own = session is None
     active = requests.Session() if session is None else session
+    shell = _SyncShell(active, url, core, headers=headers, timeout=checked_timeout, retry=retry,
+                       secrets=secrets)
+    collector = Collector(core, limit=limit, skip_bad=skip_bad, url=url)
+    events = shell.events()
     try:
-        return _read(active, url, current, until, request_headers, checked_timeout, limit)
+        for event in events:
+            if collector.add(event, shell.bytes_read):
+                break
+        return collector.result(shell)
     finally:
+        events.close()
         if own:
             active.close()
 
 
-def _read(
-    session: requests.Session,
-    url: str,
-    current: str,
-    until: str | None,
-    headers: dict[str, str],
-    timeout: Timeout,
-    max_bytes: int,
-) -> ReadResult:
-    messages: list[Any] = []
-    total = responses = cached = 0
-    up_to_date = closed = False
-    while True:
-        response = _get(session, url, current, headers, timeout)
-        try:
-            responses += 1
-            from_cache = bool(getattr(response, "from_cache", False))
-            cached += from_cache
-            if response.status_code not in (200, 204):
-                raise _status_error(response, url)
-            next_offset = response.headers.get("Stream-Next-Offset")
-            if next_offset is None:
-                raise ProtocolError("response has no Stream-Next-Offset header", url=url)
-            if not _OFFSET_RE.match(next_offset) or next_offset in _SENTINELS:
-                raise ProtocolError("response has an invalid Stream-Next-Offset header", url=url)
-            body = _read_body(
-                response, max_bytes - total, url=url, offset=current, max_bytes=max_bytes
-            )
-            batch = _decode(body, response.headers.get("Content-Type", ""), offset=current)
-            closed = _is_true(response.headers.get("Stream-Closed"))
-            # A cached chunk says what was true when it was stored: never "up to date".
-            up_to_date = not from_cache and _is_true(response.headers.get("Stream-Up-To-Date"))
-        finally:
-            response.close()
-        total += len(body)
-        messages.extend(batch)
-        if current not in _SENTINELS and next_offset < current:
-            raise ProtocolError("Stream-Next-Offset moved backwards", url=url)
-        advanced = next_offset != current
-        current = next_offset
-        if closed or up_to_date or _reached(current, until):
-            break
-        if not advanced:
-            raise ProtocolError(
-                "the server did not say up to date, yet Stream-Next-Offset did not move", url=url
-            )
-    return ReadResult(
-        messages=tuple(messages),
-        next_offset=current,
-        up_to_date=up_to_date,
-        closed=closed,
-        responses=responses,
-        cached_responses=cached,
-        bytes_read=total,
-    )
+class Collector:
+    """Gather a read's events into a :class:`ReadResult` (both shells use it).
+
+    ``add()`` returns True when the read is complete: for catch-up when the
+    core is done; for a live read once it caught up with something new, or
+    after one live answer (long-poll) / the first live data (SSE), or closed.
+    """
+
+    def __init__(self, core: ReadCore, *, limit: int, skip_bad: bool, url: str) -> None:
+        self.core = core
+        self.limit = limit
+        self.skip_bad = skip_bad
+        self.url = url
+        self.items: list[Item] = []
+        self._assembler = Assembler(core)
+        self._live = core.live != "catch-up"
+        self._fresh = False
+
+    def add(self, event: Any, bytes_read: int) -> bool:
+        chunk = self._assembler.add(event)
+        if chunk is None:
+            return False
+        if not self.skip_bad:
+            for item in chunk.items:
+                if item.error is not None:
+                    if item.error.offset is None:
+                        item.error.offset = item.start
+                    raise item.error
+        self.items.extend(chunk.items)
+        if bytes_read > self.limit:
+            raise OversizedMessage(f"read of {redact_url(self.url)} exceeded "
+                                   f"max_bytes={self.limit}", offset=chunk.start,
+                                   size=bytes_read)
+        if not self._live or chunk.closed:
+            return chunk.closed
+        if self._fresh:  # a live answer: long-poll data or timeout; SSE once data came
+            return self.core.live == "long-poll" or bool(chunk.items)
+        if chunk.up_to_date:
+            if self.items:
+                return True  # caught up with something new: done
+            self._fresh = True  # caught up with nothing new: wait live for the next data
+        return False
+
+    def result(self, stats: Any) -> ReadResult:
+        core, items = self.core, self.items
+        return ReadResult(
+            messages=tuple(i.value for i in items if i.error is None),
+            next_offset=core.offset,
+            up_to_date=core.up_to_date,
+            closed=core.closed,
+            items=tuple(items),
+            kind=core.kind,
+            content_type=core.content_type,
+            cursor=core.cursor,
+            responses=stats.responses,
+            cached_responses=stats.cached,
+            bytes_read=stats.bytes_read,
+        )

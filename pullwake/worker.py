@@ -43,8 +43,9 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .areader import AsyncShell
 from .clock import Clock, LoopClock, deadline, sleep
 from .config import RunnerConfig
 from .errors import (
@@ -57,11 +58,12 @@ from .errors import (
     PullwakeError,
     SubscriptionError,
 )
-from .failures import FailureLog, RetryPolicy, WakeFailures, dead_letter_record
+from .failures import FailureLog, FailurePolicy, WakeFailures, dead_letter_record
 from .health import SubscriptionStats
 from .http import HeadersSource, HttpClient, raise_for_answer
 from .logs import job_context
 from .metrics import WorkerMetrics
+from .protocol import DEFAULT_RETRY, Assembler, Batch, Checkpoint, ReadCore, Rejected
 from .runner import PullWakeRunner
 from .subscriptions import (
     INVALID_OFFSET,
@@ -72,10 +74,12 @@ from .subscriptions import (
     SubscriptionConfig,
     SubscriptionControlPlane,
 )
-from .transport import catch_up
 from .urls import encode_path, validate_base_url
 
 __all__ = ["Wake", "Worker", "WorkerStats"]
+
+if TYPE_CHECKING:
+    from .cache import FetchCache
 
 log = logging.getLogger("pullwake.worker")
 
@@ -116,25 +120,59 @@ class _Execution:
         self.thread: threading.Thread | None = None
 
 
-class _Messages:
-    """``wake.messages(path)``: async-iterable on the loop, iterable in a sync handler."""
+class _StreamRead:
+    """``wake.messages(path)`` / ``wake.items(path)``: ``async for`` on the loop, ``for``
+    in a sync handler. Both drive the one read core (:mod:`pullwake.protocol`)
+    over ``(acked_offset, tail_offset]``, streaming: items are handed over as
+    they are framed, so a backlog of any size is read with memory bounded per
+    message. Credentials come from the worker's headers (a mapping or a
+    provider, resolved before every request on both paths).
 
-    def __init__(self, wake: Wake, stream: ClaimedStream) -> None:
+    ``messages`` yields values and raises an item's typed
+    :class:`~pullwake.errors.MessageError` if it cannot be decoded; ``items``
+    yields :class:`~pullwake.protocol.Item` s, so a handler can skip a bad one.
+    """
+
+    def __init__(self, wake: Wake, stream: ClaimedStream, *, items: bool) -> None:
         self._wake = wake
         self._stream = stream
+        self._items = items
+
+    def _core(self) -> ReadCore:
+        worker = self._wake._worker
+        s = self._stream
+        return ReadCore(offset=s.acked_offset, live="catch-up", until=s.tail_offset,
+                        max_message_bytes=worker._max_item_bytes,
+                        url=worker._client.stream_url(s.path))
+
+    def _handle(self, event: Any) -> Iterator[Any]:
+        kind = type(event)
+        if kind is Batch:
+            if self._items:
+                yield from Assembler.items(event)
+                return
+            for value in event.values:
+                if type(value) is Rejected:
+                    error = value.error
+                    if error.offset is None:
+                        error.offset = event.start
+                    raise error
+                yield value
+        elif kind is Checkpoint:
+            self._wake._read_to(self._stream.path, event.next_offset)
+        elif kind is Rejected:
+            raise event.error
 
     async def __aiter__(self) -> AsyncIterator[Any]:
         worker = self._wake._worker
-        s = self._stream
-        headers = await worker._http.resolve_headers()
-        async for messages, nxt in catch_up(
-            worker._http.session, worker._client.stream_url(s.path), s.acked_offset,
-            until=s.tail_offset, headers=headers, clock=worker._clock,
-            timeout=worker._request_timeout, secrets=worker._http.secrets,
-        ):
-            for m in messages:
-                yield m
-            self._wake._read_to(s.path, nxt)
+        http = worker._http
+        core = self._core()
+        shell = AsyncShell(http.session, core.url or "", core, headers=http.resolve_headers,
+                           clock=worker._clock, connect_timeout=worker._request_timeout,
+                           idle_timeout=worker._request_timeout, secrets=lambda: http.secrets)
+        async for event in shell.events():
+            for out in self._handle(event):
+                yield out
 
     def __iter__(self) -> Iterator[Any]:
         try:
@@ -143,16 +181,22 @@ class _Messages:
             pass
         else:
             raise RuntimeError("use `async for` in an async handler; `for` is for sync handlers")
-        from .reader import read_stream
+        return self._sync()
+
+    def _sync(self) -> Iterator[Any]:
+        from .reader import _SyncShell
 
         worker = self._wake._worker
-        s = self._stream
-        result = read_stream(worker._client.stream_url(s.path), s.acked_offset,
-                             until=s.tail_offset, headers=dict(worker._sync_headers),
-                             session=worker._sync_session(),
-                             timeout=worker._request_timeout)
-        self._wake._read_to(s.path, result.next_offset)
-        return iter(result.messages)
+        core = self._core()
+        shell = _SyncShell(worker._sync_session(), core.url or "", core,
+                           headers=worker._sync_headers, timeout=worker._request_timeout,
+                           retry=DEFAULT_RETRY, secrets=worker._http.secrets)
+        events = shell.events()
+        try:
+            for event in events:
+                yield from self._handle(event)
+        finally:
+            events.close()
 
 
 @dataclass
@@ -173,9 +217,23 @@ class Wake:
                 return s
         raise KeyError(f"stream {path!r} is not part of this wake")
 
-    def messages(self, path: str) -> _Messages:
-        """The messages of ``path`` in ``(acked_offset, tail_offset]``."""
-        return _Messages(self, self.stream(path))
+    def messages(self, path: str) -> _StreamRead:
+        """The messages of ``path`` in ``(acked_offset, tail_offset]`` (values).
+
+        JSON streams give their messages, ``text/*`` streams ``str`` chunks,
+        others ``bytes`` chunks. A message that cannot be decoded raises its
+        typed :class:`~pullwake.errors.MessageError`; use :meth:`items` to skip it.
+        """
+        return _StreamRead(self, self.stream(path), items=False)
+
+    def items(self, path: str) -> _StreamRead:
+        """The :class:`~pullwake.protocol.Item` s of ``path`` in ``(acked, tail]``.
+
+        Each carries ``data`` (raising if it could not be decoded; check
+        ``item.ok`` to skip it), ``offset`` (resume after its chunk), ``start``
+        and ``index`` (``(start, index)`` names it, for idempotent handlers).
+        """
+        return _StreamRead(self, self.stream(path), items=True)
 
     def _read_to(self, path: str, offset: str) -> None:
         if offset > self._read.get(path, ""):
@@ -190,7 +248,7 @@ class Worker:
     :class:`SubscriptionConfig` as ``subscriptions``. ``max_concurrency``
     bounds handlers across all subscriptions. ``handler_timeout``,
     ``max_attempts``, ``dead_letter_stream``, ``cooldown`` and ``cooldown_cap``
-    make the :class:`~pullwake.failures.RetryPolicy` (``worker.retry``).
+    make the :class:`~pullwake.failures.FailurePolicy` (``worker.failure_policy``).
     """
 
     def __init__(
@@ -213,7 +271,8 @@ class Worker:
         connect_timeout: float = 10.0,
         read_idle_timeout: float | None = None,
         heartbeat_interval: float = 10.0,
-        fetch_cache: str | None = None,
+        fetch_cache: FetchCache | None = None,
+        max_item_bytes: int = 16 * 1024 * 1024,
         on_error: Callable[[BaseException], Any] | None = None,
         clock: Clock | None = None,
         runner_options: Mapping[str, Any] | None = None,
@@ -244,23 +303,27 @@ class Worker:
         self.handler = handler
         self.max_concurrency = max_concurrency
         self.stop_grace = stop_grace
-        self.retry = RetryPolicy(handler_timeout=handler_timeout, max_attempts=max_attempts,
-                                 dead_letter_stream=dead_letter_stream, cooldown=cooldown,
-                                 cooldown_cap=cooldown_cap)
+        self.failure_policy = FailurePolicy(
+            handler_timeout=handler_timeout, max_attempts=max_attempts,
+            dead_letter_stream=dead_letter_stream, cooldown=cooldown, cooldown_cap=cooldown_cap)
         self.stats = WorkerStats()
         self._clock: Clock = clock or LoopClock()
         self._request_timeout = request_timeout
         self._on_error = on_error
-        self._fetch_cache = fetch_cache
+        self._fetch_cache = _check_fetch_cache(fetch_cache)
+        if isinstance(max_item_bytes, bool) or not isinstance(max_item_bytes, int) \
+                or max_item_bytes <= 0:
+            raise ConfigError("max_item_bytes must be a positive int")
+        self._max_item_bytes = max_item_bytes
         self._session_sync: Any = None
         self._session_lock = threading.Lock()
-        self._sync_headers: dict[str, str] = dict(headers) if isinstance(headers, Mapping) else {}
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._client = SubscriptionClient(self.server)
         self._jobs: dict[str, asyncio.Task[Any]] = {}
         self._recoveries: set[asyncio.Task[Any]] = set()
         #: Per subscription: the current wake's failures and the cool-down.
         self._failures: dict[str, WakeFailures] = {}
-        self._failure_log = FailureLog(log, self.retry.log_interval)
+        self._failure_log = FailureLog(log, self.failure_policy.log_interval)
         self._is_async = inspect.iscoroutinefunction(handler)
         #: Handler executions that outlived their job (abandoned), still holding a slot.
         self._stray = 0
@@ -311,11 +374,12 @@ class Worker:
 
     async def _start(self) -> None:
         self._closing = False
+        self._loop = asyncio.get_running_loop()
         self._http.open()
         try:
             await self._client.ensure_stream(self._http, self.wake_stream)
-            if self.retry.dead_letter_stream is not None:
-                await self._client.ensure_stream(self._http, self.retry.dead_letter_stream)
+            if self.failure_policy.dead_letter_stream is not None:
+                await self._client.ensure_stream(self._http, self.failure_policy.dead_letter_stream)
             for sub in self.subscriptions.values():
                 await self._client.ensure_subscription(self._http, sub)
                 self._confirmed.add(sub.id)
@@ -493,7 +557,7 @@ class Worker:
                     await self._finish(claim, wake)
                     return
                 self._handler_failed(wake, fails, error)
-                if self.retry.exhausted(fails.attempts):
+                if self.failure_policy.exhausted(fails.attempts):
                     fails.dead = True
             if fails.dead and (fails.recorded is not None
                                or await self._dead_letter(wake, fails, reason="max_attempts")):
@@ -537,12 +601,12 @@ class Worker:
         run.add_done_callback(lambda _t: self._part_ended(ex))
         outcome = "cancelled"
         try:
-            if not await self._wait_on_clock(run, self.retry.handler_timeout):
+            if not await self._wait_on_clock(run, self.failure_policy.handler_timeout):
                 await self._wind_down(run, ex, wake, why="timed out")
                 outcome = "error"
                 return HandlerTimeout(
                     f"handler timed out on {self._what(wake)} after "
-                    f"{self.retry.handler_timeout:g}s (handler_timeout)")
+                    f"{self.failure_policy.handler_timeout:g}s (handler_timeout)")
             if run.cancelled():  # pragma: no cover - only this method cancels it
                 return asyncio.CancelledError()
             error = run.result()
@@ -673,9 +737,9 @@ class Worker:
             errs.handler_timeouts += 1
         text = f"{type(error).__name__}: {self._http.scrub(str(error))}"
         errs.last_error, errs.last_error_at = text, wall
-        limit = self.retry.max_attempts
+        limit = self.failure_policy.max_attempts
         of = f"/{limit}" if limit is not None else ""
-        then = ("giving up: dead-lettering it" if self.retry.exhausted(fails.attempts)
+        then = ("giving up: dead-lettering it" if self.failure_policy.exhausted(fails.attempts)
                 else f"retried after a {delay:.3g}s cool-down")
         self._failure_log.log(
             wake.subscription_id, first=fails.attempts == 1, now=now, error=error,
@@ -699,14 +763,14 @@ class Worker:
     def _failures_of(self, sub_id: str) -> WakeFailures:
         fails = self._failures.get(sub_id)
         if fails is None:
-            fails = self._failures[sub_id] = WakeFailures(backoff=self.retry.backoff())
+            fails = self._failures[sub_id] = WakeFailures(backoff=self.failure_policy.backoff())
         return fails
 
     async def _dead_letter(self, wake: Wake, fails: WakeFailures, *, reason: str) -> bool:
         """Append the wake's record to the dead-letter stream; True once it is written."""
-        stream = self.retry.dead_letter_stream
+        stream = self.failure_policy.dead_letter_stream
         errs = self._sub_of(wake.subscription_id)
-        if stream is None:  # pragma: no cover - RetryPolicy never exhausts without one
+        if stream is None:  # pragma: no cover - FailurePolicy never exhausts without one
             return False
         record = dead_letter_record(
             subscription=wake.subscription_id, worker=self.worker_name, streams=wake.streams,
@@ -874,8 +938,8 @@ class Worker:
         (``reason: "stopped"``) or, without a dead-letter stream, logged at
         ERROR: never dropped without a record.
         """
-        lookups = self.retry.backoff()
-        fails = WakeFailures(backoff=self.retry.backoff())
+        lookups = self.failure_policy.backoff()
+        fails = WakeFailures(backoff=self.failure_policy.backoff())
         wake: Wake | None = None
         delay = 0.0
         try:
@@ -911,7 +975,7 @@ class Worker:
                         wake = None
                         return
                     delay = self._handler_failed(wake, fails, error)
-                    if not self.retry.exhausted(fails.attempts):
+                    if not self.failure_policy.exhausted(fails.attempts):
                         continue
                     fails.dead = True
                 if await self._dead_letter(wake, fails, reason="max_attempts"):
@@ -939,7 +1003,7 @@ class Worker:
                           "skipped was looked up: messages after %s were not handed over",
                           self.worker_name, sub.id, dict(known) or "the start of each stream")
             return
-        if self.retry.dead_letter_stream is not None and \
+        if self.failure_policy.dead_letter_stream is not None and \
                 await self._dead_letter(wake, fails, reason="stopped"):
             return
         ranges = ", ".join(f"{s.path} ({s.acked_offset}, {s.tail_offset}]" for s in wake.streams)
@@ -955,19 +1019,30 @@ class Worker:
 
     # ================================================================ helpers
 
+    def _sync_headers(self) -> dict[str, str]:
+        """The worker's headers for a sync handler's read, resolved on the loop.
+
+        The same provider, validation and secret memory as async reads: a
+        sync handler sends exactly the credentials an async one does.
+        """
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            raise ConfigError("the worker is not running: no headers for a sync read")
+        future = asyncio.run_coroutine_threadsafe(self._http.resolve_headers(), loop)
+        return future.result(timeout=self._request_timeout)
+
     def _sync_session(self) -> Any:
         """The worker's own requests.Session for sync handlers (cached if configured)."""
         with self._session_lock:
             if self._session_sync is None:
                 import requests
 
-                if self._fetch_cache:
-                    from .cache import cached_session
+                if self._fetch_cache is not None:
                     from .errors import CacheError
 
                     try:
-                        self._session_sync = cached_session(self._fetch_cache)  # type: ignore[arg-type]
-                    except CacheError as exc:  # a broken store must not fail handlers
+                        self._session_sync = self._fetch_cache.session()
+                    except (CacheError, ConfigError) as exc:  # never fail handlers
                         log.warning("[%s] fetch cache unusable, reading uncached: %s",
                                     self.worker_name, exc)
                         self._session_sync = requests.Session()
@@ -989,3 +1064,17 @@ class Worker:
             except Exception:
                 log.exception("[%s] on_error raised; ignoring", self.worker_name)
 
+
+
+def _check_fetch_cache(value: object) -> FetchCache | None:
+    """``fetch_cache`` is ``None`` or a :class:`pullwake.cache.FetchCache`, never a string."""
+    if value is None:
+        return None
+    from .cache import FetchCache
+
+    if isinstance(value, FetchCache):
+        return value
+    raise ConfigError(
+        f"fetch_cache must be None or a pullwake.cache.FetchCache "
+        f"(FetchCache.memory() or FetchCache.sqlite(path)), not {type(value).__name__} "
+        f"{value!r}")

@@ -40,7 +40,7 @@ from test_worker_e2e import (
     wait_until,
 )
 
-from pullwake import ConfigError, HandlerError, HandlerTimeout, RetryPolicy
+from pullwake import ConfigError, FailurePolicy, HandlerError, HandlerTimeout
 from pullwake.errors import DeadLetterError
 from pullwake.failures import FailureLog, dead_letter_record, scrubbed_exception, traceback_text
 from pullwake.subscriptions import ClaimedStream
@@ -189,16 +189,16 @@ def test_dead_letter_record_is_json_and_bounded() -> None:
 ])
 def test_retry_policy_rejects_bad_values_by_name(opts: dict[str, Any], needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
-        RetryPolicy(**opts)
+        FailurePolicy(**opts)
 
 
 def test_retry_policy_defaults() -> None:
-    assert RetryPolicy().max_attempts is None  # no dead-letter stream: retried forever
-    assert RetryPolicy(dead_letter_stream="/dl/x/").max_attempts == 5
-    assert RetryPolicy(dead_letter_stream="/dl/x/").dead_letter_stream == "dl/x"
-    backoff = RetryPolicy(cooldown=1.0, cooldown_cap=4.0).backoff(rng=lambda: 1.0)
+    assert FailurePolicy().max_attempts is None  # no dead-letter stream: retried forever
+    assert FailurePolicy(dead_letter_stream="/dl/x/").max_attempts == 5
+    assert FailurePolicy(dead_letter_stream="/dl/x/").dead_letter_stream == "dl/x"
+    backoff = FailurePolicy(cooldown=1.0, cooldown_cap=4.0).backoff(rng=lambda: 1.0)
     assert [backoff.next_delay() for _ in range(4)] == [1.0, 2.0, 4.0, 4.0]
-    low = RetryPolicy(cooldown=1.0, cooldown_cap=4.0).backoff(rng=lambda: 0.0)
+    low = FailurePolicy(cooldown=1.0, cooldown_cap=4.0).backoff(rng=lambda: 0.0)
     assert [low.next_delay() for _ in range(3)] == [0.5, 1.0, 2.0]  # equal jitter
 
 
@@ -280,7 +280,7 @@ async def test_worker_without_dead_letter_stream_retries_forever_and_drops_nothi
         await reading_handler(seen, "w1")(wake)
 
     worker = make_worker(ds_server, handle, **RETRY)
-    assert worker.retry.max_attempts is None
+    assert worker.failure_policy.max_attempts is None
     async with worker:
         await produce_at_once(http, ds_server, "events/a", 3)
         await settle(ds_server, seen, ["events/a"], expected(["events/a"], 3))

@@ -367,9 +367,10 @@ async def test_oversized_claim_answer_is_a_typed_error(answer: Handler) -> None:
 
 @pytest.mark.parametrize("compression", [True, False], ids=["gzip-streamed", "content-length"])
 async def test_oversized_long_poll_body_is_skipped_and_reported(compression: bool) -> None:
-    """A long-poll answer past max_response_bytes is not buffered: it is reported as
-    OversizedMessage and skipped whole (the offset moves past it), because
-    reconnecting would fetch the same body again forever."""
+    """A long-poll answer with a message past max_message_bytes (and an answer past
+    max_response_bytes) is framed as it streams: the message is reported as
+    OversizedMessage and skipped (the offset moves past it), never buffered whole,
+    because reconnecting would fetch the same body again forever."""
     async with EmbeddedServer(compression=compression) as server:
         errors: list[BaseException] = []
         rt = RecordingRuntime()
@@ -382,7 +383,7 @@ async def test_oversized_long_poll_body_is_skipped_and_reported(compression: boo
             await eventually(lambda: runner.offset == big)
             [error] = [e for e in errors if isinstance(e, PullwakeError)]
             assert isinstance(error, OversizedMessage)
-            assert "max_response_bytes" in str(error)
+            assert "1024-byte limit" in str(error)
             assert rt.dispatched == [] and runner.status == "streaming"
             tail = await server.append_runner_wake("r1", wake("s2"))
             await eventually(lambda: len(rt.dispatched) == 1)

@@ -574,7 +574,6 @@ def _answer_with(
         (b"[" * 100_000 + b"]" * 100_000, "application/json", MalformedMessage),
         (b'{"not": "an array"}', "application/json", InvalidMessage),
         (b'"just a string"', "application/json", InvalidMessage),
-        (b"hello", "text/plain", InvalidMessage),
     ],
 )
 def test_a_body_that_is_not_a_json_array_is_a_typed_error(
@@ -585,6 +584,20 @@ def test_a_body_that_is_not_a_json_array_is_a_typed_error(
     with pytest.raises(error) as info:
         read_stream(url)
     assert info.value.offset == "-1"  # type: ignore[attr-defined]
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize(("content_type", "expected", "kind"), [
+    ("text/plain", ("hello",), "text"), ("text/plain; charset=utf-8", ("hello",), "text"),
+    ("application/octet-stream", (b"hello",), "bytes"), ("", (b"hello",), "bytes")])
+def test_a_body_of_any_other_content_type_is_one_text_or_bytes_item(
+    fake: FakeStreamServer, content_type: str, expected: tuple[Any, ...], kind: str
+) -> None:
+    url = fake.create("a")
+    fake.override = _answer_with(b"hello", content_type=content_type)
+    result = read_stream(url)
+    assert (result.messages, result.kind) == (expected, kind)
+    assert [(i.start, i.index) for i in result.items] == [("-1", 0)]
 
 
 @pytest.mark.timeout(20)

@@ -1,4 +1,4 @@
-"""The incremental SSE parser (pullwake.sse) on raw bytes: no sockets, no event loop.
+"""The incremental SSE parser (pullwake.protocol.sse) on raw bytes: no sockets, no event loop.
 
 Covers the WHATWG event-stream framing pullwake relies on: LF / CR / CRLF line
 ends (CRLF split across chunks), comments, multi-line ``data:``, ``data:`` with
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pullwake.sse import Oversized, SSEEvent, SSEParser
+from pullwake.protocol.sse import Oversized, SSEEvent, SSEParser
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -5,6 +5,11 @@ the events completed by those bytes. Lines may end in LF, CR or CRLF (a CRLF
 split across two chunks is handled); comments (``:``) are skipped; multiple
 ``data:`` lines join with ``\\n``; one leading space after the colon is removed.
 
+Cost is linear in the bytes fed: each chunk is split into lines by one
+regular-expression scan (C speed), and a run of blank lines costs one match,
+so a hostile server that inflates a few KiB of gzip into megabytes of
+newlines cannot stall the event loop (issue 14, class 8).
+
 Memory is bounded: an event whose data (or a single line) grows past
 ``max_event_bytes`` is discarded up to its terminating blank line and reported
 as an :class:`Oversized` item, so a server that streams forever without a
@@ -13,11 +18,15 @@ newline cannot exhaust memory.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 __all__ = ["Oversized", "SSEEvent", "SSEParser"]
 
 _BOM = b"\xef\xbb\xbf"
+#: A run of line terminators: the first ends a line, any more are blank lines,
+#: and a run of blank lines dispatches at most once, so it is matched whole.
+_TERMS = re.compile(rb"[\r\n]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,32 +78,28 @@ class SSEParser:
             self._head = b""
             if chunk.startswith(_BOM):
                 chunk = chunk[len(_BOM):]
-        i = 0
+        pos = 0
+        if self._skip_lf and chunk:
+            self._skip_lf = False
+            if chunk[0] == 0x0A:
+                pos = 1
         n = len(chunk)
-        while i < n:
-            if self._skip_lf:
-                self._skip_lf = False
-                if chunk[i] == 0x0A:
-                    i += 1
-                    continue
-            # find the next line terminator
-            cr = chunk.find(b"\r", i)
-            lf = chunk.find(b"\n", i)
-            if cr == -1 and lf == -1:
-                self._append(chunk[i:])
-                break
-            end = min(x for x in (cr, lf) if x != -1)
-            self._append(chunk[i:end])
-            if chunk[end] == 0x0D:
-                if end + 1 < n:
-                    if chunk[end + 1] == 0x0A:
-                        end += 1
-                else:
-                    self._skip_lf = True
-            i = end + 1
+        for m in _TERMS.finditer(chunk, pos):
+            self._append(chunk[pos:m.start()])
             item = self._line_done()
             if item is not None:
                 out.append(item)
+            run = m.end() - m.start()
+            if run > 2 or (run == 2 and chunk[m.start()] != 0x0D) or (
+                    run == 2 and chunk[m.start() + 1] != 0x0A):
+                item = self._line_done()  # blank line(s) right after: one dispatch
+                if item is not None:
+                    out.append(item)
+            pos = m.end()
+        if pos < n:
+            self._append(chunk[pos:])
+        elif n and chunk[-1] == 0x0D:
+            self._skip_lf = True  # a CRLF may be split across chunks
         return out
 
     # ---------------------------------------------------------------- internals
@@ -123,11 +128,10 @@ class SSEParser:
                 return item
             self._overflow_line = False
             return None
-        line = bytes(self._line)
-        self._line.clear()
-        if not line:
+        if not self._line:
             return self._dispatch()
-        text = line.decode("utf-8", errors="replace")
+        text = self._line.decode("utf-8", errors="replace")
+        self._line.clear()
         if text.startswith(":"):
             return None
         field, sep, value = text.partition(":")

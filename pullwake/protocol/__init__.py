@@ -1,0 +1,46 @@
+"""The Durable Streams read protocol, sans I/O: one set of rules for every read.
+
+This package owns how pullwake reads a stream, and does no I/O (no aiohttp,
+no requests, no asyncio): the async shells (:mod:`pullwake.transport` for the
+wake stream, :mod:`pullwake.areader` for handlers and scripts) and the sync
+shell (:mod:`pullwake.reader`, requests) only move bytes through it, so their
+rules cannot drift.
+
+- :mod:`.read` — :class:`ReadCore`: requests (offset, ``-1``/``now``, live
+  mode, cursor echo, ``If-None-Match``), answers (status to typed error or
+  retry, ``Stream-Next-Offset``, ``Stream-Up-To-Date``, ``Stream-Closed``,
+  ``Stream-Cursor``, ``ETag``/304), SSE ``data``/``control`` events.
+- :mod:`.framing` — bodies by content type: JSON arrays into messages (a limit
+  per message, never per answer), ``text/*`` into text, anything else into
+  bytes, base64 SSE data (§5.8).
+- :mod:`.sse` — the incremental SSE parser (linear in the bytes fed).
+- :mod:`.items` — :class:`Item`, :class:`Chunk`, :class:`ReadResult`.
+- :mod:`.retry` — :class:`RetryPolicy`: what is transient, how long to wait.
+"""
+
+from .framing import Kind, Rejected, kind_of
+from .items import Assembler, Chunk, Item, ReadResult
+from .read import Batch, Checkpoint, Head, Live, ReadCore, Request, check_offset, valid_offset
+from .retry import DEFAULT_RETRY, NO_RETRY, Retrying, RetryPolicy
+
+__all__ = [
+    "DEFAULT_RETRY",
+    "NO_RETRY",
+    "Assembler",
+    "Batch",
+    "Checkpoint",
+    "Chunk",
+    "Head",
+    "Item",
+    "Kind",
+    "Live",
+    "ReadCore",
+    "ReadResult",
+    "Rejected",
+    "Request",
+    "RetryPolicy",
+    "Retrying",
+    "check_offset",
+    "kind_of",
+    "valid_offset",
+]
