@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import json
 import logging
 import os
 import signal
@@ -26,7 +25,7 @@ from typing import Any
 
 from .logs import LOG_FORMATS, LOG_LEVELS
 
-__all__ = ["add_run_commands", "configure_logging", "load_handler", "serve_health"]
+__all__ = ["add_run_commands", "configure_logging", "load_handler"]
 
 log = logging.getLogger("pullwake.cli")
 
@@ -58,29 +57,6 @@ def load_handler(spec: str) -> Callable[..., Any]:
     if not callable(target):
         raise ValueError(f"handler {spec!r} is not callable")
     return target  # type: ignore[no-any-return]
-
-
-async def serve_health(port: int, snapshot: Callable[[], dict[str, Any]]) -> Any:
-    """Serve ``GET /health`` (JSON) on 127.0.0.1 for any snapshot function.
-
-    Kept for callers of the earlier API; ``pullwake run`` uses
-    :class:`pullwake.HealthServer` (probes, metrics, status page) instead.
-    """
-    from aiohttp import web
-
-    from .healthserver import process_stats
-
-    async def health(_: web.Request) -> web.Response:
-        body = {**snapshot(), "process": process_stats()}
-        return web.json_response(body, dumps=lambda o: json.dumps(o, default=str))
-
-    app = web.Application()
-    app.router.add_get("/health", health)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    return runner
 
 
 def _headers(args: argparse.Namespace) -> dict[str, str]:

