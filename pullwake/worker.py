@@ -46,7 +46,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .areader import AsyncShell
-from .clock import Clock, LoopClock, deadline, sleep
+from .clock import Clock, LoopClock, TimerHandle, deadline, sleep
 from .config import RunnerConfig
 from .errors import (
     ConfigError,
@@ -326,9 +326,10 @@ class Worker:
         self._failure_log = FailureLog(log, self.failure_policy.log_interval)
         self._is_async = inspect.iscoroutinefunction(handler)
         #: Handler executions that outlived their job (abandoned), still holding a slot.
-        self._stray = 0
+        self._outliving = 0
         self._abandoned: set[asyncio.Future[Any]] = set()
         self._threads: set[threading.Thread] = set()
+        self._strays: set[asyncio.Task[Any]] = set()  # lease extensions cut short
         self._confirmed: set[str] = set()
         self._ledger: dict[str, dict[str, str]] = {s: {} for s in self.subscriptions}
         self._closing = False
@@ -404,6 +405,8 @@ class Worker:
             await self.runner.stop()
         finally:
             await self._cancel_recoveries()
+            if self._strays:
+                await asyncio.gather(*self._strays, return_exceptions=True)
             await self._http.close()  # idempotent; the runner's shutdown closed it already
             if self._session_sync is not None:
                 self._session_sync.close()
@@ -464,7 +467,7 @@ class Worker:
             st.wake_seen(self._clock.monotonic())
 
     def is_wake_active(self, key: str) -> bool:
-        if key in self._jobs or len(self._jobs) + self._stray >= self.max_concurrency:
+        if key in self._jobs or len(self._jobs) + self._outliving >= self.max_concurrency:
             return True
         fails = self._failures.get(key)
         until = fails.cooldown_until if fails is not None else None
@@ -474,19 +477,23 @@ class Worker:
                       claim_token_header: str | None) -> None:
         claim: Claim = notification["claim"]
         self.stats.wakes_claimed += 1
+        key = claim.subscription_id
         self._sub(claim).claimed(self._clock.monotonic(), claim.generation,
                                  (s.path for s in claim.streams if s.tail_offset > s.acked_offset))
+        # The claim token is scrubbed from any text while, and only while, its job runs.
+        scope = self._http.hold_secrets(claim.token)
+        scope.__enter__()
         task = asyncio.get_running_loop().create_task(
-            self._job_scoped(claim),
-            context=job_context(subscription=claim.subscription_id, wake=claim.generation))
-        task.set_name(f"pullwake-job[{claim.subscription_id}#{claim.generation}]")
-        self._jobs[claim.subscription_id] = task
+            self._job(claim), context=job_context(subscription=key, wake=claim.generation))
+        task.set_name(f"pullwake-job[{key}#{claim.generation}]")
+        self._jobs[key] = task
 
-        def done(t: asyncio.Task[Any]) -> None:
+        def over(t: asyncio.Future[Any]) -> None:
+            scope.__exit__(None, None, None)
             self._sub(claim).ended()
-            self._job_over(claim.subscription_id, t)
+            self._job_over(key, t)
 
-        task.add_done_callback(done)
+        task.add_done_callback(over)
 
     def _job_over(self, key: str, task: asyncio.Future[Any]) -> None:
         """``key`` is free once its job acked (or ended): tell the runner at once."""
@@ -518,11 +525,6 @@ class Worker:
 
     # ================================================================= jobs
 
-    async def _job_scoped(self, claim: Claim) -> None:
-        """A job with its claim token scrubbed from any text while, and only while, it runs."""
-        with self._http.hold_secrets(claim.token):
-            await self._job(claim)
-
     async def _job(self, claim: Claim) -> None:
         sub = claim.subscription_id
         self._learn(sub, claim.streams)
@@ -530,7 +532,7 @@ class Worker:
         fails.begin(claim.streams)
         wake = Wake(subscription_id=sub, wake_id=claim.wake_id,
                     generation=claim.generation, streams=claim.streams, _worker=self)
-        keeper = asyncio.ensure_future(self._keep_lease(claim))
+        keeper = self._keep_lease(claim)
         attempt: asyncio.Future[BaseException | None] | None = None
         try:
             if fails.dead:
@@ -539,7 +541,7 @@ class Worker:
                 error = fails.last_error
             else:
                 attempt = asyncio.ensure_future(self._attempt(wake))
-                await asyncio.wait({keeper, attempt}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait((keeper, attempt), return_when=asyncio.FIRST_COMPLETED)
                 if not attempt.done():  # the keeper ended: the lease is gone
                     attempt.cancel()
                     await asyncio.gather(attempt, return_exceptions=True)
@@ -675,7 +677,7 @@ class Worker:
         if ex.parts == 0:
             self._slots.release()
             if ex.abandoned:  # it held a slot past its job: the worker is less full now
-                self._stray -= 1
+                self._outliving -= 1
                 self.runner.wake_free(None)
 
     def _free_after(self, delay: float, sub_id: str) -> None:
@@ -713,7 +715,7 @@ class Worker:
         if ex.parts == 0:
             return
         ex.abandoned = True
-        self._stray += 1
+        self._outliving += 1
         self.stats.handlers_abandoned += 1
         if not run.done():
             self._abandoned.add(run)
@@ -811,26 +813,65 @@ class Worker:
         raise_for_answer(answer, operation="dead-letter append", url=url,
                          scrub=self._http.scrub, cls=DeadLetterError)
 
-    async def _keep_lease(self, claim: Claim) -> None:
-        """Extend the lease every third of its TTL until cancelled; return when lost."""
+    def _keep_lease(self, claim: Claim) -> asyncio.Future[None]:
+        """Extend the lease every third of its TTL; the future fails when the lease is lost.
+
+        Cancelling the future stops the extensions. Between extensions nothing
+        runs but a timer on the clock (no task per wake): most wakes end before
+        the first extension is due.
+        """
+        lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         interval = max(0.2, claim.lease_ttl_ms / 3000)
-        while True:
-            await sleep(self._clock, interval)
-            try:
-                await self._client.ack(self._http, claim, timeout=min(self._request_timeout,
-                                                                      interval))
-            except LeaseLost:
-                raise
-            except SubscriptionError as exc:
-                if exc.code == NOT_FOUND:
-                    raise LeaseLost("the subscription is gone (server restarted?)",
-                                    operation="extend lease", status=404, code=NOT_FOUND) from exc
-                self.runner.record_liveness(False, exc)
-            except PullwakeError as exc:
-                self.runner.record_liveness(False, exc)
+        timer: TimerHandle | None = None
+        task: asyncio.Task[None] | None = None
+
+        def extend() -> None:
+            nonlocal timer, task
+            timer = None
+            if not lost.done():
+                task = asyncio.ensure_future(self._extend_lease(claim, interval))
+                task.add_done_callback(extended)
+
+        def extended(t: asyncio.Task[None]) -> None:
+            nonlocal timer, task
+            task = None
+            if lost.done() or t.cancelled():
+                return
+            error = t.exception()
+            if error is not None:
+                lost.set_exception(error)
             else:
-                self.stats.lease_extensions += 1
-                self.runner.record_liveness(True)
+                timer = self._clock.call_later(interval, extend)
+
+        def stop(_f: asyncio.Future[None]) -> None:
+            if timer is not None:
+                timer.cancel()
+            if task is not None:  # an extension in flight: cancelled, awaited at stop
+                task.cancel()
+                self._strays.add(task)
+                task.add_done_callback(self._strays.discard)
+
+        lost.add_done_callback(stop)
+        timer = self._clock.call_later(interval, extend)
+        return lost
+
+    async def _extend_lease(self, claim: Claim, interval: float) -> None:
+        """One lease extension; raises LeaseLost when the lease is gone."""
+        try:
+            await self._client.ack(self._http, claim, timeout=min(self._request_timeout,
+                                                                  interval))
+        except LeaseLost:
+            raise
+        except SubscriptionError as exc:
+            if exc.code == NOT_FOUND:
+                raise LeaseLost("the subscription is gone (server restarted?)",
+                                operation="extend lease", status=404, code=NOT_FOUND) from exc
+            self.runner.record_liveness(False, exc)
+        except PullwakeError as exc:
+            self.runner.record_liveness(False, exc)
+        else:
+            self.stats.lease_extensions += 1
+            self.runner.record_liveness(True)
 
     async def _finish(self, claim: Claim, wake: Wake,
                       acks: list[tuple[str, str]] | None = None) -> bool:
