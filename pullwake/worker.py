@@ -333,6 +333,7 @@ class Worker:
         self._confirmed: set[str] = set()
         self._ledger: dict[str, dict[str, str]] = {s: {} for s in self.subscriptions}
         self._closing = False
+        self._grace_over = asyncio.Event()
         #: Bounds running handlers even when claims for several subscriptions
         #: complete at once (is_wake_active only holds back *new* claims).
         self._slots = asyncio.Semaphore(max_concurrency)
@@ -375,9 +376,12 @@ class Worker:
 
     async def _start(self) -> None:
         self._closing = False
+        self._grace_over.clear()
         self._loop = asyncio.get_running_loop()
         self._http.open()
         try:
+            # Before anything is created: a wrong root would get a plain data stream.
+            await self._client.verify_root(self._http, next(iter(self.subscriptions)))
             await self._client.ensure_stream(self._http, self.wake_stream)
             if self.failure_policy.dead_letter_stream is not None:
                 await self._client.ensure_stream(self._http, self.failure_policy.dead_letter_stream)
@@ -421,6 +425,14 @@ class Worker:
         """Handler executions still running that nothing waits for (stuck threads, tasks)."""
         threads = sum(1 for t in self._threads if t.is_alive())
         return threads + sum(1 for t in self._abandoned if not t.done())
+
+    def end_grace(self) -> None:
+        """End the stop grace now: running handlers are cancelled and their claims released.
+
+        For a second Ctrl-C during :meth:`stop`; harmless at any other time
+        (the next :meth:`start` forgets it).
+        """
+        self._grace_over.set()
 
     async def run(self) -> None:
         """Start and run until cancelled or the wake stream is closed; then stop."""
@@ -511,10 +523,16 @@ class Worker:
         jobs = [*self._jobs.values(), *self._recoveries]
         if not jobs:
             return
-        if self.stop_grace > 0:
-            with contextlib.suppress(TimeoutError):
-                async with deadline(self._clock, self.stop_grace):
-                    await asyncio.wait(jobs)
+        if self.stop_grace > 0 and not self._grace_over.is_set():
+            finished = asyncio.ensure_future(asyncio.wait(jobs))
+            cut = asyncio.ensure_future(self._grace_over.wait())
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with deadline(self._clock, self.stop_grace):
+                        await asyncio.wait({finished, cut}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                finished.cancel()
+                cut.cancel()
         pending = [t for t in jobs if not t.done()]
         for t in pending:
             t.cancel()  # a job releases its claim on the way out

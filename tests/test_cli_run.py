@@ -275,10 +275,10 @@ async def test_run_dead_letters_with_max_attempts_and_dead_letter_stream(tmp_pat
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--max-attempts", "0"], "--max-attempts: must be >= 1"),
-        (["--max-attempts", "two"], "--max-attempts: not an integer"),
-        (["--handler-timeout", "-1"], "--handler-timeout: must be > 0 seconds"),
-        (["--handler-timeout", "nan"], "--handler-timeout: must be > 0 seconds"),
+        (["--max-attempts", "0"], "--max-attempts: must be an integer from 1"),
+        (["--max-attempts", "two"], "--max-attempts: must be an integer from 1"),
+        (["--handler-timeout", "-1"], "--handler-timeout: must be a number from 0.001"),
+        (["--handler-timeout", "nan"], "--handler-timeout: must be a number from 0.001"),
         (["--max-attempts", "3"], "needs a dead_letter_stream"),
     ],
 )
