@@ -10,6 +10,7 @@ from .clock import Clock, LoopClock
 from .config import RunnerConfig
 from .control import ClaimOutcome, ControlPlane, ElectricControlPlane, WakeEvent
 from .errors import (
+    AnswerTooLarge,
     CacheError,
     ConfigError,
     ConnectError,
@@ -24,6 +25,7 @@ from .errors import (
     LeaseLost,
     MalformedMessage,
     MessageError,
+    OffsetsWentBack,
     OversizedMessage,
     ProtocolError,
     PullwakeError,
@@ -36,6 +38,7 @@ from .errors import (
     TransportError,
 )
 from .failures import FailurePolicy
+from .fetchcache import FetchCache
 from .health import Health
 from .healthserver import HealthServer
 from .machine import Lifecycle, LifecycleEffects, WorkTicket
@@ -49,6 +52,7 @@ from .worker import Wake, Worker, WorkerStats
 __version__ = "0.1.0"
 
 __all__ = [
+    "AnswerTooLarge",
     "CacheError",
     "Chunk",
     "ClaimOutcome",
@@ -80,6 +84,7 @@ __all__ = [
     "LoopClock",
     "MalformedMessage",
     "MessageError",
+    "OffsetsWentBack",
     "OversizedMessage",
     "ProtocolError",
     "PullWakeRunner",
@@ -122,7 +127,6 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .cache import (
-        FetchCache,
         FetchCacheInfo,
         FetchCacheWarning,
         cached_session,
@@ -136,7 +140,6 @@ if TYPE_CHECKING:
 # The sync reader and the fetch cache pull in requests and requests-cache
 # (about 20 MB): import them only when used.
 _LAZY = {
-    "FetchCache": "cache",
     "FetchCacheInfo": "cache",
     "FetchCacheWarning": "cache",
     "cached_session": "cache",

@@ -26,7 +26,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from .run_options import RunOptions, add_arguments, resolve
+from .run_options import RunOptions, add_arguments, misspelled_variables, resolve
 
 __all__ = ["add_run_commands", "configure_logging", "load_handler"]
 
@@ -78,6 +78,12 @@ def _headers(opts: RunOptions) -> dict[str, str]:
     for raw in opts.header:
         name, _, value = raw.partition(":")
         headers[name.strip()] = value.strip()
+    for raw in opts.header_env:
+        name, _, var = raw.partition("=")
+        secret = os.environ.get(var)
+        if not secret:
+            raise ValueError(f"--header-env {name}={var}: the variable is not set")
+        headers[name] = secret
     if opts.token_env:
         token = os.environ.get(opts.token_env)
         if not token:
@@ -156,8 +162,8 @@ async def _start(worker: Any, opts: RunOptions, signals: _Signals) -> bool:
                                         f"{opts.start_timeout:g} s; last error: {exc}") from exc
                 raise
             delay = min(backoff.next_delay(), remaining)
-            log.warning("waiting for the server (%s); retrying in %.1f s, giving up in %.0f s "
-                        "(--start-timeout)", exc, delay, remaining)
+            log.warning("waiting for the server at %s: retrying in %.1f s, giving up in %.0f s "
+                        "(--start-timeout); last error: %s", opts.server, delay, remaining, exc)
         if not await signals.wait_or(asyncio.sleep(delay)):
             return False
 
@@ -286,6 +292,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as exc:  # UsageError, or the handler / token cannot be loaded
         parser.error(str(exc))
     configure_logging(opts.log_level, opts.log_format, worker=opts.worker)
+    for warning in misspelled_variables():
+        log.warning("%s", warning)
     return asyncio.run(_run(opts, handler, headers))
 
 

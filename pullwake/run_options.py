@@ -55,6 +55,7 @@ __all__ = [
     "UsageError",
     "add_arguments",
     "env_name",
+    "misspelled_variables",
     "option_table",
     "resolve",
 ]
@@ -138,6 +139,17 @@ def _header(value: Any) -> str:
     if any(c in text for c in "\r\n\0"):
         raise ValueError("must not contain line breaks")
     return text
+
+
+def _header_env(value: Any) -> str:
+    text = _text(value)
+    name, sep, var = (part.strip() for part in text.partition("="))
+    if not sep or not name or not var:
+        raise ValueError("must be NAME=ENVVAR")
+    if any(c in name for c in ":\r\n\0 "):
+        raise ValueError("NAME must be a header name")
+    _env_var_name(var)
+    return f"{name}={var}"
 
 
 def _env_var_name(value: Any) -> str:
@@ -232,7 +244,13 @@ class RunOptions:
              "unreachable or answers 5xx; 0 tries once")
     header: tuple[str, ...] = option(
         repeat=True, convert=_header, metavar="NAME:VALUE", env=False,
-        help="an extra request header (repeatable); values never appear in logs")
+        help="an extra request header (repeatable); values never appear in logs, but "
+             "a flag's value is visible to every local user in /proc/PID/cmdline and "
+             "ps: pass secrets with --header-env or --token-env")
+    header_env: tuple[str, ...] = option(
+        repeat=True, convert=_header_env, metavar="NAME=ENVVAR", env=False,
+        help="a request header NAME whose value is read from the environment variable "
+             "ENVVAR (repeatable; kept out of the process arguments)")
     token_env: str | None = option(
         convert=_env_var_name, metavar="VAR",
         help="name of an environment variable holding a bearer token "
@@ -411,6 +429,20 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None,
     if only is None or "subscription" in names:
         values["subscriptions"] = _subscriptions(values, origin, file_subs)
     return RunOptions(**values)
+
+
+def misspelled_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Warnings for ``PULLWAKE_*`` variables that look like a misspelled option."""
+    environ = os.environ if environ is None else environ
+    known = [env_name(f.name) for f in _option_fields() if f.metadata["env"]] + [CONFIG_ENV]
+    out = []
+    for var in sorted(environ):
+        if not var.startswith(ENV_PREFIX) or var in known:
+            continue
+        close = difflib.get_close_matches(var, known, n=1, cutoff=0.85)
+        if close:
+            out.append(f"ignoring {var}: not an option (did you mean {close[0]}?)")
+    return out
 
 
 def _file_subscription(table: Mapping[str, Any], index: int, path: str

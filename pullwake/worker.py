@@ -17,6 +17,8 @@ Delivery is at least once:
   policy of :mod:`pullwake.failures`); after ``max_attempts`` failures of one
   wake it is appended to the dead-letter stream and acked instead;
 - lease lost (409 ``FENCED``, 401) → the handler is cancelled, nothing is acked;
+- the server forgot the wake stream (an in-memory server restarted: 404 on
+  connect) → it is re-created and read from the beginning;
 - the server forgot the subscription (restart) → it is re-created; ranges the
   new subscription marks as acked but this worker never saw acked are handed
   to the handler again as *recovered* wakes (``wake.recovered``), retried like
@@ -67,6 +69,7 @@ from .protocol import DEFAULT_RETRY, Assembler, Batch, Checkpoint, ReadCore, Rej
 from .runner import PullWakeRunner
 from .subscriptions import (
     INVALID_OFFSET,
+    MAX_CLAIM_STREAMS,
     NOT_FOUND,
     Claim,
     ClaimedStream,
@@ -79,7 +82,7 @@ from .urls import encode_path, validate_base_url
 __all__ = ["Wake", "Worker", "WorkerStats"]
 
 if TYPE_CHECKING:
-    from .cache import FetchCache
+    from .fetchcache import FetchCache
 
 log = logging.getLogger("pullwake.worker")
 
@@ -106,6 +109,7 @@ class WorkerStats:
     lease_extensions: int = 0
     recovered_wakes: int = 0
     subscriptions_recreated: int = 0
+    wake_streams_recreated: int = 0
     jobs_active: int = 0
 
 
@@ -246,7 +250,9 @@ class Worker:
     ``server`` is the stream root (``http://host:port/v1/stream``). Pass a
     ``pattern`` (glob) or ``streams`` for the default subscription, or several
     :class:`SubscriptionConfig` as ``subscriptions``. ``max_concurrency``
-    bounds handlers across all subscriptions. ``handler_timeout``,
+    bounds handlers across all subscriptions. A wake hands over at most
+    ``max_claim_streams`` streams (those with pending work first); the others
+    stay pending on the server and come with the next wake. ``handler_timeout``,
     ``max_attempts``, ``dead_letter_stream``, ``cooldown`` and ``cooldown_cap``
     make the :class:`~pullwake.failures.FailurePolicy` (``worker.failure_policy``).
     """
@@ -276,6 +282,7 @@ class Worker:
         on_error: Callable[[BaseException], Any] | None = None,
         clock: Clock | None = None,
         runner_options: Mapping[str, Any] | None = None,
+        max_claim_streams: int = MAX_CLAIM_STREAMS,
         handler_timeout: float | None = None,
         max_attempts: int | None = None,
         dead_letter_stream: str | None = None,
@@ -318,7 +325,7 @@ class Worker:
         self._session_sync: Any = None
         self._session_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._client = SubscriptionClient(self.server)
+        self._client = SubscriptionClient(self.server, max_claim_streams=max_claim_streams)
         self._jobs: dict[str, asyncio.Task[Any]] = {}
         self._recoveries: set[asyncio.Task[Any]] = set()
         #: Per subscription: the current wake's failures and the cool-down.
@@ -358,7 +365,8 @@ class Worker:
             self._client, worker=self.worker_name, subscriptions=self.subscriptions,
             wake_stream_url=config.wake_stream_url, on_missing=self._recreate,
             on_connected=self._on_connected,
-            on_retry=lambda exc: self.runner.claims.record_failure(exc), clock=clock)
+            on_retry=lambda exc: self.runner.claims.record_failure(exc), clock=clock,
+            on_wake_stream_missing=self._recreate_wake_stream)
         self.runner = PullWakeRunner(config, self, control_plane=control)
         self._http: HttpClient = self.runner.http
         self._sub_stats = {s: SubscriptionStats() for s in self.subscriptions}
@@ -960,6 +968,19 @@ class Worker:
             if s.acked_offset > ledger.get(s.path, "-1"):
                 ledger[s.path] = s.acked_offset
 
+    async def _recreate_wake_stream(self, http: HttpClient) -> bool:
+        """The server forgot the wake stream (404): it is ours, so create it again.
+
+        The subscriptions are re-created (and recovered) once the stream is
+        connected again (:meth:`_on_connected`).
+        """
+        created = await self._client.ensure_stream(http, self.wake_stream)
+        if created:
+            self.stats.wake_streams_recreated += 1
+            log.warning("[%s] wake stream %r was gone (server restart?): re-created",
+                        self.worker_name, self.wake_stream)
+        return created
+
     async def _on_connected(self, http: HttpClient) -> None:
         """After every (re)connect: the server may have restarted and forgotten us."""
         for sub in self.subscriptions.values():
@@ -993,21 +1014,30 @@ class Worker:
         up to the dead-letter stream, whatever the handler raised (a
         ``BaseException`` or ``CancelledError`` of its own included), cooling
         down between attempts like a wake. A failed look-up is retried the
-        same way. If the worker stops first, the range is dead-lettered
+        same way. A subscription listing more streams than one look-up
+        returns is recovered in rounds (``streams_deferred``), each its own
+        recovered wake. If the worker stops first, the range is dead-lettered
         (``reason: "stopped"``) or, without a dead-letter stream, logged at
         ERROR: never dropped without a record.
         """
         lookups = self.failure_policy.backoff()
+        known = dict(known)  # rounds: a subscription may list more than one wake holds
+
+        def skipped(s: Mapping[str, Any]) -> bool:
+            return str(s.get("acked_offset")) > known.get(str(s.get("path")), "-1")
+
         fails = WakeFailures(backoff=self.failure_policy.backoff())
         wake: Wake | None = None
+        more = False
         delay = 0.0
         try:
             while True:
                 if delay:
                     await sleep(self._clock, delay)
+                    delay = 0.0
                 if wake is None:
                     try:
-                        body = await self._client.get_subscription(http, sub.id)
+                        body = await self._client.get_subscription(http, sub.id, select=skipped)
                     except PullwakeError as exc:
                         delay = lookups.next_delay()
                         self._report(exc)
@@ -1015,6 +1045,7 @@ class Worker:
                     if body is None:  # gone again: it will be re-created; keep our range
                         delay = lookups.next_delay()
                         continue
+                    lookups.reset()
                     streams = []
                     for s in body.get("streams", []):
                         path, server_acked = str(s.get("path")), str(s.get("acked_offset"))
@@ -1024,24 +1055,31 @@ class Worker:
                                                          tail_offset=server_acked))
                     if not streams:
                         return
+                    more = bool(body.get("streams_deferred"))
                     wake = Wake(subscription_id=sub.id, wake_id=None, generation=None,
                                 streams=tuple(streams), recovered=True, _worker=self)
+                    fails = WakeFailures(backoff=self.failure_policy.backoff())
                 if not fails.dead:
                     error = await self._attempt(wake)
                     if error is None:
                         self.stats.recovered_wakes += 1
                         self._advance_ledger(wake, read=True)
-                        wake = None
-                        return
-                    delay = self._handler_failed(wake, fails, error)
-                    if not self.failure_policy.exhausted(fails.attempts):
+                    else:
+                        delay = self._handler_failed(wake, fails, error)
+                        if not self.failure_policy.exhausted(fails.attempts):
+                            continue
+                        fails.dead = True
+                if fails.dead:
+                    if not await self._dead_letter(wake, fails, reason="max_attempts"):
+                        delay = fails.cool(self._clock.monotonic())
                         continue
-                    fails.dead = True
-                if await self._dead_letter(wake, fails, reason="max_attempts"):
                     self._advance_ledger(wake, read=False)
-                    wake = None
+                    delay = 0.0
+                for s in wake.streams:  # this round is done: the next starts after it
+                    known[s.path] = s.tail_offset
+                wake = None
+                if not more:
                     return
-                delay = fails.cool(self._clock.monotonic())
         except asyncio.CancelledError:
             await self._recovery_unfinished(sub, wake, fails, known)
             raise
@@ -1057,10 +1095,9 @@ class Worker:
                                    fails: WakeFailures, known: Mapping[str, str]) -> None:
         """A recovery cut short by stop: dead-letter its range, or say so at ERROR."""
         if wake is None:
-            if known is not None and fails.attempts == 0:
-                log.error("[%s] stopped before the range the re-created subscription %r "
-                          "skipped was looked up: messages after %s were not handed over",
-                          self.worker_name, sub.id, dict(known) or "the start of each stream")
+            log.error("[%s] stopped before the range the re-created subscription %r "
+                      "skipped was looked up: messages after %s were not handed over",
+                      self.worker_name, sub.id, dict(known) or "the start of each stream")
             return
         if self.failure_policy.dead_letter_stream is not None and \
                 await self._dead_letter(wake, fails, reason="stopped"):
@@ -1129,11 +1166,11 @@ def _check_fetch_cache(value: object) -> FetchCache | None:
     """``fetch_cache`` is ``None`` or a :class:`pullwake.cache.FetchCache`, never a string."""
     if value is None:
         return None
-    from .cache import FetchCache
+    from .fetchcache import FetchCache
 
     if isinstance(value, FetchCache):
         return value
     raise ConfigError(
-        f"fetch_cache must be None or a pullwake.cache.FetchCache "
+        f"fetch_cache must be None or a pullwake.FetchCache "
         f"(FetchCache.memory() or FetchCache.sqlite(path)), not {type(value).__name__} "
         f"{value!r}")
