@@ -580,10 +580,18 @@ async def test_slow_ack_still_ends_acked(
     seen = Seen()
     errors: list[BaseException] = []
     paths = ["events/a"]
-    worker = make_worker(ds_server, reading_handler(seen, "w1"), on_error=errors.append)
+    read = reading_handler(seen, "w1")
+    injected = False
+
+    async def handle(wake: Wake) -> None:
+        nonlocal injected
+        await read(wake)
+        if not injected:  # the next ack is this wake's final one (not a lease extension,
+            injected = True  # which a loaded machine could send first)
+            await ds_server.inject_error(ACK_PATH, delay_ms=delay_ms, count=1)
+
+    worker = make_worker(ds_server, handle, on_error=errors.append)
     async with worker:
-        # One wake; the handler is quick, so its first ack is the final one (ack done).
-        await ds_server.inject_error(ACK_PATH, delay_ms=delay_ms, count=1)
         await produce_at_once(http, ds_server, "events/a", 5)
         await settle(ds_server, seen, paths, expected(paths, 5))
     stats = worker.stats
@@ -596,6 +604,35 @@ async def test_slow_ack_still_ends_acked(
         assert any(getattr(e, "code", None) == "FENCED" for e in errors), errors
         assert seen.generations() == [1, 2]
         assert len(seen.messages) == 10
+
+
+async def test_slow_lease_extension_within_the_lease_keeps_it(
+    ds_server: DurableStreamsServer, http: aiohttp.ClientSession
+) -> None:
+    """An extension answered after a third of the TTL but before the lease runs out holds.
+
+    3 s lease: extended at 1 s; that extension is answered after 1.5 s (past the
+    1 s between extensions, inside the 2 s the lease has left). The handler returns
+    once an extension held, so a lost lease (the extension given up at 1 s and the
+    next one sent at 3 s, fenced) fails the test.
+    """
+    extended = asyncio.Event()
+    errors: list[BaseException] = []
+
+    async def handle(wake: Wake) -> None:
+        await extended.wait()
+
+    worker = make_worker(ds_server, handle, lease_ms=3000, on_error=errors.append)
+    async with worker:
+        await ds_server.inject_error(ACK_PATH, delay_ms=1500, count=1)
+        await produce_at_once(http, ds_server, "events/a", 1)
+        await wait_until(lambda: worker.stats.lease_extensions >= 1 or worker.stats.leases_lost,
+                         timeout=15, what="the slow extension answered")
+        extended.set()
+        await wait_until(lambda: worker.stats.wakes_acked >= 1 or worker.stats.leases_lost,
+                         timeout=15, what="the wake acked")
+    assert worker.stats.leases_lost == 0, errors
+    assert worker.stats.wakes_acked == worker.stats.wakes_claimed == 1
 
 
 # ------------------------------------------------------------------ configuration
