@@ -6,6 +6,7 @@ Benchmarks (each also runs alone):
   bench_machine.py  spec load + build, event rates vs a dict-dispatch machine
   bench_runner.py   recovery/bound ratios, wakes/s vs a bare loop, 1,000 runners
   bench_worker.py   worker wake cycles/s vs a bare loop on the reference server
+  bench_scaling.py  worker vs bare loop at N = 1..64 subscriptions, reads, latency
   bench_cache.py    fetch cache: cached vs uncached, miss overhead
 The soak under faults is separate: benchmarks/soak.py (docs/reliability.md).
 """
@@ -22,6 +23,7 @@ BENCHES = [
     ("bench_machine.py", [], ["--quick"]),
     ("bench_runner.py", [], ["--quick"]),
     ("bench_worker.py", [], ["--cycles", "100"]),
+    ("bench_scaling.py", [], ["--quick"]),
     ("bench_cache.py", [], []),
 ]
 

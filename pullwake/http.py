@@ -63,8 +63,12 @@ MAX_CONTROL_BODY = 1024 * 1024
 _NO_SCOPE = contextlib.nullcontext()
 
 
+@functools.lru_cache(maxsize=1024)
 def to_url(url: str) -> URL:
-    """A yarl URL sent exactly as built (no re-quoting, no dot-segment folding)."""
+    """A yarl URL sent exactly as built (no re-quoting, no dot-segment folding).
+
+    Cached: control-plane URLs repeat every wake (URLs are immutable).
+    """
     return URL(url, encoded=True)
 
 
@@ -136,13 +140,21 @@ async def read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     if (resp.content_length is not None and "Content-Encoding" not in resp.headers
             and not resp.headers.get("Transfer-Encoding")):
         return await resp.read()  # exact length known, no decompression: bounded already
-    buf = bytearray()
-    async for chunk in resp.content.iter_any():
-        buf += chunk
-        if len(buf) > limit:
+    # Chunked or compressed: count while reading. A small answer is one chunk
+    # (returned as it is); only a body in several chunks is joined.
+    content = resp.content
+    body = await content.readany()
+    more: list[bytes] = []
+    size = len(body)
+    while True:
+        if size > limit:
             raise ProtocolError(f"response body exceeds the {limit}-byte limit",
                                 url=str(resp.url))
-    return bytes(buf)
+        chunk = await content.readany()
+        if not chunk:
+            return b"".join((body, *more)) if more else body
+        more.append(chunk)
+        size += len(chunk)
 
 
 def error_code(body: Any) -> str | None:
@@ -426,7 +438,11 @@ class HttpClient:
                       max_body: int = MAX_CONTROL_BODY) -> HttpAnswer:
         """One bounded control-plane request; the whole exchange under ``timeout``."""
         limit = self.request_timeout if timeout is None else timeout
-        scoped = self._secrets.hold(secret_values(headers)) if headers else _NO_SCOPE
+        scoped: contextlib.AbstractContextManager[None] = _NO_SCOPE
+        if headers:  # a request's own header values: secret for this request
+            new = [v for v in secret_values(headers) if v not in self._secrets]
+            if new:
+                scoped = self._secrets.hold(new)
         with scoped, translate("request", url=url, operation=operation,
                                secrets=self._secrets):
             async with deadline(self._clock, limit):
@@ -440,7 +456,7 @@ class HttpClient:
                 async with self.session.request(method, to_url(url), data=data,
                                                 headers=hdrs, allow_redirects=False) as resp:
                     body = b"" if method == "HEAD" else await read_bounded(resp, max_body)
-                    return HttpAnswer(resp.status, dict(resp.headers), body)
+                    return HttpAnswer(resp.status, resp.headers, body)  # read-only view
 
 
 def raise_for_answer(answer: HttpAnswer, *, operation: str, url: str,

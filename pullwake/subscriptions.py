@@ -150,15 +150,31 @@ class Claim:
 class SubscriptionClient:
     """Subscription API calls against one stream root (``http://host/v1/stream``)."""
 
+    #: Built URLs are remembered (they repeat every wake), up to this many.
+    URL_CACHE = 4096
+
     def __init__(self, root: str) -> None:
         self.root = root.rstrip("/")
+        self._urls: dict[tuple[str, str | None], str] = {}
+
+    def _remember(self, key: tuple[str, str | None], url: str) -> str:
+        if len(self._urls) >= self.URL_CACHE:
+            self._urls.clear()
+        self._urls[key] = url
+        return url
 
     def stream_url(self, path: str) -> str:
-        return join_url(self.root, encode_path(path.strip("/")))
+        url = self._urls.get((path, "/"))
+        if url is None:
+            url = self._remember((path, "/"), join_url(self.root, encode_path(path.strip("/"))))
+        return url
 
     def subscription_url(self, sub_id: str, action: str | None = None) -> str:
-        url = join_url(self.root, f"__ds/subscriptions/{segment(sub_id)}")
-        return f"{url}/{action}" if action else url
+        url = self._urls.get((sub_id, action))
+        if url is None:
+            base = join_url(self.root, f"__ds/subscriptions/{segment(sub_id)}")
+            url = self._remember((sub_id, action), f"{base}/{action}" if action else base)
+        return url
 
     async def ensure_stream(self, http: HttpClient, path: str) -> bool:
         """Create a JSON stream if missing. True if it was created now."""

@@ -38,7 +38,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .areader import AsyncShell
-from .clock import Clock, LoopClock, deadline, sleep
+from .clock import Clock, LoopClock, TimerHandle, deadline, sleep
 from .config import RunnerConfig
 from .errors import (
     ConfigError,
@@ -280,6 +280,7 @@ class Worker:
         self._client = SubscriptionClient(self.server)
         self._jobs: dict[str, asyncio.Task[Any]] = {}
         self._recoveries: set[asyncio.Task[Any]] = set()
+        self._strays: set[asyncio.Task[Any]] = set()  # lease extensions cut short
         self._cooldown_until: dict[str, float] = {}
         self._failures: dict[str, int] = {}
         self._confirmed: set[str] = set()
@@ -349,6 +350,8 @@ class Worker:
             await self.runner.stop()
         finally:
             await self._cancel_recoveries()
+            if self._strays:
+                await asyncio.gather(*self._strays, return_exceptions=True)
             await self._http.close()  # idempotent; the runner's shutdown closed it already
             if self._session_sync is not None:
                 self._session_sync.close()
@@ -403,19 +406,23 @@ class Worker:
                       claim_token_header: str | None) -> None:
         claim: Claim = notification["claim"]
         self.stats.wakes_claimed += 1
+        key = claim.subscription_id
         self._sub(claim).claimed(self._clock.monotonic(), claim.generation,
                                  (s.path for s in claim.streams if s.tail_offset > s.acked_offset))
+        # The claim token is scrubbed from any text while, and only while, its job runs.
+        scope = self._http.hold_secrets(claim.token)
+        scope.__enter__()
         task = asyncio.get_running_loop().create_task(
-            self._job_scoped(claim),
-            context=job_context(subscription=claim.subscription_id, wake=claim.generation))
-        task.set_name(f"pullwake-job[{claim.subscription_id}#{claim.generation}]")
-        self._jobs[claim.subscription_id] = task
+            self._job(claim), context=job_context(subscription=key, wake=claim.generation))
+        task.set_name(f"pullwake-job[{key}#{claim.generation}]")
+        self._jobs[key] = task
 
-        def done(t: asyncio.Task[Any]) -> None:
+        def over(t: asyncio.Future[Any]) -> None:
+            scope.__exit__(None, None, None)
             self._sub(claim).ended()
-            self._job_over(claim.subscription_id, t)
+            self._job_over(key, t)
 
-        task.add_done_callback(done)
+        task.add_done_callback(over)
 
     def _job_over(self, key: str, task: asyncio.Future[Any]) -> None:
         """``key`` is free once its job acked (or ended): tell the runner at once."""
@@ -446,11 +453,6 @@ class Worker:
             await asyncio.gather(*pending, return_exceptions=True)
 
     # ================================================================= jobs
-
-    async def _job_scoped(self, claim: Claim) -> None:
-        """A job with its claim token scrubbed from any text while, and only while, it runs."""
-        with self._http.hold_secrets(claim.token):
-            await self._job(claim)
 
     async def _job(self, claim: Claim) -> None:
         self._learn(claim.subscription_id, claim.streams)
@@ -505,26 +507,65 @@ class Worker:
                 if inspect.isawaitable(result):
                     await result
 
-    async def _keep_lease(self, claim: Claim) -> None:
-        """Extend the lease every third of its TTL until cancelled; return when lost."""
+    def _keep_lease(self, claim: Claim) -> asyncio.Future[None]:
+        """Extend the lease every third of its TTL; the future fails when the lease is lost.
+
+        Cancelling the future stops the extensions. Between extensions nothing
+        runs but a timer on the clock (no task per wake): most wakes end before
+        the first extension is due.
+        """
+        lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         interval = max(0.2, claim.lease_ttl_ms / 3000)
-        while True:
-            await sleep(self._clock, interval)
-            try:
-                await self._client.ack(self._http, claim, timeout=min(self._request_timeout,
-                                                                      interval))
-            except LeaseLost:
-                raise
-            except SubscriptionError as exc:
-                if exc.code == NOT_FOUND:
-                    raise LeaseLost("the subscription is gone (server restarted?)",
-                                    operation="extend lease", status=404, code=NOT_FOUND) from exc
-                self.runner.record_liveness(False, exc)
-            except PullwakeError as exc:
-                self.runner.record_liveness(False, exc)
+        timer: TimerHandle | None = None
+        task: asyncio.Task[None] | None = None
+
+        def extend() -> None:
+            nonlocal timer, task
+            timer = None
+            if not lost.done():
+                task = asyncio.ensure_future(self._extend_lease(claim, interval))
+                task.add_done_callback(extended)
+
+        def extended(t: asyncio.Task[None]) -> None:
+            nonlocal timer, task
+            task = None
+            if lost.done() or t.cancelled():
+                return
+            error = t.exception()
+            if error is not None:
+                lost.set_exception(error)
             else:
-                self.stats.lease_extensions += 1
-                self.runner.record_liveness(True)
+                timer = self._clock.call_later(interval, extend)
+
+        def stop(_f: asyncio.Future[None]) -> None:
+            if timer is not None:
+                timer.cancel()
+            if task is not None:  # an extension in flight: cancelled, awaited at stop
+                task.cancel()
+                self._strays.add(task)
+                task.add_done_callback(self._strays.discard)
+
+        lost.add_done_callback(stop)
+        timer = self._clock.call_later(interval, extend)
+        return lost
+
+    async def _extend_lease(self, claim: Claim, interval: float) -> None:
+        """One lease extension; raises LeaseLost when the lease is gone."""
+        try:
+            await self._client.ack(self._http, claim, timeout=min(self._request_timeout,
+                                                                  interval))
+        except LeaseLost:
+            raise
+        except SubscriptionError as exc:
+            if exc.code == NOT_FOUND:
+                raise LeaseLost("the subscription is gone (server restarted?)",
+                                operation="extend lease", status=404, code=NOT_FOUND) from exc
+            self.runner.record_liveness(False, exc)
+        except PullwakeError as exc:
+            self.runner.record_liveness(False, exc)
+        else:
+            self.stats.lease_extensions += 1
+            self.runner.record_liveness(True)
 
     async def _finish(self, claim: Claim, wake: Wake) -> None:
         acks = []

@@ -160,6 +160,9 @@ async def test_worker_secrets_stay_bounded_and_live_tokens_are_scrubbed(
             await append(http, srv, {"i": i})
             await wait_for(lambda n=acked: worker.stats.wakes_acked > n, timeout=10,
                            what=f"wake {i} acked")
+            # The job ends right after its ack: its token must go then (bounded wait).
+            await wait_for(lambda: len(worker.runner.http.secrets) == 2, timeout=10,
+                           what=f"the token of wake {i} forgotten")
             after.append(worker.runner.http.secrets)
     tokens = {}
     for r in srv.requests_matching(ACK_PATH, method="POST"):
@@ -345,3 +348,54 @@ async def test_a_wake_held_back_by_max_concurrency_goes_when_a_slot_frees(
                        what=f"{rounds} wakes acked")
     assert order == ["a", "b"] * (rounds // 2)
     assert worker.runner.claims.busy_retries == 0
+
+
+# ------------------------------------------------ the lease keeper is a timer
+
+
+async def test_a_long_handler_keeps_its_lease_by_timed_extensions(
+        ds_server: DurableStreamsServer, http: aiohttp.ClientSession) -> None:
+    """A 1 s lease extended every 1/3 s while the handler waits for three extensions."""
+    worker: Worker
+
+    async def handle(wake: Wake) -> None:
+        await wait_for(lambda: worker.stats.lease_extensions >= 3, timeout=20,
+                       what="three lease extensions")
+
+    worker = make_worker(ds_server, handle)
+    await create(http, ds_server)
+    async with worker:
+        await append(http, ds_server, {"i": 0})
+        await wait_for(lambda: worker.stats.wakes_acked == 1, timeout=30, what="acked")
+        assert worker.stats.leases_lost == 0 and worker.stats.lease_extensions >= 3
+        assert worker.stats.wakes_claimed == 1  # never lost, never claimed again
+
+
+async def test_a_fenced_extension_cancels_the_handler(
+        embedded_ds_server: EmbeddedServer, http: aiohttp.ClientSession) -> None:
+    srv = embedded_ds_server
+    cancelled = asyncio.Event()
+    errors: list[BaseException] = []
+    started = asyncio.Event()
+
+    async def handle(wake: Wake) -> None:
+        if started.is_set():
+            return  # the next generation: done at once
+        started.set()
+        try:
+            await asyncio.Event().wait()  # only the lease loss ends this
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    worker = make_worker(srv, handle, on_error=errors.append)
+    await create(http, srv)
+    async with worker:
+        await append(http, srv, {"i": 0})
+        await asyncio.wait_for(started.wait(), 10)
+        srv.fail(ACK_PATH, 409, body={"error": {"code": "FENCED"}}, count=1)
+        await asyncio.wait_for(cancelled.wait(), 10)
+        await wait_for(lambda: worker.stats.wakes_acked == 1, timeout=15,
+                       what="the next generation acked")
+    assert worker.stats.leases_lost == 1
+    assert any(getattr(e, "code", None) == "FENCED" for e in errors), errors

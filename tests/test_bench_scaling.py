@@ -1,0 +1,68 @@
+"""benchmarks/bench_scaling.py runs: ``--help`` runs nothing, ``--quick`` is a smoke run.
+
+The smoke runs start the real reference server (127.0.0.1 only) and a
+producer child; they must print every table and leave docs/performance.md
+untouched (only ``--write-docs`` writes it). No figure is asserted: timing
+goals live in the benchmark's own output, never in tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fixtures_servers import _skip_or_fail_real
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "benchmarks" / "bench_scaling.py"
+DOCS = REPO / "docs" / "performance.md"
+
+
+def run(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def docs_digest() -> str:
+    return hashlib.sha256(DOCS.read_bytes()).hexdigest() if DOCS.exists() else ""
+
+
+@pytest.mark.timeout(60)
+def test_help_runs_nothing() -> None:
+    before = docs_digest()
+    proc = run("--help", timeout=50)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage:") and "--write-docs" in proc.stdout
+    assert "wakes/s" not in proc.stdout  # nothing was measured
+    assert docs_digest() == before
+
+
+@pytest.mark.realserver
+@pytest.mark.timeout(240)
+def test_quick_mode_prints_every_table_and_writes_no_docs() -> None:
+    _skip_or_fail_real()
+    before = docs_digest()
+    proc = run("--quick", timeout=220)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    for needle in ("| N subscriptions | bare wakes/s | worker wakes/s",
+                   "| reader ", "`pullwake.read_stream`", "bare aiohttp + `json.loads`",
+                   "p50 ms bare / worker", "Worst over N:"):
+        assert needle in out, needle
+    assert "\n| 1 " in out and "\n| 4 " in out  # one row per N of the quick mode
+    assert docs_digest() == before
+
+
+@pytest.mark.realserver
+@pytest.mark.timeout(240)
+def test_quick_soak_reports_windows_and_writes_no_docs() -> None:
+    _skip_or_fail_real()
+    before = docs_digest()
+    proc = run("--quick", "--soak", timeout=220)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "| wakes so far | client CPU ms/wake (window)" in proc.stdout
+    assert "client CPU per wake" in proc.stdout and "RSS" in proc.stdout
+    assert docs_digest() == before
