@@ -5,7 +5,9 @@
 Measured in one run, medians over rounds:
 
 - parse + validate ``machine_spec.yaml`` (``pullwake.spec.parse_spec``, uncached:
-  ``load_spec`` caches per file content), with the YAML parse alone beside it;
+  ``load_spec`` caches per file content), with libyaml's loader (the default
+  when PyYAML has it) and with the pure-Python loader only, and the YAML parse
+  alone beside them;
 - build (``Lifecycle(...)`` on the parsed spec);
 - an internal event: ``WAKE`` in ``streaming`` (fired directly, and through the
   stream consumer's ticket as the runner does);
@@ -36,6 +38,7 @@ from typing import Any
 import yaml
 from _common import REPO, machine, median, replace_section, table  # puts the checkout on sys.path
 
+from pullwake import spec as spec_module
 from pullwake.machine import Lifecycle, WorkTicket, effect_hook_names
 from pullwake.spec import LifecycleSpec, default_spec_path, parse_spec
 from pullwake.table import compute_table
@@ -172,9 +175,20 @@ def main(argv: list[str] | None = None) -> int:
     spec = parse_spec(text, path=str(spec_path), hooks=hooks)
 
     # -- load + build
+    fast = spec_module._FAST_LOADER
     yaml_s = per_call(lambda: yaml.safe_load(text), rounds=rounds, inner=1)
+    yaml_c_s = (per_call(lambda: yaml.load(text, Loader=fast), rounds=rounds, inner=1)
+                if fast is not None else None)
     parse_s = per_call(lambda: parse_spec(text, path=str(spec_path), hooks=hooks),
                        rounds=rounds, inner=1)
+    spec_module._FAST_LOADER = None
+    try:
+        parse_pure_s = per_call(lambda: parse_spec(text, path=str(spec_path), hooks=hooks),
+                                rounds=rounds, inner=1)
+        pure_share = profile_share(lambda: parse_spec(text, path=str(spec_path), hooks=hooks),
+                                   20, {"yaml": "/yaml/", "pullwake.spec": "pullwake/spec.py"})
+    finally:
+        spec_module._FAST_LOADER = fast
     build_s = per_call(lambda: Lifecycle(NullEffects(), spec),  # type: ignore[arg-type]
                        rounds=rounds, inner=10)
     both_s = per_call(lambda: Lifecycle(NullEffects(),  # type: ignore[arg-type]
@@ -232,9 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     def verdict(value: float, limit: float, suffix: str) -> str:
         return f"< {limit:g} {suffix}: " + ("met" if value < limit else "MISSED")
 
+    loader = "libyaml" if fast is not None else "pure-Python: PyYAML has no libyaml"
     rows = [
-        row("YAML parse alone (yaml.safe_load)", yaml_s, ms, "ms", 2),
-        row("parse + validate (parse_spec)", parse_s, ms, "ms", 2),
+        row("YAML parse alone, pure Python (yaml.safe_load)", yaml_s, ms, "ms", 2),
+        *([row("YAML parse alone, libyaml (CSafeLoader)", yaml_c_s, ms, "ms", 2)]
+          if yaml_c_s is not None else []),
+        row("parse + validate, pure-Python loader only", parse_pure_s, ms, "ms", 2),
+        row(f"parse + validate (parse_spec: {loader})", parse_s, ms, "ms", 2),
         row("build (Lifecycle)", build_s, ms, "ms", 2),
         row("load + build", both_s, ms, "ms", 2,
             target=verdict(load_build_ms, LOAD_BUILD_TARGET_MS, "ms")),
@@ -264,11 +282,13 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "Where the time goes (cProfile, share of own time):",
         "",
-        f"- parse + validate: {parse_share['yaml']:.0%} in PyYAML's pure-Python parser, "
-        f"{parse_share['pullwake.spec']:.0%} in pullwake.spec's own checks. The text is "
-        "parsed once (the composed node gives both the data and the line numbers); "
-        "PyYAML's libyaml loader (`yaml.CSafeLoader`, when installed) parses this file "
-        "about 9x faster, at the price of parser error messages that differ by platform.",
+        f"- parse + validate ({loader}): {parse_share['yaml']:.0%} in PyYAML, "
+        f"{parse_share['pullwake.spec']:.0%} in pullwake.spec's own checks; with the "
+        f"pure-Python loader only: {pure_share['yaml']:.0%} in PyYAML. The text is parsed "
+        "once (the composed node gives both the data and the line numbers). libyaml's "
+        "`yaml.CSafeLoader` is used when PyYAML has it; when it reports an error, the "
+        "pure-Python `SafeLoader` parses the text again and words the error, so "
+        "messages are the same everywhere (tests/test_spec_loader.py runs both).",
         f"- an internal event: {wake_share['pullwake.machine']:.0%} in pullwake.machine "
         "(queue, ticket check, the shortcut look-up, observer), "
         f"{wake_share['transitions']:.0%} in transitions. Internal and ignored decisions "

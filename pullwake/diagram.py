@@ -178,11 +178,21 @@ def _ignore_groups(branches: list[DrawnBranch]) -> list[tuple[str, list[DrawnBra
     return list(groups.items())
 
 
+def _reenters(b: DrawnBranch) -> bool:
+    """A transition back to its own source: drawn inside the state, not as a loop."""
+    return b.kind == "transition" and b.dest == b.source
+
+
+def _is_edge(b: DrawnBranch) -> bool:
+    return b.kind == "transition" and b.dest is not None and not _reenters(b)
+
+
 def _inside(branches: list[DrawnBranch]) -> list[DrawnBranch]:
-    """Branches listed inside the state: internal ones, and ignores that are one
-    branch of a decision with other (drawn) branches."""
+    """Branches listed inside the state: internal ones, transitions back to the
+    state itself (exit and entry run), and ignores that are one branch of a
+    decision with other branches."""
     decided_otherwise = {b.event for b in branches if b.kind != "ignored"}
-    return [b for b in branches if b.kind == "internal"
+    return [b for b in branches if b.kind == "internal" or _reenters(b)
             or (b.kind == "ignored" and b.event in decided_otherwise)]
 
 
@@ -204,6 +214,8 @@ def _state_rows(drawing: Drawing, s: DrawnState) -> list[str]:
             text = _branch_lines(b)
             if b.kind == "internal":
                 text[0] += " (internal)"
+            elif _reenters(b):
+                text[0] += " (re-enters)"
             lines += [(x, b.status) for x in text]
         sections.append(lines)
     ignores = _ignore_groups(own)
@@ -257,6 +269,8 @@ def _legend_label(review: bool) -> str:
                                 "when its start hook raises"),
         ("EVENT (internal)", "listed inside a state: handled in place, no exit, no entry, "
                              "owned work untouched"),
+        ("EVENT (re-enters)", "listed inside a state: a transition back to it: exit and "
+                              "entry run, its owned work restarts"),
         ("ignores R: EVENTS", "deliberate no-ops with their reason (not drawn as edges; "
                               "`pullwake table` has every cell)"),
     ]
@@ -321,12 +335,12 @@ class _ReviewGraph(_GraphvizNestedGraph):
             if t.get("trigger") == "" and t.get("dest"):
                 container.edge(t["source"], t["dest"], arrowsize="0.7")
         for b in drawing.branches:
-            if b.kind != "transition" or b.dest is None:
+            if not _is_edge(b) or b.dest is None:
                 continue
             attrs: dict[str, str] = {
                 "label": "<" + '<BR ALIGN="LEFT"/>'.join(_branch_lines(b)) + '<BR ALIGN="LEFT"/>>',
             }
-            if b.source in self._cluster_states:
+            if b.source in self._cluster_states and not b.dest.startswith(b.source + SEPARATOR):
                 attrs["ltail"] = "cluster_" + b.source
             if b.dest in self._cluster_states and not b.source.startswith(b.dest + SEPARATOR):
                 attrs["lhead"] = "cluster_" + b.dest
@@ -375,7 +389,8 @@ def _mermaid_text(text: str) -> str:
 def _mermaid_branch(b: DrawnBranch, *, internal: bool = False) -> str:
     out = b.event + (f" [{b.guard}]" if b.guard else "")
     if internal:
-        out += " (internal)" if b.kind == "internal" else f" ignored ({b.reason})"
+        out += {"internal": " (internal)", "transition": " (re-enters)"}.get(
+            b.kind, f" ignored ({b.reason})")
     hooks = [f"{k} {', '.join(v)}" for k, v in (("before", b.before), ("after", b.after)) if v]
     if hooks:
         out += " / " + ", ".join(hooks)
@@ -440,7 +455,7 @@ class _MermaidGraph(_MermaidNestedGraph):
     def _add_edges(self, transitions: list[dict[str, Any]], container: list[str]) -> None:
         drawing: Drawing = self.machine.drawing
         for b in drawing.branches:
-            if b.kind != "transition" or b.dest is None:
+            if not _is_edge(b) or b.dest is None:
                 continue
             container.append(f"{_mermaid_id(b.source)} --> {_mermaid_id(b.dest)} : "
                              f"{_mermaid_branch(b)}")

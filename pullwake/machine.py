@@ -41,7 +41,7 @@ from typing import Any, Protocol
 from transitions.extensions.nesting import HierarchicalMachine, NestedState, NestedTransition
 
 from .backoff import Backoff
-from .spec import MACHINE_HOOKS, SEPARATOR, LifecycleSpec, load_spec
+from .spec import MACHINE_GUARDS, MACHINE_HOOKS, SEPARATOR, LifecycleSpec, load_spec
 
 __all__ = [
     "Cancellable",
@@ -316,6 +316,10 @@ class Lifecycle:
     def owned_work(self) -> dict[str, str]:
         """{state path: work name} for every piece of work running now."""
         return {p: t.work for p, t in self._owned.items()}
+
+    def guard_values(self) -> dict[str, bool]:
+        """Each machine guard's value now: the context a guarded decision reads."""
+        return {g: bool(getattr(self, "_guard_" + g)()) for g in sorted(MACHINE_GUARDS)}
 
     # ---------------------------------------------------------------- internals
 

@@ -122,8 +122,9 @@ class Review:
     def dot(self) -> str:
         return dot_of(self.drawing) if self.drawing is not None else ""
 
-    def markdown(self, *, svg: str | None = None) -> str:
-        return _markdown(self, svg=svg)
+    def markdown(self, *, svg: str | None = None, level: int = 2) -> str:
+        """The report; ``level`` is its heading level (2: ``##``), sections one deeper."""
+        return _markdown(self, svg=svg, level=level)
 
 
 # ----------------------------------------------------------------- compute
@@ -314,8 +315,8 @@ def _other_changes(old: LifecycleSpec, new: LifecycleSpec,
         a, b = getattr(old.backoff, attr), getattr(new.backoff, attr)
         if a != b:
             out.append(f"backoff {attr}: {_value(a)} → {_value(b)}")
-    old_p = {p.name: p for p in getattr(old, "properties", ())}
-    new_p = {p.name: p for p in getattr(new, "properties", ())}
+    old_p = {p.name: p for p in old.properties}
+    new_p = {p.name: p for p in new.properties}
     for name, p in new_p.items():
         if name not in old_p:
             out.append(f"property added: `{name}`: {p.text}")
@@ -446,8 +447,9 @@ def _code(text: str) -> str:
     return f"`{text}`" if text and text != _NONE else _NONE
 
 
-def _markdown(r: Review, *, svg: str | None) -> str:
-    lines = [f"## Lifecycle review: `{r.base.label}` → `{r.head.label}`", ""]
+def _markdown(r: Review, *, svg: str | None, level: int) -> str:
+    h = "#" * level
+    lines = [f"{h} Lifecycle review: `{r.base.label}` → `{r.head.label}`", ""]
     if not r.valid:
         for side in (r.base, r.head):
             if side.spec is None:
@@ -461,7 +463,7 @@ def _markdown(r: Review, *, svg: str | None) -> str:
                      "review again.")
         lines.append("")
         if r.drawing is not None:
-            lines += _diagram_section(r, svg=svg, title="### Diagram of the spec that validates")
+            lines += _diagram_section(r, svg=svg, title=f"{h}# Diagram of the spec that validates")
         return "\n".join(lines).rstrip("\n") + "\n"
     counts = r.counts()
     before, after = r.cell_counts
@@ -493,7 +495,7 @@ def _markdown(r: Review, *, svg: str | None) -> str:
         lines.append("")
         lines += [f"- {_md(x)}" for x in r.other]
         lines.append("")
-    lines += _diagram_section(r, svg=svg, title="### Diagram, changes highlighted")
+    lines += _diagram_section(r, svg=svg, title=f"{h}# Diagram, changes highlighted")
     return "\n".join(lines).rstrip("\n") + "\n"
 
 

@@ -1,7 +1,8 @@
 """Load and validate ``machine_spec.yaml`` into an immutable :class:`LifecycleSpec`.
 
 This module owns the spec's schema and every rule a spec must satisfy before a
-machine is built from it. It reads YAML with ``yaml.safe_load`` and knows
+machine is built from it. It reads YAML with PyYAML's safe loader (libyaml's
+``CSafeLoader`` when installed, the pure-Python one for error messages) and knows
 nothing of ``transitions``, asyncio or HTTP. Every problem becomes a
 :class:`~pullwake.errors.SpecError` naming the file, state, event and line;
 validation collects all problems and raises them together as
@@ -17,7 +18,9 @@ Rules checked (the ``kind`` of each SpecError in brackets):
 - [unreachable] a state no transition can reach;
 - [undecided] a (leaf state, event) pair with no decision, or whose every
   branch is guarded (the pair would do nothing by accident);
-- [conflict] an event both ignored and handled in the same state.
+- [conflict] an event both ignored and handled in the same state;
+- [property] a malformed ``properties:`` entry (the model-checked claims
+  ``pullwake check`` verifies; see :class:`PropertySpec`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ __all__ = [
     "BackoffSpec",
     "EventSpec",
     "LifecycleSpec",
+    "PropertySpec",
     "StateSpec",
     "TransitionSpec",
     "WorkSpec",
@@ -55,7 +59,8 @@ MACHINE_GUARDS = frozenset({"reset_pending"})
 SEPARATOR = "."
 _JITTER = ("none", "full", "equal")
 _WORK_KINDS = ("task", "timer")
-_TOP_KEYS = {"version", "name", "initial", "backoff", "events", "work", "states"}
+_TOP_KEYS = {"version", "name", "initial", "backoff", "events", "work", "states", "properties"}
+_PROPERTY_KEYS = {"doc", "after", "in", "eventually", "never", "without"}
 _STATE_KEYS = {"doc", "initial", "states", "owns", "on_enter", "on_exit", "transitions", "ignore"}
 _BRANCH_KEYS = {"to", "internal", "ignore", "if", "unless", "before", "after", "doc"}
 _EVENT_KEYS = {"payload", "doc"}
@@ -149,6 +154,41 @@ class BackoffSpec:
 
 
 @dataclass(frozen=True)
+class PropertySpec:
+    """A claim about every run of the machine, checked by ``pullwake check``.
+
+    Two forms (state names are paths or unique short names; ``*`` is any state):
+
+    - ``eventually``: ``{after: EVENT, eventually: STATE, in: STATE?}`` — whenever
+      EVENT is decided (in a state within ``in``, default anywhere), the machine
+      reaches STATE on every continuation made only of events reported by the
+      work it owns (no user events): no cycle and no wait avoids STATE;
+    - ``never``: ``{never: "FROM -> TO", without: [EVENT, ...]?}`` — no
+      transition goes from a state within FROM to a state within TO, except on
+      one of the ``without`` events.
+    """
+
+    name: str
+    kind: str  # eventually | never
+    event: str | None = None
+    state: str | None = None  # eventually: the state reached
+    within: str | None = None  # eventually: where the event is decided ("*": anywhere)
+    source: str | None = None  # never: FROM ("*": any)
+    target: str | None = None  # never: TO
+    allowed: tuple[str, ...] = ()  # never: the "without" events
+    doc: str = ""
+    line: int | None = None
+
+    @property
+    def text(self) -> str:
+        if self.kind == "eventually":
+            where = f" in {self.within}" if self.within and self.within != "*" else ""
+            return f"after {self.event}{where}, eventually {self.state}"
+        unless = f" without {', '.join(self.allowed)}" if self.allowed else ""
+        return f"never {self.source} -> {self.target}{unless}"
+
+
+@dataclass(frozen=True)
 class LifecycleSpec:
     """A validated lifecycle spec. Immutable; build machines with :mod:`pullwake.machine`."""
 
@@ -161,6 +201,7 @@ class LifecycleSpec:
     transitions: tuple[TransitionSpec, ...]
     backoff: BackoffSpec
     hooks: frozenset[str] = field(default_factory=frozenset)
+    properties: tuple[PropertySpec, ...] = ()
 
     @property
     def leaf_states(self) -> tuple[str, ...]:
@@ -315,17 +356,41 @@ def _parse_cached(text: str, path: str, hooks: frozenset[str]) -> LifecycleSpec:
     return parse_spec(text, path=path, hooks=hooks)
 
 
+#: libyaml's safe loader when PyYAML was built with it (about 10x faster here)
+_FAST_LOADER: type[Any] | None = getattr(yaml, "CSafeLoader", None)
+
+
+def _compose_with(loader_cls: type[Any], text: str) -> tuple[yaml.Node | None, Any]:
+    # Parse once: the node gives line numbers, the data is constructed from it
+    # (what yaml.safe_load does, without composing the text a second time).
+    loader = loader_cls(text)
+    try:
+        root = loader.get_single_node()
+        return root, (loader.construct_document(root) if root is not None else None)
+    finally:
+        loader.dispose()
+
+
+def _compose(text: str) -> tuple[yaml.Node | None, Any]:
+    """The YAML node and data of ``text``: libyaml's loader when present.
+
+    When the fast loader fails, the text is parsed again by PyYAML's
+    pure-Python ``SafeLoader``, whose error (wording, line, column) is what the
+    SpecError reports, so messages are the same with and without libyaml.
+    Both use the same SafeConstructor and resolver, so the data is the same.
+    """
+    if _FAST_LOADER is not None:
+        try:
+            return _compose_with(_FAST_LOADER, text)
+        except yaml.YAMLError:
+            pass  # re-parse below: the pure-Python parser words the error
+    return _compose_with(yaml.SafeLoader, text)
+
+
 def parse_spec(text: str, *, path: str = "<spec>", hooks: Iterable[str]) -> LifecycleSpec:
     """Parse and validate spec text. Raises SpecErrors listing every problem."""
     try:
-        # Parse once: the node gives line numbers, the data is constructed from it
-        # (what yaml.safe_load does, without composing the text a second time).
-        loader = yaml.SafeLoader(text)
-        try:
-            root = loader.get_single_node()
-            raw = loader.construct_document(root) if root is not None else None
-        finally:
-            loader.dispose()
+        root, raw = _compose(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise SpecErrors([SpecError(f"not valid YAML: {getattr(exc, 'problem', exc)}",
@@ -392,10 +457,108 @@ def _build(raw: dict[str, Any], c: _Collector, hooks: frozenset[str]) -> Lifecyc
         transitions=tuple(checked),
         backoff=backoff,
         hooks=hooks,
+        properties=_parse_properties(raw.get("properties"), c, states, events),
     )
     _check_decided(spec, c)
     _check_reachable(spec, c)
     return spec
+
+
+def _resolve_state_name(name: str, states: Mapping[str, StateSpec]) -> str | None:
+    """A state named by its path or by a short name no other state has."""
+    if name in states:
+        return name
+    matches = [p for p, s in states.items() if s.name == name]
+    return matches[0] if len(matches) == 1 else None
+
+
+def _parse_properties(raw: Any, c: _Collector, states: Mapping[str, StateSpec],
+                      events: Mapping[str, EventSpec]) -> tuple[PropertySpec, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        c.add("property", "'properties' must map a property name to its claim",
+              at=("properties",))
+        return ()
+    out: list[PropertySpec] = []
+    for name, body in raw.items():
+        at = ("properties", str(name))
+        if not isinstance(name, str) or not name.isidentifier():
+            c.add("property", f"property name {name!r} must be lower_snake", at=at)
+            continue
+        if not isinstance(body, dict):
+            c.add("property", f"property {name!r} must be a mapping: {{after: EVENT, "
+                  "eventually: STATE} or {never: 'FROM -> TO'}", at=at)
+            continue
+        bad = [k for k in body if k not in _PROPERTY_KEYS]
+        for key in bad:
+            c.add("property", f"property {name!r}: unknown key {key!r} (known: "
+                  f"{', '.join(sorted(_PROPERTY_KEYS))})", at=(*at, str(key)))
+        n_errors = len(c.errors)
+
+        def state(key: str, value: Any, *, star: bool, name: str = name,
+                  at: tuple[str, ...] = at) -> str | None:
+            if star and value == "*":
+                return "*"
+            if not isinstance(value, str):
+                c.add("property", f"property {name!r}: {key} must name a state, got {value!r}",
+                      at=(*at, key))
+                return None
+            found = _resolve_state_name(value.strip(), states)
+            if found is None:
+                c.add("property", f"property {name!r}: {key} names unknown or ambiguous state "
+                      f"{value.strip()!r} (use its path, e.g. running.streaming"
+                      + (", or *" if star else "") + ")", at=(*at, key), state=value.strip())
+            return found
+
+        def event(key: str, value: Any, name: str = name,
+                  at: tuple[str, ...] = at) -> str | None:
+            if not isinstance(value, str) or value not in events:
+                c.add("property", f"property {name!r}: {key} names unknown event {value!r}",
+                      at=(*at, key), event=str(value))
+                return None
+            return value
+
+        doc = str(body.get("doc", ""))
+        line = c.lines(*at)
+        eventually = "after" in body or "eventually" in body or "in" in body
+        never = "never" in body or "without" in body
+        if eventually == never:
+            c.add("property", f"property {name!r} must be either {{after: EVENT, eventually: "
+                  "STATE, in: STATE?} or {never: 'FROM -> TO', without: [EVENTS]?}", at=at)
+            continue
+        if eventually:
+            missing = [k for k in ("after", "eventually") if k not in body]
+            for key in missing:
+                c.add("property", f"property {name!r}: missing {key!r}", at=at)
+            ev = event("after", body.get("after")) if "after" in body else None
+            target = (state("eventually", body.get("eventually"), star=False)
+                      if "eventually" in body else None)
+            within = state("in", body.get("in"), star=True) if "in" in body else "*"
+            if len(c.errors) == n_errors:
+                out.append(PropertySpec(name=name, kind="eventually", event=ev, state=target,
+                                        within=within, doc=doc, line=line))
+            continue
+        text = body.get("never")
+        parts = text.split("->") if isinstance(text, str) else []
+        if len(parts) != 2:
+            c.add("property", f"property {name!r}: never must read 'FROM -> TO', got {text!r}",
+                  at=(*at, "never"))
+            continue
+        source = state("never", parts[0].strip(), star=True)
+        target = state("never", parts[1].strip(), star=True)
+        allowed_raw = body.get("without", [])
+        allowed = _names(allowed_raw)
+        if allowed is None:
+            c.add("property", f"property {name!r}: without must be an event or a list of "
+                  "events", at=(*at, "without"))
+            allowed = ()
+        for ev_name in allowed:
+            event("without", ev_name)
+        if len(c.errors) == n_errors:
+            out.append(PropertySpec(name=name, kind="never", source=source, target=target,
+                                    allowed=allowed, doc=doc, line=line))
+    return tuple(out)
 
 
 def _state_at(path: str) -> tuple[str, ...]:

@@ -16,11 +16,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from mini_spec import MINI, edit
 from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
 
 from pullwake.cli import main
@@ -28,68 +28,6 @@ from pullwake.review import ReviewSide, review
 from pullwake.spec import load_spec
 
 HAVE_DOT = shutil.which("dot") is not None
-
-MINI = textwrap.dedent("""\
-    version: 1
-    name: mini
-    initial: stopped
-    backoff: {initial_s: 0.5, factor: 2, cap_s: 8, reset_on: [START]}
-    events:
-      START: {}
-      STOP: {}
-      DONE: {}
-      FAIL: {payload: [error]}
-      RETRY: {}
-      HALTED: {}
-    work:
-      job: {kind: task, start: start_connect_attempt, reports: [DONE, FAIL], fails: FAIL}
-      pause: {kind: timer, start: start_backoff_timer, delay: backoff, reports: [RETRY],
-              fails: RETRY}
-      halt: {kind: task, start: start_shutdown, reports: [HALTED], fails: HALTED}
-    states:
-      stopped:
-        transitions:
-          START: {to: running, before: [on_start]}
-        ignore:
-          not_running: [STOP]
-          stale_result: [DONE, FAIL, RETRY, HALTED]
-      running:
-        initial: working
-        transitions:
-          STOP: {to: stopping}
-        ignore:
-          already_running: [START]
-          stale_result: [HALTED]
-        states:
-          working:
-            owns: job
-            transitions:
-              DONE: {to: working, after: [report_stream_end]}
-              FAIL: {to: waiting, after: [report_connect_failure]}
-            ignore:
-              stale_result: [RETRY]
-          waiting:
-            owns: pause
-            transitions:
-              RETRY: {to: working}
-            ignore:
-              stale_result: [DONE, FAIL]
-      stopping:
-        owns: halt
-        transitions:
-          HALTED: {to: stopped}
-        ignore:
-          already_stopping: [START, STOP]
-          stale_result: [DONE, FAIL, RETRY]
-    """)
-
-
-def edit(text: str, *pairs: tuple[str, str]) -> str:
-    for old, new in pairs:
-        assert text.count(old) == 1, old
-        text = text.replace(old, new)
-    return text
-
 
 def add_transition(t: str) -> str:
     return edit(t, ("      RETRY: {to: working}\n",
@@ -99,8 +37,9 @@ def add_transition(t: str) -> str:
 
 
 def remove_transition(t: str) -> str:
-    return edit(t, ("          DONE: {to: working, after: [report_stream_end]}\n", ""),
-                ("          stale_result: [RETRY]\n", "          stale_result: [RETRY, DONE]\n"))
+    return edit(t, ("          RETRY: {to: working}\n", ""),
+                ("          stale_result: [DONE, FAIL]\n",
+                 "          stale_result: [DONE, FAIL, RETRY]\n"))
 
 
 def change_target(t: str) -> str:
@@ -237,7 +176,7 @@ def test_added_and_removed_edges_are_green_and_red_dashed(tmp_path: Path) -> Non
     assert 'color="#1a7f37"' in added.dot()
     removed = _review("remove_transition", tmp_path)
     marks = sorted((b.event, b.kind, b.status) for b in removed.drawing.branches if b.status)
-    assert marks == [("DONE", "ignored", "added"), ("DONE", "transition", "removed")]
+    assert marks == [("RETRY", "ignored", "added"), ("RETRY", "transition", "removed")]
     dot = removed.dot()
     assert 'color="#cf222e"' in dot and "style=dashed" in dot
 
