@@ -2,8 +2,8 @@
 
 Run from a checkout::
 
-    python benchmarks/bench_cache.py             # table + updates docs/performance.md
-    python benchmarks/bench_cache.py --no-write  # table only
+    python benchmarks/bench_cache.py                # prints the table
+    python benchmarks/bench_cache.py --write-docs   # ... and updates docs/performance.md
     python benchmarks/bench_cache.py --no-real   # skip the reference-server rows
 
 It starts its own server in a child process (an aiohttp app on 127.0.0.1,
@@ -421,14 +421,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=41, help="pairs of reads for misses")
     parser.add_argument("--rounds", type=int, default=5, help="runs of the same-range reads")
     parser.add_argument("--no-real", action="store_true", help="skip the reference server")
-    parser.add_argument("--no-write", action="store_true", help="do not update the docs")
+    parser.add_argument("--write-docs", action="store_true",
+                        help="also replace this section of docs/performance.md")
     args = parser.parse_args(argv)
     if args.serve:
         serve()
         return 0
     body = run(args.reads, args.samples, args.rounds, real=not args.no_real)
     print(body)
-    if not args.no_write:
+    if args.write_docs:
         replace_section(DOC, HEADING, body, title="# Performance")
         print(f"\nupdated {DOC.relative_to(REPO)} ({HEADING})")
     return 0

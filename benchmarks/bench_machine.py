@@ -1,6 +1,6 @@
 """Lifecycle machine: spec load + build time, and event rates beside a dict machine.
 
-    python benchmarks/bench_machine.py [--quick] [--no-write]
+    python benchmarks/bench_machine.py [--quick] [--write-docs]
 
 Measured in one run, medians over rounds:
 
@@ -163,7 +163,8 @@ def profile_share(fn: Callable[[], Any], calls: int, packages: dict[str, str]) -
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer rounds (CI smoke run)")
-    ap.add_argument("--no-write", action="store_true", help="print only; leave docs alone")
+    ap.add_argument("--write-docs", action="store_true",
+                    help="also replace this section of docs/performance.md")
     args = ap.parse_args(argv)
     rounds = 5 if args.quick else 15
     events = 1_000 if args.quick else 5_000
@@ -299,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     body = "\n".join(notes)
     print(body)
-    if not args.no_write:
+    if args.write_docs:
         replace_section(PERF, SECTION, body, title="# Performance")
         print(f"\nwrote the '{SECTION}' section of {PERF.relative_to(REPO)}")
     return 0

@@ -53,7 +53,7 @@ heartbeat is sent at once and the hang starts within a few ms of the periodic
 schedule's anchor (full mode instead waits for the first periodic tick, 30 s in).
 
 The results replace the ``## Runner`` section of ``docs/performance.md``
-(other sections are kept); ``--no-docs`` prints only.
+(other sections are kept) only with ``--write-docs``; by default it prints only.
 """
 
 from __future__ import annotations
@@ -1112,7 +1112,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smaller, shorter run")
     ap.add_argument("--runners", type=int, default=1000, help="runners for (3)")
     ap.add_argument("--profile", action="store_true", help="always profile (2)")
-    ap.add_argument("--no-docs", action="store_true", help="do not update docs/performance.md")
+    ap.add_argument("--write-docs", action="store_true",
+                    help="also replace the ## Runner section of docs/performance.md")
     ap.add_argument("--json", metavar="PATH", help="also write the raw results here")
     ap.add_argument("-v", "--verbose", action="store_true", help="show pullwake's log")
     ap.add_argument("--child", choices=("hb30", "memory"), help=argparse.SUPPRESS)
@@ -1137,7 +1138,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.json:
         Path(args.json).write_text(json.dumps(_strip(res), indent=2), encoding="utf-8")
-    if not args.no_docs:
+    if args.write_docs:
         replace_section(DOC, "## Runner", text, title="# Performance")
         print(f"updated the '## Runner' section of {DOC.relative_to(REPO)}")
     return 0

@@ -12,7 +12,7 @@ cycle after another, against the same server in the same run:
 The ratio worker/bare is what matters (target ≥ 0.80). Chunks of cycles
 alternate (bare, worker, bare, worker, …) so both share the machine's noise.
 
-    python benchmarks/bench_worker.py [--cycles 300] [--embedded] [--no-write]
+    python benchmarks/bench_worker.py [--cycles 300] [--embedded] [--write-docs]
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ async def main(args: argparse.Namespace) -> None:
         f"{statistics.median(pairs):.2f}; target ≥ 0.80: {verdict} the target).\n"
     )
     print(body)
-    if not args.no_write:
+    if args.write_docs:
         write_section("Worker throughput", body)
 
 
@@ -194,5 +194,6 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cycles", type=int, default=300)
     p.add_argument("--embedded", action="store_true", help="use the embedded server (no node)")
-    p.add_argument("--no-write", action="store_true", help="do not update docs/performance.md")
+    p.add_argument("--write-docs", action="store_true",
+                   help="also replace this section of docs/performance.md")
     asyncio.run(main(p.parse_args()))

@@ -1,6 +1,9 @@
-"""Run every benchmark in sequence; each rewrites its own section of docs/performance.md.
+"""Run every benchmark in sequence and print their figures.
 
-    python benchmarks/run_all.py [--quick]
+    python benchmarks/run_all.py [--quick] [--write-docs]
+
+With ``--write-docs`` each benchmark also replaces its own section of
+docs/performance.md (other sections are kept); without it nothing is written.
 
 Benchmarks (each also runs alone):
   bench_machine.py  spec load + build, event rates vs a dict-dispatch machine
@@ -13,6 +16,7 @@ The soak under faults is separate: benchmarks/soak.py (docs/reliability.md).
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 import time
@@ -28,11 +32,17 @@ BENCHES = [
 ]
 
 
-def main() -> int:
-    quick = "--quick" in sys.argv[1:]
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0],
+                                 epilog="Benchmarks: " + ", ".join(b[0] for b in BENCHES))
+    ap.add_argument("--quick", action="store_true", help="the smaller, shorter run of each")
+    ap.add_argument("--write-docs", action="store_true",
+                    help="let each benchmark replace its section of docs/performance.md")
+    args = ap.parse_args(argv)
     failed = []
-    for script, args, quick_args in BENCHES:
-        cmd = [sys.executable, str(HERE / script), *(quick_args if quick else args)]
+    for script, full_args, quick_args in BENCHES:
+        cmd = [sys.executable, str(HERE / script), *(quick_args if args.quick else full_args),
+               *(["--write-docs"] if args.write_docs else [])]
         print(f"\n=== {' '.join(cmd[1:])}", flush=True)
         t = time.monotonic()
         rc = subprocess.call(cmd, cwd=HERE.parent)

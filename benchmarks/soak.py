@@ -30,9 +30,9 @@ message was handled, then SIGTERMs the workers. Checks (exit 1 if any fails):
   "Task was destroyed but it is pending" / unclosed-session warnings in the logs.
 
     python benchmarks/soak.py [--duration 120] [--workers 3] [--seed N] [--quick]
-                              [--no-write] [--json PATH] [--keep]
+                              [--write-docs] [--json PATH] [--keep]
 
-Unless ``--no-write`` it replaces the ``## Soak under faults`` section of
+With ``--write-docs`` it replaces the ``## Soak under faults`` section of
 ``docs/reliability.md`` (other sections are kept).
 """
 
@@ -933,8 +933,8 @@ the recovering worker: the 5 messages are never handled, acked == tail).
 
 Re-run it (needs node and `python -m pullwake.testing.realserver install`):
 
-    python benchmarks/soak.py --duration 120          # this section's figures
-    python benchmarks/soak.py --quick --no-write      # 30 s smoke run
+    python benchmarks/soak.py --duration 120 --write-docs  # this section's figures
+    python benchmarks/soak.py --quick                      # 30 s smoke run, prints only
     python -m pytest -m soak                          # tests/test_soak.py, 60 s
 
 Options: `--workers N` (default 3), `--seed N` (default 1: the chaos sequence;
@@ -960,7 +960,8 @@ def parse(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--quick", action="store_true",
                    help="30 s, chaos every 2-4 s (every fault kind still happens)")
-    p.add_argument("--no-write", action="store_true", help="do not touch docs/reliability.md")
+    p.add_argument("--write-docs", action="store_true",
+                   help="also replace this section of docs/reliability.md")
     p.add_argument("--json", help="write every figure as JSON to this path")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = p.parse_args(argv)
@@ -987,7 +988,7 @@ def command_line(argv: list[str]) -> str:
             skip = False
         elif a == "--json":
             skip = True
-        elif a not in ("--keep", "--no-write") and not a.startswith("--json="):
+        elif a not in ("--keep", "--write-docs") and not a.startswith("--json="):
             keep.append(a)
     return " ".join(["python benchmarks/soak.py", *map(shlex.quote, keep)])
 
@@ -1020,7 +1021,7 @@ def main(argv: list[str] | None = None) -> int:
     print(checks_text(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
-    if not args.no_write:
+    if args.write_docs:
         replace_section(DOC, HEADING, section(result), title="# Reliability")
         print(f"\nwrote the '{HEADING[3:]}' section of {DOC.relative_to(REPO)}")
     if not result["ok"] or opts.keep:

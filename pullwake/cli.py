@@ -18,6 +18,18 @@ from .errors import SpecError, SpecErrors
 __all__ = ["main"]
 
 
+def _version() -> str:
+    """The installed distribution's version (the package's own when not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pullwake")
+    except PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
 def _default_diagram_dir() -> Path:
     here = Path(__file__).resolve().parent
     checkout = here.parent / "diagrams"
@@ -245,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pullwake",
         description="Resilient pull-wake workers for Durable Streams servers.",
     )
+    parser.add_argument("--version", action="version", version=f"pullwake {_version()}",
+                        help="print pullwake's version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("validate", help="check machine_spec.yaml; exit 1 listing every problem")
@@ -252,12 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("table", help="print the full (leaf state x event) transition table")
-    p.add_argument("--spec")
-    p.add_argument("--format", choices=("markdown", "json", "lines"), default="markdown")
+    p.add_argument("--spec", help="spec file (default: the packaged/checkout spec)")
+    p.add_argument("--format", choices=("markdown", "json", "lines"), default="markdown",
+                   help="markdown (default), json, or lines (the snapshot format)")
     p.set_defaults(func=cmd_table)
 
     p = sub.add_parser("diagram", help="render diagrams/lifecycle.{dot,svg,png} from the spec")
-    p.add_argument("--spec")
+    p.add_argument("--spec", help="spec file (default: the packaged/checkout spec)")
     p.add_argument("--out", help="output directory (default: the checkout's diagrams/)")
     p.add_argument("--check", action="store_true",
                    help="exit 1 when the committed diagrams differ from a fresh render")

@@ -11,6 +11,7 @@ library's exceptions lives in exactly one place per library
     ├── SpecError                 machine_spec.yaml is invalid (file, state, event, line)
     │   └── SpecErrors            several SpecError at once (``.errors``)
     ├── ConfigError               a bad RunnerConfig / Worker argument (also ValueError)
+    │   └── ServerRootError       the server URL is not a Durable Streams stream root
     ├── TransportError            the wake-stream read failed
     │   ├── ConnectError          no response headers (refused, reset, DNS, TLS)
     │   │   └── ConnectTimeout    no response headers within connect_timeout
@@ -56,6 +57,7 @@ __all__ = [
     "ProtocolError",
     "PullwakeError",
     "RequestTimeout",
+    "ServerRootError",
     "SpecError",
     "SpecErrors",
     "StreamStatusError",
@@ -160,6 +162,19 @@ class SpecErrors(SpecError):
 
 class ConfigError(PullwakeError, ValueError):
     """A configuration value is wrong; the message names the field."""
+
+
+class ServerRootError(ConfigError):
+    """The server URL answers, but not as a Durable Streams stream root.
+
+    Found at start, before anything is created: ``server`` is the URL given,
+    ``likely_root`` the root it probably meant (``http://host:port/v1/stream``).
+    """
+
+    def __init__(self, message: str, *, server: str, likely_root: str) -> None:
+        self.server = redact_url(server)
+        self.likely_root = redact_url(likely_root)
+        super().__init__(message)
 
 
 # ---------------------------------------------------------------------- transport

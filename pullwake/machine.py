@@ -54,6 +54,13 @@ __all__ = [
 
 log = logging.getLogger("pullwake.machine")
 
+#: transitions logs every state change at INFO (~25 lines per wake): quiet unless
+#: the application chose a level for it (``logging.getLogger("transitions")``);
+#: pullwake's own ``pullwake.*`` loggers report the lifecycle instead.
+_transitions_log = logging.getLogger("transitions")
+if _transitions_log.level == logging.NOTSET:
+    _transitions_log.setLevel(logging.WARNING)
+
 Payload = Mapping[str, Any]
 
 

@@ -23,14 +23,16 @@ Error mapping (by status and JSON code, never substring): 409 ``ALREADY_CLAIMED`
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .clock import Clock, LoopClock
 from .control import SKIP_CODES, ClaimOutcome, WakeEvent, retry_transient
-from .errors import ConfigError, ControlPlaneError, LeaseLost, SubscriptionError
+from .errors import ConfigError, ControlPlaneError, LeaseLost, SubscriptionError, redact_url
 from .http import HttpAnswer, HttpClient, raise_for_answer
+from .server_root import is_subscription, verify_root, wrong_root
 from .urls import encode_path, join_url, segment
 
 __all__ = [
@@ -44,6 +46,8 @@ __all__ = [
 NOT_FOUND = "SUBSCRIPTION_NOT_FOUND"
 EXISTS = "SUBSCRIPTION_ALREADY_EXISTS"
 INVALID_OFFSET = "INVALID_OFFSET"
+#: pullwake's code for a wake stream that exists but is closed (no server sends it).
+STREAM_CLOSED = "STREAM_CLOSED"
 
 
 @dataclass(frozen=True)
@@ -176,11 +180,26 @@ class SubscriptionClient:
             url = self._remember((sub_id, action), f"{base}/{action}" if action else base)
         return url
 
+    async def verify_root(self, http: HttpClient, sub_id: str) -> dict[str, Any] | None:
+        """Prove ``root`` is a stream root first (:func:`pullwake.server_root.verify_root`)."""
+        return await verify_root(http, self.root, self.subscription_url(sub_id), sub_id)
+
     async def ensure_stream(self, http: HttpClient, path: str) -> bool:
         """Create a JSON stream if missing. True if it was created now."""
         url = self.stream_url(path)
         answer = await http.request("PUT", url, operation="create stream",
                                     headers={"content-type": "application/json"})
+        if answer.status == 409:  # exists with another configuration: closed, or not JSON
+            head = await http.request("HEAD", url, operation="create stream")
+            if head.headers.get("Stream-Closed", "").lower() == "true":
+                raise ControlPlaneError(
+                    f"stream {path!r} is closed: a closed stream takes no more wakes; "
+                    "use another wake stream, or delete this one", operation="create stream",
+                    status=409, code=STREAM_CLOSED, url=url)
+            ctype = head.headers.get("Content-Type", "?")
+            raise ControlPlaneError(
+                f"stream {path!r} exists with content type {ctype!r}, not application/json",
+                operation="create stream", status=409, url=url)
         raise_for_answer(answer, operation="create stream", url=url, scrub=http.scrub)
         return answer.status == 201
 
@@ -196,10 +215,15 @@ class SubscriptionClient:
         if answer.status == 409 and answer.code == EXISTS:
             raise SubscriptionError(
                 f"subscription {sub.id!r} already exists with a different configuration; "
-                "delete it or use another id", operation="create subscription",
+                f"use another id, or delete it (`pullwake subscriptions delete --server "
+                f"{redact_url(self.root)} {shlex.quote(sub.id)}`; its acked offsets are lost)",
+                operation="create subscription",
                 status=409, code=EXISTS, url=url)
         raise_for_answer(answer, operation="create subscription", url=url, scrub=http.scrub,
                          cls=SubscriptionError)
+        if not is_subscription(answer.json(), sub.id):  # e.g. a data stream created instead
+            raise wrong_root(self.root, f"PUT {redact_url(url)} answered {answer.status} "
+                                        "without a subscription")
         return answer.status == 201
 
     async def get_subscription(self, http: HttpClient, sub_id: str) -> dict[str, Any] | None:
@@ -210,6 +234,12 @@ class SubscriptionClient:
         raise_for_answer(answer, operation="get subscription", url=url, scrub=http.scrub)
         body = answer.json()
         return body if isinstance(body, dict) else None
+
+    async def delete_subscription(self, http: HttpClient, sub_id: str) -> None:
+        """``DELETE`` a subscription (PROTOCOL.md §6.3; idempotent: 204 even if unknown)."""
+        url = self.subscription_url(sub_id)
+        answer = await http.request("DELETE", url, operation="delete subscription")
+        raise_for_answer(answer, operation="delete subscription", url=url, scrub=http.scrub)
 
     async def claim(self, http: HttpClient, sub_id: str, worker: str) -> Claim | str:
         """A Claim, or the skip code (``NO_PENDING_WORK`` / ``ALREADY_CLAIMED``)."""

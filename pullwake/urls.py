@@ -33,9 +33,23 @@ def validate_base_url(url: str, *, field: str = "base_url") -> str:
     """Check ``url`` is an absolute http(s) URL with no query; strip a trailing ``/``."""
     if not isinstance(url, str) or not url:
         raise ConfigError(f"{field} must be a non-empty string")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"{field} must be an absolute http(s) URL, got scheme {parts.scheme!r}")
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. an unbalanced '[' in the host
+        raise ConfigError(f"{field} is not a URL: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        got = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
+        hint = f" (did you mean http://{url}?)" if "://" not in url and "@" not in url else ""
+        raise ConfigError(f"{field} must be an absolute http(s) URL, got {got}{hint}")
+    if not parts.hostname:
+        raise ConfigError(f"{field} has no host (expected e.g. http://127.0.0.1:4437/v1/stream)")
+    try:
+        port = parts.port
+    except ValueError:
+        raw = parts.netloc.rsplit("@", 1)[-1].rpartition(":")[2]
+        raise ConfigError(f"{field} has a bad port {raw!r} (expected 1-65535)") from None
+    if port == 0:
+        raise ConfigError(f"{field} has a bad port 0 (expected 1-65535)")
     if parts.query or parts.fragment:
         raise ConfigError(f"{field} must not carry a query or fragment")
     return url.rstrip("/")

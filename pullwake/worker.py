@@ -286,6 +286,7 @@ class Worker:
         self._confirmed: set[str] = set()
         self._ledger: dict[str, dict[str, str]] = {s: {} for s in self.subscriptions}
         self._closing = False
+        self._grace_over = asyncio.Event()
         #: Bounds running handlers even when claims for several subscriptions
         #: complete at once (is_wake_active only holds back *new* claims).
         self._slots = asyncio.Semaphore(max_concurrency)
@@ -328,9 +329,12 @@ class Worker:
 
     async def _start(self) -> None:
         self._closing = False
+        self._grace_over.clear()
         self._loop = asyncio.get_running_loop()
         self._http.open()
         try:
+            # Before anything is created: a wrong root would get a plain data stream.
+            await self._client.verify_root(self._http, next(iter(self.subscriptions)))
             await self._client.ensure_stream(self._http, self.wake_stream)
             for sub in self.subscriptions.values():
                 await self._client.ensure_subscription(self._http, sub)
@@ -356,6 +360,14 @@ class Worker:
             if self._session_sync is not None:
                 self._session_sync.close()
                 self._session_sync = None
+
+    def end_grace(self) -> None:
+        """End the stop grace now: running handlers are cancelled and their claims released.
+
+        For a second Ctrl-C during :meth:`stop`; harmless at any other time
+        (the next :meth:`start` forgets it).
+        """
+        self._grace_over.set()
 
     async def run(self) -> None:
         """Start and run until cancelled or the wake stream is closed; then stop."""
@@ -440,10 +452,16 @@ class Worker:
         jobs = [*self._jobs.values(), *self._recoveries]
         if not jobs:
             return
-        if self.stop_grace > 0:
-            with contextlib.suppress(TimeoutError):
-                async with deadline(self._clock, self.stop_grace):
-                    await asyncio.wait(jobs)
+        if self.stop_grace > 0 and not self._grace_over.is_set():
+            finished = asyncio.ensure_future(asyncio.wait(jobs))
+            cut = asyncio.ensure_future(self._grace_over.wait())
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with deadline(self._clock, self.stop_grace):
+                        await asyncio.wait({finished, cut}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                finished.cancel()
+                cut.cancel()
         pending = [t for t in jobs if not t.done()]
         for t in pending:
             t.cancel()  # a job releases its claim on the way out

@@ -15,7 +15,9 @@ for the real one) are dropped for the other.
 
 When node or the installed server is missing, real-server tests are skipped,
 unless ``PULLWAKE_REQUIRE_REAL_SERVER=1``: then they fail and say how to install
-(``python -m pullwake.testing.realserver install``).
+(``python -m pullwake.testing.realserver install``). Either way the reason is
+printed in the pytest header and, when tests were skipped for it, again in the
+summary, so a run without node never passes silently.
 """
 
 from __future__ import annotations
@@ -48,6 +50,30 @@ def pytest_configure(config: pytest.Config) -> None:
         "ds_server_options(**kwargs): options for the ds_server / real_ds_server / "
         "embedded_ds_server fixtures (long_poll_timeout in seconds, ...)",
     )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    problem = real_server_problem()
+    if problem is None:
+        return (f"reference server: @durable-streams/server@{DS_SERVER_VERSION} in "
+                f"{install_dir()}, node {node_executable()}")
+    then = ("they FAIL (PULLWAKE_REQUIRE_REAL_SERVER=1)"
+            if os.environ.get("PULLWAKE_REQUIRE_REAL_SERVER") == "1" else
+            "they are SKIPPED (PULLWAKE_REQUIRE_REAL_SERVER=1 makes them fail)")
+    return f"reference server UNAVAILABLE: {problem}; real-server tests: {then}"
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config
+                            ) -> None:
+    skipped = [r for r in terminalreporter.stats.get("skipped", [])
+               if "reference server unavailable" in str(getattr(r, "longrepr", ""))]
+    if skipped:
+        terminalreporter.write_sep("=", "real-server tests skipped", yellow=True)
+        terminalreporter.write_line(
+            f"{len(skipped)} test(s) against the reference server were skipped: "
+            f"{real_server_problem()}. Install it with `bash .ci/setup` (or `python -m "
+            "pullwake.testing.realserver install`); PULLWAKE_REQUIRE_REAL_SERVER=1 makes "
+            "this a failure.")
 
 
 def real_server_problem() -> str | None:

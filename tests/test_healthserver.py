@@ -229,10 +229,10 @@ async def test_run_logs_the_real_port_and_serves_every_endpoint(tmp_path: Path) 
 
 
 @pytest.mark.parametrize(("args", "needle"), [
-    (["--health-port", "99999"], "port must be 0..65535"),
-    (["--health-port", "http"], "not a port number"),
-    (["--log-level", "LOUD"], "invalid choice: 'LOUD'"),
-    (["--log-format", "xml"], "invalid choice: 'xml'"),
+    (["--health-port", "99999"], "argument --health-port: must be an integer from 0 to 65535"),
+    (["--health-port", "http"], "argument --health-port: must be an integer from 0 to 65535"),
+    (["--log-level", "LOUD"], "argument --log-level: must be one of DEBUG, INFO, WARNING"),
+    (["--log-format", "xml"], "argument --log-format: must be one of text, json, got 'xml'"),
 ])
 async def test_run_rejects_bad_observability_arguments(tmp_path: Path, args: list[str],
                                                        needle: str) -> None:

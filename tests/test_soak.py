@@ -37,7 +37,7 @@ def test_soak_under_faults(tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
     try:
         done = subprocess.run(
-            [sys.executable, str(SOAK), "--duration", "60", "--seed", "7", "--no-write",
+            [sys.executable, str(SOAK), "--duration", "60", "--seed", "7",
              "--json", str(out)],
             capture_output=True, text=True, timeout=280, check=False, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as exc:  # the soak bounds itself well below this

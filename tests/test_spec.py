@@ -1,8 +1,9 @@
 """Validation of ``machine_spec.yaml``: one test per kind of SpecError.
 
-Every bad spec here is the real spec with one deliberate edit (a text
-replacement anchored on a line of the real file), so the tests follow the
-spec as it changes: if an anchor disappears, the test says which one. Each
+Every bad spec here is a spec of the tests' own with one deliberate edit (a
+text replacement anchored on one of its lines): ``tests/specs/lifecycle_base.yaml``
+(a frozen copy of the shipped spec) or a small inline one, never the shipped
+``machine_spec.yaml``, so a legitimate lifecycle change cannot break them. Each
 test asserts the error's kind, the state and event it names, its line (the
 line of the edit, looked up in the edited text) and its message.
 
@@ -26,14 +27,16 @@ from pullwake.spec import default_spec_path, load_spec, parse_spec
 REPO = Path(__file__).resolve().parent.parent
 SPEC_FILE = REPO / "machine_spec.yaml"
 SPEC_TEXT = SPEC_FILE.read_text(encoding="utf-8")
+#: What the validator tests edit (a frozen copy of the shipped spec).
+BASE_TEXT = (REPO / "tests" / "specs" / "lifecycle_base.yaml").read_text(encoding="utf-8")
 HOOKS = effect_hook_names()
 
 
 # ------------------------------------------------------------------- helpers
 
 
-def edit(old: str, new: str, text: str = SPEC_TEXT) -> str:
-    """The real spec text with the one occurrence of ``old`` replaced by ``new``."""
+def edit(old: str, new: str, text: str = BASE_TEXT) -> str:
+    """The base spec text with the one occurrence of ``old`` replaced by ``new``."""
     assert text.count(old) == 1, f"edit anchor not found exactly once in the spec: {old!r}"
     return text.replace(old, new)
 
@@ -74,7 +77,7 @@ def check(err: SpecError, *, kind: str, state: str | None, event: str | None,
 
 
 def all_events() -> list[str]:
-    return list(yaml.safe_load(SPEC_TEXT)["events"])
+    return list(yaml.safe_load(BASE_TEXT)["events"])
 
 
 # ------------------------------------------------------------ the real spec
@@ -92,6 +95,10 @@ def test_the_real_spec_is_valid() -> None:
             assert any(not b.guarded for b in branches), (leaf, event)
 
 
+def test_the_base_the_validator_tests_edit_is_valid() -> None:
+    assert parse_spec(BASE_TEXT, path="lifecycle_base.yaml", hooks=HOOKS).leaf_states
+
+
 def test_load_spec_caches_per_content(tmp_path: Path) -> None:
     assert load_spec() is load_spec()
     copy = tmp_path / "copy.yaml"
@@ -102,10 +109,10 @@ def test_load_spec_caches_per_content(tmp_path: Path) -> None:
 
 def test_hooks_argument_limits_what_a_spec_may_name() -> None:
     with pytest.raises(SpecErrors) as info:
-        parse_spec(SPEC_TEXT, path="bad.yaml", hooks=HOOKS - {"claim_wake"})
+        parse_spec(BASE_TEXT, path="bad.yaml", hooks=HOOKS - {"claim_wake"})
     (err,) = info.value.errors
     check(err, kind="unknown-hook", state="running.streaming", event="WAKE",
-          line=line_of(SPEC_TEXT, "before: [claim_wake]"),
+          line=line_of(BASE_TEXT, "before: [claim_wake]"),
           message="before hook 'claim_wake' is provided by nothing")
 
 
@@ -248,7 +255,7 @@ def test_unreachable() -> None:
     # A new top-level state that decides every event (so only reachability
     # is wrong) but that no transition enters.
     events = ", ".join(all_events())
-    text = SPEC_TEXT.rstrip("\n") + f"\n\n  limbo:\n    ignore:\n      never: [{events}]\n"
+    text = BASE_TEXT.rstrip("\n") + f"\n\n  limbo:\n    ignore:\n      never: [{events}]\n"
     check(only(text, "unreachable"), kind="unreachable", state="limbo", event=None,
           line=line_of(text, "  limbo:"), message="no transition reaches this state")
 
@@ -268,13 +275,48 @@ def test_undecided_every_branch_guarded() -> None:
                   "dropped by accident; add an unguarded branch or an ignore")
 
 
+#: A small spec of its own (not the shipped one), so a legitimate lifecycle
+#: change (a new child of ``running``, say) cannot break the test below.
+SMALL_SPEC = """\
+version: 1
+name: small
+initial: idle
+backoff: {reset_on: [GO]}
+events:
+  GO: {doc: "go"}
+  PAUSE: {doc: "pause"}
+  STOP: {doc: "stop"}
+states:
+  idle:
+    transitions:
+      GO: {to: busy}
+    ignore:
+      not_busy: [PAUSE, STOP]
+  busy:
+    initial: working
+    transitions:
+      STOP: {to: idle}
+    ignore:
+      already_busy: [GO]
+    states:
+      working:
+        transitions:
+          PAUSE: {to: paused}
+      paused:
+        transitions:
+          PAUSE: {to: working}
+"""
+
+
 def test_undecided_names_every_missing_pair() -> None:
     # Deleting a parent's decision leaves it undecided in every child.
-    text = edit("      STOP: {to: stopping}\n", "")
+    assert parse_spec(SMALL_SPEC, path="small.yaml", hooks=HOOKS).leaf_states == (
+        "idle", "busy.working", "busy.paused")
+    text = edit("      STOP: {to: idle}\n", "", SMALL_SPEC)
     errs = problems(text)
-    assert {(e.kind, e.state, e.event) for e in errs} == {
-        ("undecided", leaf, "STOP")
-        for leaf in ("running.connecting", "running.streaming", "running.reconnecting")}
+    assert {(e.kind, e.state, e.event, e.line) for e in errs} == {
+        ("undecided", "busy.working", "STOP", line_of(text, "      working:")),
+        ("undecided", "busy.paused", "STOP", line_of(text, "      paused:"))}
 
 
 def test_conflict_handled_and_ignored() -> None:
@@ -350,7 +392,7 @@ def test_validate_command_exits_1_printing_every_problem(tmp_path: Path) -> None
 
 def test_malformed_specs_raise_spec_errors_only() -> None:
     """Odd shapes anywhere in the document are reported, never a crash."""
-    raw = yaml.safe_load(SPEC_TEXT)
+    raw = yaml.safe_load(BASE_TEXT)
     odd_values: list[object] = [None, 1, "x", [1], {"a": 1}]
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
     targets = [("states", "running", "initial"), ("states", "running", "owns"),
@@ -360,7 +402,7 @@ def test_malformed_specs_raise_spec_errors_only() -> None:
                ("states", "running", "states", "streaming", "ignore")]
     for target in targets:
         for value in odd_values:
-            doc = yaml.safe_load(SPEC_TEXT)
+            doc = yaml.safe_load(BASE_TEXT)
             node = doc
             for key in target[:-1]:
                 node = node[key]
@@ -369,7 +411,7 @@ def test_malformed_specs_raise_spec_errors_only() -> None:
                 parse_spec(yaml.dump(doc, Dumper=dumper), path="odd.yaml", hooks=HOOKS)
             except SpecErrors as exc:
                 assert all(e.kind and e.problem for e in exc.errors)
-    assert raw == yaml.safe_load(SPEC_TEXT)
+    assert raw == yaml.safe_load(BASE_TEXT)
 
 
 # ------------------------------------------------------------ default path

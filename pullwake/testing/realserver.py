@@ -29,9 +29,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -98,7 +99,14 @@ def find_installed(root: Path | None = None) -> Path | None:
 
 
 def ensure_installed(root: Path | None = None, *, timeout: float = 300.0) -> Path:
-    """Install the pinned server with npm unless present; return its ESM entry."""
+    """Install the pinned server with npm unless present; return its ESM entry.
+
+    Safe to run from several processes at once: installs hold an exclusive
+    lock on ``<root>.lock`` (a sibling of ``root``), re-check under it, and
+    npm installs into a temporary sibling directory that is renamed to
+    ``root`` only when complete, so no reader ever sees half an install and
+    two npm runs never share a directory (npm's ``ENOTEMPTY``).
+    """
     root = root or install_dir()
     found = find_installed(root)
     if found is not None:
@@ -106,21 +114,70 @@ def ensure_installed(root: Path | None = None, *, timeout: float = 300.0) -> Pat
     npm = shutil.which("npm")
     if npm is None:
         raise RealServerError("npm is not on PATH: cannot install the reference server")
-    root.mkdir(parents=True, exist_ok=True)
-    cmd = [npm, "install", "--no-audit", "--no-fund", "--prefix", str(root),
-           f"{_PACKAGE}@{DS_SERVER_VERSION}"]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise RealServerError(f"npm install timed out after {timeout:.0f} s") from exc
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with _install_lock(root.parent / f"{root.name}.lock", timeout=timeout):
+        found = find_installed(root)  # another process may have installed it meanwhile
+        if found is not None:
+            return found
+        staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".partial",
+                                        dir=root.parent))
+        try:
+            cmd = [npm, "install", "--no-audit", "--no-fund", "--prefix", str(staging),
+                   f"{_PACKAGE}@{DS_SERVER_VERSION}"]
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                                      check=False)
+            except subprocess.TimeoutExpired as exc:
+                raise RealServerError(f"npm install timed out after {timeout:.0f} s") from exc
+            if done.returncode != 0 or find_installed(staging) is None:
+                tail = "\n".join((done.stderr or done.stdout).splitlines()[-_STDERR_TAIL_LINES:])
+                raise RealServerError(
+                    f"npm install of {_PACKAGE}@{DS_SERVER_VERSION} into {root} failed "
+                    f"(exit {done.returncode}):\n{tail}"
+                )
+            if root.exists():  # an older or broken install: move it aside, then drop it
+                old = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".old",
+                                            dir=root.parent))
+                root.rename(old / "install")
+                shutil.rmtree(old, ignore_errors=True)
+            staging.rename(root)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     found = find_installed(root)
-    if done.returncode != 0 or found is None:
-        tail = "\n".join((done.stderr or done.stdout).splitlines()[-_STDERR_TAIL_LINES:])
-        raise RealServerError(
-            f"npm install of {_PACKAGE}@{DS_SERVER_VERSION} into {root} failed "
-            f"(exit {done.returncode}):\n{tail}"
-        )
+    if found is None:
+        raise RealServerError(f"{_PACKAGE}@{DS_SERVER_VERSION} vanished from {root}")
     return found
+
+
+@contextlib.contextmanager
+def _install_lock(path: Path, *, timeout: float) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (POSIX; elsewhere no lock)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(path, "a+b") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another install of the reference server ({path})",
+                  file=sys.stderr, flush=True)
+            give_up = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > give_up:
+                        raise RealServerError(
+                            f"another install held {path} for more than {timeout:.0f} s"
+                        ) from None
+                    time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 class RealServer:
