@@ -10,6 +10,7 @@ from .clock import Clock, LoopClock
 from .config import RunnerConfig
 from .control import ClaimOutcome, ControlPlane, ElectricControlPlane, WakeEvent
 from .errors import (
+    AnswerTooLarge,
     CacheError,
     ConfigError,
     ConnectError,
@@ -22,6 +23,7 @@ from .errors import (
     LeaseLost,
     MalformedMessage,
     MessageError,
+    OffsetsWentBack,
     OversizedMessage,
     ProtocolError,
     PullwakeError,
@@ -33,6 +35,7 @@ from .errors import (
     SubscriptionError,
     TransportError,
 )
+from .fetchcache import FetchCache
 from .health import Health
 from .healthserver import HealthServer
 from .machine import Lifecycle, LifecycleEffects, WorkTicket
@@ -46,6 +49,7 @@ from .worker import Wake, Worker, WorkerStats
 __version__ = "0.1.0"
 
 __all__ = [
+    "AnswerTooLarge",
     "CacheError",
     "Chunk",
     "ClaimOutcome",
@@ -74,6 +78,7 @@ __all__ = [
     "LoopClock",
     "MalformedMessage",
     "MessageError",
+    "OffsetsWentBack",
     "OversizedMessage",
     "ProtocolError",
     "PullWakeRunner",
@@ -116,7 +121,6 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .cache import (
-        FetchCache,
         FetchCacheInfo,
         FetchCacheWarning,
         cached_session,
@@ -130,7 +134,6 @@ if TYPE_CHECKING:
 # The sync reader and the fetch cache pull in requests and requests-cache
 # (about 20 MB): import them only when used.
 _LAZY = {
-    "FetchCache": "cache",
     "FetchCacheInfo": "cache",
     "FetchCacheWarning": "cache",
     "cached_session": "cache",

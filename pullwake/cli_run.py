@@ -78,6 +78,12 @@ def _headers(opts: RunOptions) -> dict[str, str]:
     for raw in opts.header:
         name, _, value = raw.partition(":")
         headers[name.strip()] = value.strip()
+    for raw in opts.header_env:
+        name, _, var = raw.partition("=")
+        secret = os.environ.get(var)
+        if not secret:
+            raise ValueError(f"--header-env {name}={var}: the variable is not set")
+        headers[name] = secret
     if opts.token_env:
         token = os.environ.get(opts.token_env)
         if not token:

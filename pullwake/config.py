@@ -73,8 +73,8 @@ class RunnerConfig:
 
     base_url: str
     runner_id: str
-    headers: HeadersSource = None
-    claim_headers: HeadersSource = None
+    headers: HeadersSource = field(default=None, repr=False)  # may hold credentials
+    claim_headers: HeadersSource = field(default=None, repr=False)
     claim_token_header: str | None = None
     offset: str | None = None
     wake_stream_path: str | None = None
@@ -147,6 +147,22 @@ class RunnerConfig:
                               "TLS verification is turned off only by verify_tls=False")
         if self.on_error is not None and not callable(self.on_error):
             raise ConfigError("on_error must be callable")
+
+    def __repr__(self) -> str:
+        """Every field but the headers (credentials); the base URL without userinfo."""
+        from dataclasses import fields
+
+        from .errors import redact_url
+
+        parts = []
+        for f in fields(self):
+            if not f.repr:
+                continue
+            value = getattr(self, f.name)
+            if f.name == "base_url":
+                value = redact_url(value)
+            parts.append(f"{f.name}={value!r}")
+        return f"RunnerConfig({', '.join(parts)})"
 
     # ----------------------------------------------------------------- derived
 

@@ -18,6 +18,7 @@ library's exceptions lives in exactly one place per library
     │   ├── IdleTimeout           an open stream was silent past read_idle_timeout
     │   ├── StreamStatusError     the wake stream answered an unexpected status
     │   └── ProtocolError         a response that cannot be framed (truncated, corrupt)
+    │       └── OffsetsWentBack   the stream's offsets went back: it was re-created
     ├── MessageError              one wake-stream message is bad; it is skipped
     │   ├── MalformedMessage      not JSON
     │   ├── InvalidMessage        JSON of the wrong shape or type
@@ -25,6 +26,7 @@ library's exceptions lives in exactly one place per library
     ├── ControlPlaneError         a claim / heartbeat / ack / release call failed
     │   ├── RequestTimeout        no answer within request_timeout
     │   ├── LeaseLost             409 FENCED or 401: the lease is gone
+    │   ├── AnswerTooLarge        one item of an answer passed its per-item limit
     │   └── SubscriptionError     a subscription cannot be created or was forgotten
     ├── HandlerError              a worker's handler raised (the wake was released)
     ├── HealthServerError         the health server cannot serve (e.g. its port is in use)
@@ -41,6 +43,7 @@ from collections.abc import Iterable, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 __all__ = [
+    "AnswerTooLarge",
     "CacheError",
     "ConfigError",
     "ConnectError",
@@ -53,6 +56,7 @@ __all__ = [
     "LeaseLost",
     "MalformedMessage",
     "MessageError",
+    "OffsetsWentBack",
     "OversizedMessage",
     "ProtocolError",
     "PullwakeError",
@@ -216,6 +220,12 @@ class ProtocolError(TransportError):
     """A response that cannot be framed: truncated, corrupt, or cut mid-event."""
 
 
+class OffsetsWentBack(ProtocolError):
+    """The stream answered an offset below the one asked for: offsets never go
+    back on one stream, so it was deleted and created again (a restarted
+    in-memory server, someone re-creating it). The runner reads it anew."""
+
+
 # ------------------------------------------------------------------------ messages
 
 
@@ -276,6 +286,19 @@ class ControlPlaneError(PullwakeError):
 
 class RequestTimeout(ControlPlaneError, TimeoutError):
     """A control-plane call got no answer within ``request_timeout``."""
+
+
+class AnswerTooLarge(ControlPlaneError):
+    """One item of a control-plane answer (a claimed stream, a field) passed its limit.
+
+    Limits are per item, never per answer: an answer listing any number of
+    streams is read as a stream of items. ``limit`` names the bound that was hit.
+    """
+
+    def __init__(self, message: str, *, operation: str, limit: int,
+                 status: int | None = None, url: str | None = None) -> None:
+        self.limit = limit
+        super().__init__(message, operation=operation, status=status, url=url)
 
 
 class LeaseLost(ControlPlaneError):

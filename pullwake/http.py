@@ -11,6 +11,11 @@ This module owns everything pullwake does with aiohttp directly:
 - :class:`HttpClient` runs control-plane requests (claim, heartbeat, ack, …)
   under ``request_timeout`` with bounded bodies, and knows every header
   value it sends (:class:`Secrets`) so that error text can be scrubbed of them.
+
+Timeouts bound *lack of progress*, never a transfer's total duration: a
+request's ``timeout`` bounds the wait for the answer's headers, then the wait
+for each further body chunk (:func:`read_bounded`, :class:`BodyReader`), so a
+large answer over a slow link finishes while a stalled one fails.
 """
 
 from __future__ import annotations
@@ -22,14 +27,16 @@ import json
 import re
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from .clock import Clock, deadline
 from .errors import (
+    AnswerTooLarge,
     ConfigError,
     ConnectError,
     ConnectTimeout,
@@ -42,6 +49,7 @@ from .errors import (
 )
 
 __all__ = [
+    "BodyReader",
     "HeadersSource",
     "HttpAnswer",
     "HttpClient",
@@ -114,6 +122,8 @@ class translate:  # lower case: used like a function, `with translate("read", ur
 
     def _map(self, exc: BaseException) -> PullwakeError | None:
         phase, url, operation = self.phase, self.url, self.operation
+        if isinstance(exc, aiohttp.ClientError):
+            scrub_response_error(exc, self.secrets)
         if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError)):
             if phase == "connect":
                 return ConnectTimeout(f"no response headers in time: {exc}", url=url)
@@ -132,29 +142,114 @@ class translate:  # lower case: used like a function, `with translate("read", ur
         return None
 
 
-async def read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    """Read a whole body, failing with ProtocolError once it passes ``limit`` bytes."""
+def scrub_response_error(exc: BaseException, secrets: Iterable[str]) -> None:
+    """Scrub, in place, what aiohttp's exceptions carry from the exchange.
+
+    A ``ClientResponseError`` holds the request's headers (``request_info``),
+    the answer's headers and its reason or bad line (a broken proxy may echo a
+    token there), and shows them in its repr and args; so does the parser
+    error it was raised from. They stay in the cause chain of the pullwake
+    error, scrubbed (aiohttp's own exceptions only; nothing else is touched).
+    """
+    secrets = tuple(secrets)
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen or not type(e).__module__.startswith("aiohttp"):
+            continue
+        seen.add(id(e))
+        if isinstance(e, aiohttp.ClientResponseError):
+            info = e.request_info
+            if info is not None:
+                e.request_info = aiohttp.RequestInfo(info.url, info.method, CIMultiDictProxy(
+                    CIMultiDict()), info.real_url)
+        if isinstance(getattr(e, "message", None), str):
+            e.message = redact_text(e.message, secrets)  # type: ignore[attr-defined]
+        if getattr(e, "headers", None) is not None:
+            with contextlib.suppress(AttributeError):
+                e.headers = None  # type: ignore[attr-defined]
+        e.args = tuple(redact_text(a, secrets) if isinstance(a, str) else
+                       (None if isinstance(a, aiohttp.RequestInfo) else a) for a in e.args)
+        todo += [e.__cause__, e.__context__]
+
+
+async def _chunk(resp: aiohttp.ClientResponse, idle: float | None, clock: Clock | None,
+                 n: int = -1) -> bytes:
+    if idle is None or clock is None:
+        return await (resp.content.readany() if n < 0 else resp.content.read(n))
+    async with deadline(clock, idle):
+        return await (resp.content.readany() if n < 0 else resp.content.read(n))
+
+
+async def read_bounded(resp: aiohttp.ClientResponse, limit: int, *, idle: float | None = None,
+                       clock: Clock | None = None) -> bytes:
+    """Read a whole body, failing with ProtocolError once it passes ``limit`` bytes.
+
+    With ``idle`` (and ``clock``), each chunk must arrive within ``idle``
+    seconds of the previous one: progress, not the total duration, is bounded.
+    """
     if resp.content_length is not None and resp.content_length > limit:
         raise ProtocolError(f"response body of {resp.content_length} bytes exceeds the "
                             f"{limit}-byte limit", url=str(resp.url))
-    if (resp.content_length is not None and "Content-Encoding" not in resp.headers
+    if (idle is None and resp.content_length is not None
+            and "Content-Encoding" not in resp.headers
             and not resp.headers.get("Transfer-Encoding")):
         return await resp.read()  # exact length known, no decompression: bounded already
-    # Chunked or compressed: count while reading. A small answer is one chunk
-    # (returned as it is); only a body in several chunks is joined.
-    content = resp.content
-    body = await content.readany()
+    # Count while reading, each chunk within ``idle`` of the last. A small
+    # answer is one chunk (returned as it is); only several chunks are joined.
+    body = await _chunk(resp, idle, clock)
     more: list[bytes] = []
     size = len(body)
     while True:
         if size > limit:
             raise ProtocolError(f"response body exceeds the {limit}-byte limit",
                                 url=str(resp.url))
-        chunk = await content.readany()
+        chunk = await _chunk(resp, idle, clock)
         if not chunk:
             return b"".join((body, *more)) if more else body
         more.append(chunk)
         size += len(chunk)
+
+
+class BodyReader:
+    """A response body as a file-like ``await read(n)``, for incremental parsers.
+
+    Each read waits at most ``idle`` seconds for progress. The body may be of
+    any length; what is bounded is one *item*: more than ``item_limit`` bytes
+    read since the parser last called :meth:`mark` (an item was complete)
+    raises :class:`~pullwake.errors.AnswerTooLarge` (memory held for one item:
+    at most ``item_limit`` plus one read).
+    """
+
+    def __init__(self, resp: aiohttp.ClientResponse, *, idle: float | None, clock: Clock | None,
+                 item_limit: int, operation: str) -> None:
+        self._resp = resp
+        self._idle = idle
+        self._clock = clock
+        self.item_limit = item_limit
+        self._operation = operation
+        self.since_mark = 0
+        self.total = 0
+
+    def mark(self) -> None:
+        """One item is complete: the per-item count starts again."""
+        self.since_mark = 0
+
+    async def read(self, n: int = -1) -> bytes:
+        if n == 0:  # a parser probing the type of the stream
+            return b""
+        # Checked before reading more: the parser marks an item only after it
+        # parsed the chunk that completed it, so one read ahead is allowed for.
+        if self.since_mark > self.item_limit:
+            raise AnswerTooLarge(
+                f"one item of the answer is larger than {self.item_limit} bytes",
+                operation=self._operation, limit=self.item_limit, status=self._resp.status,
+                url=str(self._resp.url))
+        data = await _chunk(self._resp, self._idle, self._clock, n if n > 0 else -1)
+        self.since_mark += len(data)
+        self.total += len(data)
+        return data
 
 
 def error_code(body: Any) -> str | None:
@@ -189,8 +284,11 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
 @dataclass(frozen=True)
 class HttpAnswer:
     status: int
-    headers: Mapping[str, str]
-    body: bytes
+    # Headers and body are the server's and may echo credentials: not in the repr.
+    headers: Mapping[str, str] = field(repr=False)
+    body: bytes = field(repr=False)
+    #: What ``consume`` made of a 2xx body read incrementally (then ``body`` is empty).
+    streamed: Any = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -435,8 +533,16 @@ class HttpClient:
 
     async def request(self, method: str, url: str, *, operation: str, json_body: Any = None,
                       headers: Mapping[str, str] | None = None, timeout: float | None = None,
-                      max_body: int = MAX_CONTROL_BODY) -> HttpAnswer:
-        """One bounded control-plane request; the whole exchange under ``timeout``."""
+                      max_body: int = MAX_CONTROL_BODY,
+                      consume: Callable[[BodyReader], Awaitable[Any]] | None = None,
+                      item_limit: int = MAX_CONTROL_BODY) -> HttpAnswer:
+        """One control-plane request, bounded by lack of progress.
+
+        ``timeout`` bounds the wait for the answer's headers, then the wait for
+        each body chunk: a slow link that keeps delivering finishes. A 2xx body
+        goes to ``consume`` (an incremental parser, per-item ``item_limit``) if
+        given, else it is read whole up to ``max_body``.
+        """
         limit = self.request_timeout if timeout is None else timeout
         scoped: contextlib.AbstractContextManager[None] = _NO_SCOPE
         if headers:  # a request's own header values: secret for this request
@@ -453,10 +559,18 @@ class HttpClient:
                 if json_body is not None:
                     data = json.dumps(json_body, separators=(",", ":")).encode()
                     hdrs.setdefault("content-type", "application/json")
-                async with self.session.request(method, to_url(url), data=data,
-                                                headers=hdrs, allow_redirects=False) as resp:
-                    body = b"" if method == "HEAD" else await read_bounded(resp, max_body)
-                    return HttpAnswer(resp.status, resp.headers, body)  # read-only view
+                resp = await self.session.request(method, to_url(url), data=data,
+                                                  headers=hdrs, allow_redirects=False)
+            async with resp:
+                if method == "HEAD":
+                    return HttpAnswer(resp.status, resp.headers, b"")
+                if consume is not None and 200 <= resp.status < 300:
+                    streamed = await consume(BodyReader(resp, idle=limit, clock=self._clock,
+                                                        item_limit=item_limit,
+                                                        operation=operation))
+                    return HttpAnswer(resp.status, resp.headers, b"", streamed)
+                body = await read_bounded(resp, max_body, idle=limit, clock=self._clock)
+                return HttpAnswer(resp.status, resp.headers, body)  # read-only view
 
 
 def raise_for_answer(answer: HttpAnswer, *, operation: str, url: str,

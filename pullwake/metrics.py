@@ -96,6 +96,8 @@ METRICS: tuple[Row, ...] = (
         "Ranges handed over again after a server forgot a subscription"),
     Row("pullwake_subscriptions_recreated", C, "worker.subscriptions_recreated",
         "Subscriptions re-created after the server forgot them"),
+    Row("pullwake_wake_streams_recreated", C, "worker.wake_streams_recreated",
+        "Wake streams re-created after the server forgot them"),
     Row("pullwake_jobs_active", G, "worker.jobs_active", "Wakes being handled now"),
     Row("pullwake_subscription_wakes_seen", C, "subscriptions.*.wakes_seen",
         "Wakes read for the subscription"),

@@ -297,10 +297,13 @@ class _SyncShell:
     def events(self) -> Generator[Any, None, None]:
         core = self.core
         retrying = self.retry.start()
+        refresh = False
         while not core.done:
             req = core.request()
             headers = self._headers()
             headers.update(req.headers)
+            if refresh:
+                headers["Cache-Control"] = "no-cache"  # RFC 9111: ask the origin
             try:
                 response = self.session.get(req.url(self.url), headers=headers,
                                             timeout=self._timeout(req.live), stream=True,
@@ -316,10 +319,16 @@ class _SyncShell:
                 from_cache = bool(getattr(response, "from_cache", False))
                 self.cached += from_cache
                 head_headers: Any = response.headers
+                if from_cache and head_headers.get("Stream-Next-Offset") == core.offset:
+                    # Another cache kept an answer that did not advance (the tail as it
+                    # was): only the server can say what is there now.
+                    refresh = True
+                    continue
                 if from_cache and "Stream-Up-To-Date" in head_headers:
                     # A cached chunk says what was true when it was stored: never "up to date".
                     head_headers = CaseInsensitiveDict(head_headers)
                     del head_headers["Stream-Up-To-Date"]
+                refresh = False
                 head = core.head(response.status_code, head_headers)
                 if not head.ok:
                     body = b""

@@ -140,6 +140,17 @@ def _header(value: Any) -> str:
     return text
 
 
+def _header_env(value: Any) -> str:
+    text = _text(value)
+    name, sep, var = (part.strip() for part in text.partition("="))
+    if not sep or not name or not var:
+        raise ValueError("must be NAME=ENVVAR")
+    if any(c in name for c in ":\r\n\0 "):
+        raise ValueError("NAME must be a header name")
+    _env_var_name(var)
+    return f"{name}={var}"
+
+
 def _env_var_name(value: Any) -> str:
     text = _text(value)
     if not text.replace("_", "a").isalnum():
@@ -218,7 +229,13 @@ class RunOptions:
              "unreachable or answers 5xx; 0 tries once")
     header: tuple[str, ...] = option(
         repeat=True, convert=_header, metavar="NAME:VALUE", env=False,
-        help="an extra request header (repeatable); values never appear in logs")
+        help="an extra request header (repeatable); values never appear in logs, but "
+             "a flag's value is visible to every local user in /proc/PID/cmdline and "
+             "ps: pass secrets with --header-env or --token-env")
+    header_env: tuple[str, ...] = option(
+        repeat=True, convert=_header_env, metavar="NAME=ENVVAR", env=False,
+        help="a request header NAME whose value is read from the environment variable "
+             "ENVVAR (repeatable; kept out of the process arguments)")
     token_env: str | None = option(
         convert=_env_var_name, metavar="VAR",
         help="name of an environment variable holding a bearer token "

@@ -34,7 +34,9 @@ from .control import ControlPlane, ElectricControlPlane, WakeEvent
 from .errors import (
     ConnectError,
     MessageError,
+    OffsetsWentBack,
     PullwakeError,
+    StreamStatusError,
     TransportError,
     redact_url,
 )
@@ -353,24 +355,67 @@ class PullWakeRunner:
 
     # ============================================================ owned work
 
+    async def _open_stream(self) -> Any:
+        cfg = self.config
+        with translate("connect", url=cfg.wake_stream_url, secrets=self.http.secrets):
+            async with deadline(self._clock, cfg.connect_timeout):
+                headers = await self.http.resolve_headers()
+                return await self._stream_factory(StreamRequest(
+                    url=cfg.wake_stream_url,
+                    offset=self._offset or "-1",
+                    live=cfg.live,
+                    cursor=self._cursor,
+                    headers=headers,
+                    read_idle_timeout=cfg.read_idle_timeout,
+                    max_message_bytes=cfg.max_message_bytes,
+                    max_response_bytes=cfg.max_response_bytes,
+                    clock=self._clock,
+                    secrets=self.http.secrets,
+                ))
+
+    async def _recreate_wake_stream(self) -> bool:
+        """The wake stream is gone (404): re-create it if the control plane owns it.
+
+        A re-created stream is new: it is read from the beginning. True if the
+        connection attempt should be made again.
+        """
+        hook = getattr(self.control, "recreate_wake_stream", None)
+        if hook is None:
+            return False
+        # Shielded: a reset cancelling this attempt must not cancel the
+        # re-creation half-way (the worker's record of it included).
+        created = await asyncio.shield(hook(self.http))
+        if created:
+            log.warning("[%s] the wake stream %s was gone (404: server restarted?): "
+                        "re-created it; reading it from the beginning", self._label,
+                        redact_url(self.config.wake_stream_url))
+            self._restart_offset()
+        return True
+
+    def _stream_went_back(self) -> None:
+        # Offsets never go back on one stream: this one was deleted and created
+        # again (a restarted in-memory server, another worker re-creating it).
+        log.warning("[%s] wake stream offsets went back from %s: the stream was re-created; "
+                    "reading it from the beginning", self._label, self._offset)
+        self._restart_offset()
+
+    def _restart_offset(self) -> None:
+        self._offset = None
+        self._cursor = None
+        self._heartbeat.notify()
+
     async def _connect(self, ticket: WorkTicket) -> None:
         cfg = self.config
         try:
-            with translate("connect", url=cfg.wake_stream_url, secrets=self.http.secrets):
-                async with deadline(self._clock, cfg.connect_timeout):
-                    headers = await self.http.resolve_headers()
-                    stream = await self._stream_factory(StreamRequest(
-                        url=cfg.wake_stream_url,
-                        offset=self._offset or "-1",
-                        live=cfg.live,
-                        cursor=self._cursor,
-                        headers=headers,
-                        read_idle_timeout=cfg.read_idle_timeout,
-                        max_message_bytes=cfg.max_message_bytes,
-                        max_response_bytes=cfg.max_response_bytes,
-                        clock=self._clock,
-                        secrets=self.http.secrets,
-                    ))
+            try:
+                stream = await self._open_stream()
+            except StreamStatusError as exc:
+                if exc.status != 404 or not await self._recreate_wake_stream():
+                    raise
+                stream = await self._open_stream()
+            except OffsetsWentBack:  # a long-poll connects with a catch-up read
+                self._stream_went_back()
+                stream = await self._open_stream()
         except asyncio.CancelledError:
             raise
         except PullwakeError as exc:  # ConnectTimeout, ConnectError, StreamStatusError, ...
@@ -393,6 +438,9 @@ class PullWakeRunner:
                 if isinstance(item, Message):
                     self._on_message(ticket, item.value)
                 elif isinstance(item, Checkpoint):
+                    if self._offset is not None and item.next_offset < self._offset:
+                        raise OffsetsWentBack(f"offsets went back to {item.next_offset}",
+                                              url=self.config.wake_stream_url)
                     if item.cursor:
                         self._cursor = item.cursor
                     if item.next_offset != self._offset:  # keep-alives repeat it
@@ -406,6 +454,9 @@ class PullWakeRunner:
                     return
         except asyncio.CancelledError:
             raise
+        except OffsetsWentBack as exc:
+            self._stream_went_back()
+            error = exc
         except PullwakeError as exc:
             error = exc
         except Exception as exc:  # noqa: BLE001 - a custom stream's failure ends the session

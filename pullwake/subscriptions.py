@@ -23,15 +23,17 @@ Error mapping (by status and JSON code, never substring): 409 ``ALREADY_CLAIMED`
 
 from __future__ import annotations
 
+import logging
 import shlex
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from .answers import read_items_answer
 from .clock import Clock, LoopClock
 from .control import SKIP_CODES, ClaimOutcome, WakeEvent, retry_transient
 from .errors import ConfigError, ControlPlaneError, LeaseLost, SubscriptionError, redact_url
-from .http import HttpAnswer, HttpClient, raise_for_answer
+from .http import BodyReader, HttpAnswer, HttpClient, raise_for_answer
 from .server_root import is_subscription, verify_root, wrong_root
 from .urls import encode_path, join_url, segment
 
@@ -42,6 +44,14 @@ __all__ = [
     "SubscriptionConfig",
     "SubscriptionControlPlane",
 ]
+
+#: Claimed streams kept per wake (those with pending work first); the rest keep
+#: their pending work on the server and come with the next wake.
+MAX_CLAIM_STREAMS = 10_000
+#: One stream entry (or top-level field) of a control-plane answer, in bytes.
+MAX_ANSWER_ITEM_BYTES = 64 * 1024
+
+log = logging.getLogger("pullwake.subscriptions")
 
 NOT_FOUND = "SUBSCRIPTION_NOT_FOUND"
 EXISTS = "SUBSCRIPTION_ALREADY_EXISTS"
@@ -116,13 +126,16 @@ class Claim:
     subscription_id: str
     wake_id: str
     generation: int
-    token: str
+    token: str = field(repr=False)
     streams: tuple[ClaimedStream, ...]
     lease_ttl_ms: int
+    #: Streams with pending work the answer listed beyond ``max_claim_streams``:
+    #: not handed over now; their work stays pending for the next wake.
+    deferred_streams: int = 0
 
     @classmethod
     def parse(cls, subscription_id: str, body: Mapping[str, Any], *,
-              status: int | None = None) -> Claim:
+              status: int | None = None, deferred_streams: int = 0) -> Claim:
         """Read a claim answer, type by type; a field that is wrong is named in the error.
 
         ``status`` (of the answer) goes on the error: the server did answer.
@@ -145,7 +158,8 @@ class Claim:
                    generation=_field(body, "generation", int, status=status),
                    token=_field(body, "token", str, status=status), streams=tuple(streams),
                    lease_ttl_ms=_field(body, "lease_ttl_ms", int, default=30_000,
-                                       status=status))
+                                       status=status),
+                   deferred_streams=deferred_streams)
 
     def fence(self) -> dict[str, Any]:
         return {"wake_id": self.wake_id, "generation": self.generation}
@@ -157,8 +171,14 @@ class SubscriptionClient:
     #: Built URLs are remembered (they repeat every wake), up to this many.
     URL_CACHE = 4096
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, *, max_claim_streams: int = MAX_CLAIM_STREAMS,
+                 max_item_bytes: int = MAX_ANSWER_ITEM_BYTES) -> None:
+        if isinstance(max_claim_streams, bool) or not isinstance(max_claim_streams, int) \
+                or max_claim_streams < 1:
+            raise ConfigError("max_claim_streams must be an int >= 1")
         self.root = root.rstrip("/")
+        self.max_claim_streams = max_claim_streams
+        self.max_item_bytes = max_item_bytes
         self._urls: dict[tuple[str, str | None], str] = {}
 
     def _remember(self, key: tuple[str, str | None], url: str) -> str:
@@ -210,8 +230,13 @@ class SubscriptionClient:
         :class:`SubscriptionError` (``SUBSCRIPTION_ALREADY_EXISTS``).
         """
         url = self.subscription_url(sub.id)
+        async def consume(reader: BodyReader) -> Any:  # its fields; no stream is kept
+            return await read_items_answer(reader, operation="create subscription",
+                                           max_items=0)
+
         answer = await http.request("PUT", url, operation="create subscription",
-                                    json_body=sub.body())
+                                    json_body=sub.body(), consume=consume,
+                                    item_limit=self.max_item_bytes)
         if answer.status == 409 and answer.code == EXISTS:
             raise SubscriptionError(
                 f"subscription {sub.id!r} already exists with a different configuration; "
@@ -221,19 +246,36 @@ class SubscriptionClient:
                 status=409, code=EXISTS, url=url)
         raise_for_answer(answer, operation="create subscription", url=url, scrub=http.scrub,
                          cls=SubscriptionError)
-        if not is_subscription(answer.json(), sub.id):  # e.g. a data stream created instead
+        fields = answer.streamed.fields if answer.streamed is not None \
+            and answer.streamed.is_object else None
+        if not is_subscription(fields, sub.id):  # e.g. a data stream created instead
             raise wrong_root(self.root, f"PUT {redact_url(url)} answered {answer.status} "
                                         "without a subscription")
         return answer.status == 201
 
-    async def get_subscription(self, http: HttpClient, sub_id: str) -> dict[str, Any] | None:
+    async def get_subscription(self, http: HttpClient, sub_id: str, *,
+                               select: Callable[[Mapping[str, Any]], bool] | None = None,
+                               ) -> dict[str, Any] | None:
+        """The subscription's fields with at most ``max_claim_streams`` streams
+        (``path``, ``acked_offset``; only those ``select`` accepts, if given);
+        ``streams_deferred`` counts the selected ones beyond the bound."""
         url = self.subscription_url(sub_id)
-        answer = await http.request("GET", url, operation="get subscription")
+
+        async def consume(reader: BodyReader) -> Any:
+            return await read_items_answer(reader, operation="get subscription",
+                                           max_items=self.max_claim_streams,
+                                           keep_fields=("path", "acked_offset"), select=select)
+
+        answer = await http.request("GET", url, operation="get subscription", consume=consume,
+                                    item_limit=self.max_item_bytes)
         if answer.status == 404:
             return None
         raise_for_answer(answer, operation="get subscription", url=url, scrub=http.scrub)
-        body = answer.json()
-        return body if isinstance(body, dict) else None
+        parsed = answer.streamed
+        if parsed is None or not parsed.is_object:
+            return None
+        return {**parsed.fields, "streams": [s for s in parsed.items if isinstance(s, dict)],
+                "streams_deferred": parsed.deferred}
 
     async def delete_subscription(self, http: HttpClient, sub_id: str) -> None:
         """``DELETE`` a subscription (PROTOCOL.md §6.3; idempotent: 204 even if unknown)."""
@@ -244,15 +286,27 @@ class SubscriptionClient:
     async def claim(self, http: HttpClient, sub_id: str, worker: str) -> Claim | str:
         """A Claim, or the skip code (``NO_PENDING_WORK`` / ``ALREADY_CLAIMED``)."""
         url = self.subscription_url(sub_id, "claim")
-        answer = await http.request("POST", url, operation="claim", json_body={"worker": worker})
+
+        async def consume(reader: BodyReader) -> Any:
+            return await read_items_answer(reader, operation="claim",
+                                           max_items=self.max_claim_streams)
+
+        # Read as it arrives, bounded per stream entry: any number of linked
+        # streams can be claimed (issue 14, class 1).
+        answer = await http.request("POST", url, operation="claim", json_body={"worker": worker},
+                                    consume=consume, item_limit=self.max_item_bytes)
         if answer.status == 409 and answer.code in SKIP_CODES:
             return str(answer.code)
         self._raise(answer, "claim", url, http)
-        body = answer.json()
-        if not isinstance(body, dict):
+        parsed = answer.streamed
+        if parsed is None or not parsed.is_object:
             raise ControlPlaneError("claim answer is not a JSON object", operation="claim",
                                     status=answer.status, url=url)
-        return Claim.parse(sub_id, body, status=answer.status)
+        body = dict(parsed.fields)
+        if parsed.items_type == "list":
+            body["streams"] = parsed.items
+        return Claim.parse(sub_id, body, status=answer.status,
+                           deferred_streams=parsed.deferred)
 
     async def ack(self, http: HttpClient, claim: Claim, *,
                   acks: Sequence[tuple[str, str]] = (), done: bool = False,
@@ -312,8 +366,11 @@ class SubscriptionControlPlane:
                  on_missing: Callable[[HttpClient, SubscriptionConfig], Awaitable[None]],
                  on_connected: Callable[[HttpClient], Awaitable[None]] | None = None,
                  on_retry: Callable[[BaseException], None] | None = None,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None,
+                 on_wake_stream_missing: Callable[[HttpClient], Awaitable[bool]] | None = None,
+                 ) -> None:
         self.client = client
+        self._on_wake_stream_missing = on_wake_stream_missing
         self.worker = worker
         self.subscriptions = subscriptions
         self.wake_stream_url = wake_stream_url
@@ -326,6 +383,15 @@ class SubscriptionControlPlane:
     def claim_key(self, wake: WakeEvent) -> str:
         return wake.subscription_id or wake.stream
 
+    async def recreate_wake_stream(self, http: HttpClient) -> bool:
+        """The wake stream answered 404: re-create it (the worker owns it).
+
+        True if it was created now (then it is read from the beginning).
+        """
+        if self._on_wake_stream_missing is None:
+            return False
+        return await self._on_wake_stream_missing(http)
+
     async def claim(self, http: HttpClient, wake: WakeEvent) -> ClaimOutcome:
         sub = self.subscriptions.get(wake.subscription_id or "")
         if sub is None:
@@ -334,6 +400,11 @@ class SubscriptionControlPlane:
                                        on_retry=self._on_retry)
         if isinstance(result, str):
             return ClaimOutcome.skip(result)
+        if result.deferred_streams:
+            log.warning("claim %s#%d listed %d more stream(s) with pending work than "
+                        "max_claim_streams=%d: they stay pending and come with the next wake",
+                        sub.id, result.generation, result.deferred_streams,
+                        self.client.max_claim_streams)
         return ClaimOutcome(True, {"claim": result})
 
     async def _claim_once(self, http: HttpClient, sub: SubscriptionConfig) -> Claim | str:
@@ -348,5 +419,10 @@ class SubscriptionControlPlane:
     async def heartbeat(self, http: HttpClient, *, lease_ms: int, offset: str | None,
                         diagnostics: Mapping[str, Any]) -> None:
         answer = await http.request("HEAD", self.wake_stream_url, operation="heartbeat")
+        if answer.status == 404 and await self.recreate_wake_stream(http):
+            # The server forgot it (an in-memory restart): created again. The
+            # runner notices on (re)connect that its offsets went back.
+            answer = await http.request("HEAD", self.wake_stream_url, operation="heartbeat")
         raise_for_answer(answer, operation="heartbeat", url=self.wake_stream_url,
                          scrub=http.scrub)
+

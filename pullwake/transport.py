@@ -77,7 +77,7 @@ class StreamRequest:
     #: limit per message, so no answer size is ever refused (issue 14, class 1).
     max_response_bytes: int = 16 * 1024 * 1024
     clock: Clock | None = None
-    secrets: tuple[str, ...] = ()
+    secrets: tuple[str, ...] = field(default=(), repr=False)
 
 
 class WakeStream(Protocol):

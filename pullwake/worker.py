@@ -14,6 +14,8 @@ Delivery is at least once:
   reported as :class:`~pullwake.errors.HandlerError`; the subscription cools
   down (1 s, doubling, capped at 30 s) before it is claimed again;
 - lease lost (409 ``FENCED``, 401) → the handler is cancelled, nothing is acked;
+- the server forgot the wake stream (an in-memory server restarted: 404 on
+  connect) → it is re-created and read from the beginning;
 - the server forgot the subscription (restart) → it is re-created; ranges the
   new subscription marks as acked but this worker never saw acked are handed
   to the handler again as *recovered* wakes (``wake.recovered``), so a server
@@ -56,6 +58,7 @@ from .protocol import DEFAULT_RETRY, Assembler, Batch, Checkpoint, ReadCore, Rej
 from .runner import PullWakeRunner
 from .subscriptions import (
     INVALID_OFFSET,
+    MAX_CLAIM_STREAMS,
     NOT_FOUND,
     Claim,
     ClaimedStream,
@@ -68,7 +71,7 @@ from .urls import encode_path, validate_base_url
 __all__ = ["Wake", "Worker", "WorkerStats"]
 
 if TYPE_CHECKING:
-    from .cache import FetchCache
+    from .fetchcache import FetchCache
 
 log = logging.getLogger("pullwake.worker")
 
@@ -86,6 +89,7 @@ class WorkerStats:
     lease_extensions: int = 0
     recovered_wakes: int = 0
     subscriptions_recreated: int = 0
+    wake_streams_recreated: int = 0
     jobs_active: int = 0
 
 
@@ -215,7 +219,9 @@ class Worker:
     ``server`` is the stream root (``http://host:port/v1/stream``). Pass a
     ``pattern`` (glob) or ``streams`` for the default subscription, or several
     :class:`SubscriptionConfig` as ``subscriptions``. ``max_concurrency``
-    bounds handlers across all subscriptions.
+    bounds handlers across all subscriptions. A wake hands over at most
+    ``max_claim_streams`` streams (those with pending work first); the others
+    stay pending on the server and come with the next wake.
     """
 
     def __init__(
@@ -243,6 +249,7 @@ class Worker:
         on_error: Callable[[BaseException], Any] | None = None,
         clock: Clock | None = None,
         runner_options: Mapping[str, Any] | None = None,
+        max_claim_streams: int = MAX_CLAIM_STREAMS,
     ) -> None:
         self.server = validate_base_url(server, field="server")
         if not callable(handler):
@@ -277,7 +284,7 @@ class Worker:
         self._session_sync: Any = None
         self._session_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._client = SubscriptionClient(self.server)
+        self._client = SubscriptionClient(self.server, max_claim_streams=max_claim_streams)
         self._jobs: dict[str, asyncio.Task[Any]] = {}
         self._recoveries: set[asyncio.Task[Any]] = set()
         self._strays: set[asyncio.Task[Any]] = set()  # lease extensions cut short
@@ -311,7 +318,8 @@ class Worker:
             self._client, worker=self.worker_name, subscriptions=self.subscriptions,
             wake_stream_url=config.wake_stream_url, on_missing=self._recreate,
             on_connected=self._on_connected,
-            on_retry=lambda exc: self.runner.claims.record_failure(exc), clock=clock)
+            on_retry=lambda exc: self.runner.claims.record_failure(exc), clock=clock,
+            on_wake_stream_missing=self._recreate_wake_stream)
         self.runner = PullWakeRunner(config, self, control_plane=control)
         self._http: HttpClient = self.runner.http
         self._sub_stats = {s: SubscriptionStats() for s in self.subscriptions}
@@ -654,6 +662,19 @@ class Worker:
             if s.acked_offset > ledger.get(s.path, "-1"):
                 ledger[s.path] = s.acked_offset
 
+    async def _recreate_wake_stream(self, http: HttpClient) -> bool:
+        """The server forgot the wake stream (404): it is ours, so create it again.
+
+        The subscriptions are re-created (and recovered) once the stream is
+        connected again (:meth:`_on_connected`).
+        """
+        created = await self._client.ensure_stream(http, self.wake_stream)
+        if created:
+            self.stats.wake_streams_recreated += 1
+            log.warning("[%s] wake stream %r was gone (server restart?): re-created",
+                        self.worker_name, self.wake_stream)
+        return created
+
     async def _on_connected(self, http: HttpClient) -> None:
         """After every (re)connect: the server may have restarted and forgotten us."""
         for sub in self.subscriptions.values():
@@ -687,11 +708,16 @@ class Worker:
         (cooling down like a failed wake) until it succeeds or the worker stops.
         """
         failures = 0
+        known = dict(known)  # rounds: a subscription may list more than one wake holds
+
+        def skipped(s: Mapping[str, Any]) -> bool:
+            return str(s.get("acked_offset")) > known.get(str(s.get("path")), "-1")
+
         while True:
             if failures:
                 await sleep(self._clock, min(30.0, 2.0 ** (failures - 1)))
             try:
-                body = await self._client.get_subscription(http, sub.id)
+                body = await self._client.get_subscription(http, sub.id, select=skipped)
             except PullwakeError as exc:
                 failures += 1
                 self._report(exc)
@@ -728,7 +754,9 @@ class Worker:
                 end = max(s.tail_offset, wake._read.get(s.path, ""))
                 if end > ledger.get(s.path, "-1"):
                     ledger[s.path] = end
-            return
+                known[s.path] = s.tail_offset
+            if not body.get("streams_deferred"):
+                return
 
     async def _cancel_recoveries(self) -> None:
         for t in list(self._recoveries):
@@ -785,11 +813,11 @@ def _check_fetch_cache(value: object) -> FetchCache | None:
     """``fetch_cache`` is ``None`` or a :class:`pullwake.cache.FetchCache`, never a string."""
     if value is None:
         return None
-    from .cache import FetchCache
+    from .fetchcache import FetchCache
 
     if isinstance(value, FetchCache):
         return value
     raise ConfigError(
-        f"fetch_cache must be None or a pullwake.cache.FetchCache "
+        f"fetch_cache must be None or a pullwake.FetchCache "
         f"(FetchCache.memory() or FetchCache.sqlite(path)), not {type(value).__name__} "
         f"{value!r}")

@@ -66,8 +66,8 @@ def test_a_catch_up_request_carries_only_the_offset() -> None:
 
 
 def test_a_live_read_catches_up_first_then_goes_live_and_echoes_the_cursor() -> None:
-    core = ReadCore(offset="now", live="long-poll")
-    assert core.request().params == (("offset", "now"),)  # learn the content type first
+    core = ReadCore(offset="-1", live="long-poll")
+    assert core.request().params == (("offset", "-1"),)  # catch up (and learn the type) first
     feed_all(core, 200, {"Content-Type": "text/plain", "Stream-Next-Offset": "0_5",
                          "Stream-Up-To-Date": "true", "Stream-Cursor": "c1"}, b"")
     req = core.request()
@@ -76,6 +76,18 @@ def test_a_live_read_catches_up_first_then_goes_live_and_echoes_the_cursor() -> 
                          "Stream-Cursor": "c2"}, b"")
     assert core.request().params[-1] == ("cursor", "c2")
     assert not core.done
+
+
+def test_a_long_poll_from_now_waits_at_once_and_a_204_says_so() -> None:
+    """PROTOCOL.md §8: offset=now with long-poll starts waiting with no round trip."""
+    core = ReadCore(offset="now", live="long-poll")
+    assert core.request().params == (("offset", "now"), ("live", "long-poll"))
+    out = feed_all(core, 204, {"Stream-Next-Offset": "0_7", "Stream-Up-To-Date": "true",
+                               "Stream-Cursor": "c"}, b"")
+    assert out == [Checkpoint("0_7", "c", True, False, 204)]
+    out = feed_all(core, 200, {"Content-Type": "text/plain", "Stream-Next-Offset": "0_9",
+                               "Stream-Cursor": "d"}, b"new")
+    assert values(out) == ["new"] and core.kind == "text"
 
 
 def test_sse_with_a_known_kind_goes_live_at_once_with_accept() -> None:
@@ -341,8 +353,10 @@ def test_retries_are_bounded_and_honour_retry_after() -> None:
     assert retrying.delay() is None  # the third failure: give up
     retrying = RetryPolicy(max_retry_after_s=5).start()
     assert retrying.delay(retry_after=60) is None
-    with pytest.raises(ConfigError):
-        RetryPolicy(attempts=0)
+    for bad in ({"attempts": 0}, {"initial_s": 0}, {"initial_s": -1}, {"factor": 0.5},
+                {"initial_s": 2, "cap_s": 1}, {"cap_s": float("inf")}):
+        with pytest.raises(ConfigError):
+            RetryPolicy(**bad)  # type: ignore[arg-type]
 
 
 def test_a_trickle_is_stalled_but_silence_and_steady_progress_are_not() -> None:

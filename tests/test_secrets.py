@@ -356,3 +356,139 @@ async def test_url_credentials_never_logged(server: EmbeddedServer,
         await eventually(lambda: len(errors) >= 2)
     assert wake_requests(server)[0].headers["Authorization"].startswith("Basic ")
     check_everything(runner, server, errors, caplog)
+
+
+# ------------------------------------------------- reprs and cause chains (issue 14, class 11)
+
+
+def test_runner_config_repr_hides_headers_and_url_credentials() -> None:
+    from pullwake import RunnerConfig
+
+    for headers in (_static(), _async_provider):
+        cfg = RunnerConfig(base_url=f"http://user:{TOKEN}@127.0.0.1:1/x", runner_id="r1",
+                           headers=headers, claim_headers={"X-Api-Key": TOKEN})
+        assert_clean([repr(cfg), str(cfg)], "repr(RunnerConfig)")
+        assert "runner_id='r1'" in repr(cfg) and "127.0.0.1:1/x" in repr(cfg)
+
+
+def test_claim_and_answer_reprs_hide_the_token() -> None:
+    from pullwake.answers import ItemsAnswer
+    from pullwake.http import HttpAnswer
+    from pullwake.subscriptions import Claim
+
+    claim = Claim.parse("sub1", {"wake_id": "w1", "generation": 1, "token": TOKEN,
+                                 "streams": [], "lease_ttl_ms": 5000})
+    assert claim.token == TOKEN
+    body = json.dumps({"token": TOKEN}).encode()
+    answer = HttpAnswer(200, {"Set-Cookie": TOKEN}, body,
+                        ItemsAnswer(fields={"token": TOKEN}))
+    assert_clean([repr(claim), str(claim), repr(answer), repr(answer.streamed)], "repr")
+    assert "wake_id='w1'" in repr(claim)
+
+
+async def _broken_proxy(token_line: bytes) -> Any:
+    """A TCP server whose every answer has a malformed header line echoing the token."""
+    import asyncio
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\n" + token_line + b"\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+@pytest.mark.parametrize("line", [b"X-Echo " + AUTH.encode(), b"Authorization " + AUTH.encode()],
+                         ids=["echoed-bearer", "echoed-authorization"])
+async def test_broken_proxy_answer_echoing_the_token_is_scrubbed_in_the_cause_chain(
+        line: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    """aiohttp's ClientResponseError carries the request headers and the answer's
+    bad line; it stays in the cause chain, scrubbed, for connect and control calls."""
+    import aiohttp
+
+    srv = await _broken_proxy(line)
+    port = srv.sockets[0].getsockname()[1]
+    errors: list[BaseException] = []
+    clock = ManualClock()
+    try:
+        runner = PullWakeRunner(
+            __import__("pullwake").RunnerConfig(
+                base_url=f"http://127.0.0.1:{port}", runner_id="r1", headers=_static(),
+                heartbeat_interval=30, clock=clock, on_error=errors.append),
+            RecordingRuntime())
+        with caplog.at_level(logging.DEBUG):
+            async with started(runner):
+                await eventually(lambda: any(isinstance(e, ConnectError) for e in errors)
+                                 and any(isinstance(e, ControlPlaneError) for e in errors))
+    finally:
+        srv.close()
+        await srv.wait_closed()
+    chained = [e.__cause__ for e in errors if e.__cause__ is not None]
+    assert any(isinstance(c, aiohttp.ClientResponseError) for c in chained), chained
+    assert_clean([t for e in errors for t in exception_texts(e)], "on_error cause chain")
+    assert_clean([caplog.text], "logs")
+    assert_clean([json.dumps(runner.health().to_dict())], "health")
+
+
+def test_run_help_warns_header_values_are_visible_and_offers_header_env(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+    import dataclasses
+
+    from pullwake.cli_run import _headers, add_run_commands
+    from pullwake.run_options import resolve
+
+    parser = argparse.ArgumentParser()
+    add_run_commands(parser.add_subparsers())
+    run = parser._subparsers._group_actions[0].choices["run"]  # type: ignore[union-attr]
+    text = " ".join(run.format_help().split())
+    assert "/proc/PID/cmdline" in text and "--header-env NAME=ENVVAR" in text
+    monkeypatch.setenv("PULLWAKE_TEST_KEY", TOKEN)
+    argv = ["--server", "http://127.0.0.1:1/v1/stream", "--subscription", "s",
+            "--wake-stream", "w", "--handler", "m:f", "--stream", "a"]
+    opts = resolve(run.parse_args([*argv, "--header-env", "X-Api-Key=PULLWAKE_TEST_KEY"]),
+                   environ={})
+    assert _headers(opts) == {"X-Api-Key": TOKEN}
+    with pytest.raises(ValueError, match="--header-env"):
+        _headers(dataclasses.replace(opts, header_env=("X-Api-Key=PULLWAKE_TEST_UNSET_VAR",)))
+    for bad in ("X-Api-Key", "=PULLWAKE_TEST_KEY", "X-Api-Key="):
+        with pytest.raises(SystemExit):
+            run.parse_args([*argv, "--header-env", bad])
+        assert "--header-env" in capsys.readouterr().err
+
+
+async def test_run_with_header_env_sends_the_header_and_keeps_it_out_of_argv(
+        tmp_path: Any) -> None:
+    """A real `pullwake run` process: the header reaches the server; argv has no secret."""
+    import asyncio
+    import os
+    import signal
+    import sys
+
+    (tmp_path / "h14.py").write_text("async def handle(wake):\n    pass\n")
+    async with EmbeddedServer() as srv:
+        env = {**os.environ, "PULLWAKE_TEST_KEY": TOKEN}
+        argv = ["-m", "pullwake", "run", "--server", srv.stream_root, "--subscription", "sub1",
+                "--wake-stream", "wake/pool", "--pattern", "events/*", "--handler", "h14:handle",
+                "--worker", "w1", "--header-env", "X-Api-Key=PULLWAKE_TEST_KEY"]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, *argv, cwd=str(tmp_path), env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        try:
+            await eventually(lambda: any(r.headers.get("X-Api-Key") == TOKEN
+                                         for r in srv.requests_matching("/wake/pool")),
+                             timeout=30)
+            from pathlib import Path
+
+            cmdline = await asyncio.to_thread(Path(f"/proc/{proc.pid}/cmdline").read_bytes)
+            assert TOKEN.encode() not in cmdline
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0, err.decode()[-2000:]
+        assert TOKEN not in err.decode()

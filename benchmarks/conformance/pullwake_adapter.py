@@ -82,13 +82,15 @@ def url_of(path: str) -> str:
     return state["server"] + path
 
 
-def http_status_error(command: str, resp: requests.Response) -> dict[str, Any]:
+def http_status_error(command: str, resp: requests.Response,
+                      path: str = "") -> dict[str, Any]:
     status = resp.status_code
     code = {404: "NOT_FOUND", 400: "INVALID_ARGUMENT"}.get(status, "UNEXPECTED_STATUS")
     if status == 409:
         code = "STREAM_CLOSED" if resp.headers.get("Stream-Closed", "").lower() == "true" \
             else ("SEQUENCE_CONFLICT" if "sequence" in resp.text.lower() else "CONFLICT")
-    return error(command, code, f"{status}: {resp.text[:200]}", status)
+    where = f" ({path})" if path else ""
+    return error(command, code, f"{status}: {resp.text[:200]}{where}", status)
 
 
 # ------------------------------------------------------------------ producer side
@@ -107,7 +109,7 @@ def create(cmd: dict[str, Any]) -> dict[str, Any]:
     resp = http.put(url_of(cmd["path"]), headers=headers,
                     data=body.encode() if isinstance(body, str) else None, timeout=10)
     if resp.status_code not in (200, 201):
-        return http_status_error("create", resp)
+        return http_status_error("create", resp, cmd["path"])
     state["types"][cmd["path"]] = ctype
     return {"type": "create", "success": True, "status": resp.status_code,
             "offset": resp.headers.get("Stream-Next-Offset")}
@@ -122,10 +124,18 @@ def append(cmd: dict[str, Any]) -> dict[str, Any]:
     if cmd.get("seq") is not None:
         headers["Stream-Seq"] = str(cmd["seq"])
     data = base64.b64decode(cmd["data"]) if cmd.get("binary") else cmd["data"].encode()
-    resp = http.post(url_of(path), headers=headers, params=params or None, data=data,
-                     timeout=10)
+    retrying = pullwake.RetryPolicy().start()
+    while True:  # a producer retries what is transient too (5xx, 429)
+        resp = http.post(url_of(path), headers=headers, params=params or None, data=data,
+                         timeout=10)
+        if resp.status_code < 500 and resp.status_code != 429:
+            break
+        delay = retrying.delay()
+        if delay is None:
+            break
+        time.sleep(delay)
     if resp.status_code not in (200, 204):
-        return http_status_error("append", resp)
+        return http_status_error("append", resp, path)
     out = {"type": "append", "success": True, "status": 200,
            "offset": resp.headers.get("Stream-Next-Offset")}
     if sent:
@@ -140,7 +150,7 @@ def head(cmd: dict[str, Any]) -> dict[str, Any]:
     if resp.status_code == 404:
         return error("head", "NOT_FOUND", f"Stream not found: {cmd['path']}", 404)
     if resp.status_code != 200:
-        return http_status_error("head", resp)
+        return http_status_error("head", resp, cmd["path"])
     ctype = resp.headers.get("Content-Type")
     if ctype:
         state["types"][cmd["path"]] = ctype
@@ -161,7 +171,7 @@ def delete(cmd: dict[str, Any]) -> dict[str, Any]:
     resp = http.delete(url_of(cmd["path"]), headers=cmd.get("headers") or {}, timeout=10)
     if resp.status_code not in (200, 204):
         return http_status_error("delete", resp)
-    return {"type": "delete", "success": True, "status": resp.status_code}
+    return {"type": "delete", "success": True, "status": 200}
 
 
 def close(cmd: dict[str, Any]) -> dict[str, Any]:
@@ -177,6 +187,100 @@ def close(cmd: dict[str, Any]) -> dict[str, Any]:
         return http_status_error("close", resp)
     return {"type": "close", "success": True,
             "finalOffset": resp.headers.get("Stream-Next-Offset")}
+
+
+# The suite's idempotent-producer commands (PROTOCOL.md §5.2.1): Producer-Id,
+# -Epoch and -Seq headers on plain POSTs; a retried close reuses its sequence.
+producers: dict[tuple[str, str], dict[str, Any]] = {}
+
+
+def _producer(cmd: dict[str, Any]) -> dict[str, Any]:
+    key = (cmd["path"], cmd["producerId"])
+    p = producers.setdefault(key, {"epoch": int(cmd.get("epoch") or 0), "seq": 0,
+                                   "close_seq": None})
+    return p
+
+
+def _produce(cmd: dict[str, Any], data: bytes | None, *, seq: int,
+             close_stream: bool = False) -> requests.Response:
+    p = _producer(cmd)
+    headers = {"Producer-Id": cmd["producerId"], "Producer-Epoch": str(p["epoch"]),
+               "Producer-Seq": str(seq), **(cmd.get("headers") or {})}
+    if data is not None:
+        headers["Content-Type"] = state["types"].get(cmd["path"], "application/octet-stream")
+    if close_stream:
+        headers["Stream-Closed"] = "true"
+    return http.post(url_of(cmd["path"]), headers=headers, data=data, timeout=10)
+
+
+def idempotent_append(cmd: dict[str, Any]) -> dict[str, Any]:
+    items = cmd.get("items") if cmd["type"] == "idempotent-append-batch" else [cmd["data"]]
+    p = _producer(cmd)
+    status = 200
+    for item in items or []:
+        resp = _produce(cmd, item.encode(), seq=p["seq"])
+        if resp.status_code not in (200, 204):
+            return http_status_error(cmd["type"], resp, cmd["path"])
+        status = resp.status_code
+        p["seq"] += 1
+    return {"type": cmd["type"], "success": True, "status": status,
+            "duplicate": status == 204 and cmd["type"] == "idempotent-append"}
+
+
+def idempotent_close(cmd: dict[str, Any]) -> dict[str, Any]:
+    p = _producer(cmd)
+    if p["close_seq"] is None:
+        p["close_seq"] = p["seq"]
+        p["seq"] += 1
+    data = cmd.get("data")
+    resp = _produce(cmd, data.encode() if isinstance(data, str) else None,
+                    seq=p["close_seq"], close_stream=True)
+    if resp.status_code not in (200, 204):
+        return http_status_error("idempotent-close", resp, cmd["path"])
+    return {"type": "idempotent-close", "success": True, "status": 200,
+            "finalOffset": resp.headers.get("Stream-Next-Offset")}
+
+
+def idempotent_detach(cmd: dict[str, Any]) -> dict[str, Any]:
+    producers.pop((cmd["path"], cmd["producerId"]), None)
+    return {"type": "idempotent-detach", "success": True, "status": 200}
+
+
+def validate(cmd: dict[str, Any]) -> dict[str, Any]:
+    target = cmd["target"]
+    if target.get("target") == "retry-options":
+        # The suite's retry options are pullwake's RetryPolicy, field by field.
+        names = {"attempts": "maxRetries", "initial_s": "initialDelayMs",
+                 "cap_s": "maxDelayMs", "factor": "multiplier"}
+        kwargs: dict[str, Any] = {}
+        if "maxRetries" in target:
+            kwargs["attempts"] = int(target["maxRetries"]) + 1
+        if "initialDelayMs" in target:
+            kwargs["initial_s"] = target["initialDelayMs"] / 1000
+        if "maxDelayMs" in target:
+            kwargs["cap_s"] = target["maxDelayMs"] / 1000
+        elif "initialDelayMs" in target:
+            kwargs["cap_s"] = max(5.0, kwargs["initial_s"])
+        if "multiplier" in target:
+            kwargs["factor"] = target["multiplier"]
+        try:
+            pullwake.RetryPolicy(**kwargs)
+        except ConfigError as exc:
+            text = str(exc)
+            words = text.split()  # "retry <field> must ..."
+            field = names.get(words[1], "") if len(words) > 1 else ""
+            return error("validate", "INVALID_ARGUMENT", f"{field}: {text}")
+        return {"type": "validate", "success": True}
+    if target.get("target") == "idempotent-producer":
+        checks = [("producerId", lambda v: isinstance(v, str) and v != ""),
+                  ("epoch", lambda v: isinstance(v, int) and v >= 0),
+                  ("maxBatchBytes", lambda v: isinstance(v, int) and v > 0),
+                  ("maxBatchItems", lambda v: isinstance(v, int) and v > 0)]
+        for name, ok in checks:
+            if name in target and not ok(target[name]):
+                return error("validate", "INVALID_ARGUMENT", f"{name} is invalid")
+        return {"type": "validate", "success": True}
+    return error("validate", "NOT_SUPPORTED", f"cannot validate {target.get('target')}")
 
 
 # ------------------------------------------------------------------ reads (pullwake)
@@ -216,7 +320,8 @@ async def read(cmd: dict[str, Any]) -> dict[str, Any]:
     mode = "long-poll" if live is True else live
     max_chunks = cmd.get("maxChunks") or 100
     chunks: list[dict[str, Any]] = []
-    status: dict[str, Any] = {"offset": offset, "upToDate": False, "streamClosed": False}
+    status: dict[str, Any] = {"offset": offset, "upToDate": False, "streamClosed": False,
+                              "status": 200}
     reader = pullwake.aiter_chunks(url, offset, live=mode, headers=headers,
                                    params=params or None)
 
@@ -229,7 +334,7 @@ async def read(cmd: dict[str, Any]) -> dict[str, Any]:
                 chunks.append({"data": render(chunk.kind, list(chunk.data)),
                                "offset": chunk.offset})
             status.update(offset=chunk.offset, upToDate=chunk.up_to_date,
-                          streamClosed=chunk.closed, cursor=chunk.cursor)
+                          streamClosed=chunk.closed, cursor=chunk.cursor, status=chunk.status)
             if cmd.get("waitForUpToDate") and chunk.up_to_date:
                 return
             if len(chunks) >= max_chunks:
@@ -242,7 +347,7 @@ async def read(cmd: dict[str, Any]) -> dict[str, Any]:
     finally:
         await reader.aclose()
     status = {k: v for k, v in status.items() if v is not None}
-    return {"type": "read", "success": True, "status": 200, "chunks": chunks, **status,
+    return {"type": "read", "success": True, "chunks": chunks, **status,
             **extra}
 
 
@@ -266,7 +371,8 @@ async def handle(cmd: dict[str, Any]) -> dict[str, Any]:
                     "clientVersion": pullwake.__version__,
                     "features": {"sse": True, "longPoll": True, "auto": True,
                                  "streaming": True, "dynamicHeaders": True,
-                                 "batching": False}}
+                                 "retryOptions": True, "batchItems": True,
+                                 "strictZeroValidation": True, "batching": False}}
         if kind == "read":
             return await read(cmd)
         if kind == "set-dynamic-header":
@@ -279,7 +385,10 @@ async def handle(cmd: dict[str, Any]) -> dict[str, Any]:
         if kind == "shutdown":
             return {"type": "shutdown", "success": True}
         sync = {"create": create, "append": append, "head": head, "connect": connect,
-                "delete": delete, "close": close}.get(str(kind))
+                "delete": delete, "close": close, "idempotent-append": idempotent_append,
+                "idempotent-append-batch": idempotent_append,
+                "idempotent-close": idempotent_close, "idempotent-detach": idempotent_detach,
+                "validate": validate}.get(str(kind))
         if sync is None:
             return error(str(kind), "NOT_SUPPORTED", f"{kind} is not supported")
         return await asyncio.to_thread(sync, cmd)

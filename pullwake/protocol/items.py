@@ -69,6 +69,7 @@ class Chunk:
     up_to_date: bool = False
     closed: bool = False
     kind: Kind | None = None
+    status: int = 200
 
     @property
     def data(self) -> tuple[Any, ...]:
@@ -142,7 +143,8 @@ class Assembler:
             return Chunk(items=tuple(items), start=start, offset=event.next_offset,
                          cursor=event.cursor, up_to_date=event.up_to_date,
                          closed=event.closed,
-                         kind=None if self.core is None else self.core.kind)
+                         kind=None if self.core is None else self.core.kind,
+                         status=event.status)
         if type(event) is Rejected:
             raise event.error
         return None

@@ -39,6 +39,7 @@ from typing import Any, Literal
 from ..errors import (
     ConfigError,
     MalformedMessage,
+    OffsetsWentBack,
     OversizedMessage,
     ProtocolError,
     StreamStatusError,
@@ -147,6 +148,8 @@ class Checkpoint:
     cursor: str | None = None
     up_to_date: bool = False
     closed: bool = False
+    #: The HTTP status of the answer it ends (204: a long-poll timed out).
+    status: int = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +226,7 @@ class ReadCore:
         self._emitted = 0  # values delivered from the current answer
         self._drop = 0  # values to drop from a retried answer (already delivered)
         self._not_modified = False
+        self._status = 200
 
     # ----------------------------------------------------------- requests
 
@@ -234,6 +238,8 @@ class ReadCore:
             return "catch-up"
         if self.up_to_date or self.kind is not None:
             return self.live
+        if self.live == "long-poll" and self.offset == "now":
+            return "long-poll"  # §8: wait at the tail at once; an answer with data names its type
         return "catch-up"  # learn the content type (and catch up) first
 
     def request(self) -> Request:
@@ -268,6 +274,7 @@ class ReadCore:
         self._head = headers
         self._start = self.offset
         self._not_modified = status == 304
+        self._status = status
         self._pending = []
         self._emitted = 0
         if mode == "sse":
@@ -339,7 +346,7 @@ class ReadCore:
             assert nxt_raw is not None
             nxt = nxt_raw
         if self.offset not in SENTINELS and nxt < self.offset:
-            raise ProtocolError("Stream-Next-Offset moved backwards", url=self.url)
+            raise OffsetsWentBack("Stream-Next-Offset moved backwards", url=self.url)
         etag = headers.get("ETag")
         if etag and self._mode == "catch-up" and not self._not_modified:
             self.etag = etag
@@ -351,7 +358,7 @@ class ReadCore:
         self._drop = 0
         self.offset, self.cursor = nxt, cursor
         self.up_to_date, self.closed = up_to_date, closed
-        out.append(Checkpoint(nxt, cursor, up_to_date, closed))
+        out.append(Checkpoint(nxt, cursor, up_to_date, closed, self._status))
         if closed or (self.live == "catch-up" and (up_to_date or self._reached(nxt))):
             self.done = True
         elif self.live == "catch-up" and not advanced:
@@ -418,7 +425,7 @@ class ReadCore:
                                 url=self.url)
         assert isinstance(nxt, str)
         if self.offset not in SENTINELS and nxt < self.offset:
-            raise ProtocolError("SSE streamNextOffset moved backwards", url=self.url)
+            raise OffsetsWentBack("SSE streamNextOffset moved backwards", url=self.url)
         out: list[Event] = []
         if self._pending:
             out.append(Batch(self._pending, self.offset, nxt, 0))

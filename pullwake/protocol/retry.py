@@ -11,6 +11,7 @@ out: the read fails typed at once, with the server's delay on the error.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,8 +43,15 @@ class RetryPolicy:
             raise ConfigError("retry attempts must be an int >= 1")
         for name in ("initial_s", "factor", "cap_s", "max_retry_after_s"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise ConfigError(f"retry {name} must be a number >= 0")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                    or v < 0:
+                raise ConfigError(f"retry {name} must be a finite number >= 0")
+        if self.initial_s <= 0:
+            raise ConfigError("retry initial_s must be > 0 (a retry never hammers the server)")
+        if self.factor < 1:
+            raise ConfigError("retry factor must be >= 1 (delays never shrink)")
+        if self.cap_s < self.initial_s:
+            raise ConfigError("retry cap_s must be >= initial_s")
 
     def start(self, rng: Callable[[], float] | None = None) -> Retrying:
         return Retrying(self, Backoff(BackoffSpec(initial_s=self.initial_s, factor=self.factor,
