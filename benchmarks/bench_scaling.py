@@ -42,10 +42,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import gc
 import json
 import mmap
 import os
+import pstats
 import statistics
 import subprocess
 import sys
@@ -192,6 +194,7 @@ class BareLoop(Consumer):
         self.latencies = [] if record_latency else None
         self._busy: set[str] = set()
         self._again: set[str] = set()
+        self.offset = "-1"
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
@@ -219,10 +222,14 @@ class BareLoop(Consumer):
                 buf += chunk
                 *events, buf = buf.split(b"\n\n")
                 for ev in events:
-                    if not ev.startswith(b"event: data"):
-                        continue
                     data = b"\n".join(ln[5:] for ln in ev.split(b"\n")[1:]
                                       if ln.startswith(b"data:"))
+                    if ev.startswith(b"event: control"):
+                        # Where to resume after a reconnect: the worker tracks it too.
+                        self.offset = json.loads(data).get("streamNextOffset", self.offset)
+                        continue
+                    if not ev.startswith(b"event: data"):
+                        continue
                     for msg in json.loads(data):
                         sub = msg.get("subscription_id")
                         if sub in self.subs:
@@ -388,7 +395,8 @@ class Bench:
         return Layout(self.server.stream_root, f"r{self.runs}", n)
 
     async def run(self, side: str, n: int, *, seconds: float, warmup: float,
-                  rate: float | None = None, record_latency: bool = False) -> Run:
+                  rate: float | None = None, record_latency: bool = False,
+                  profile: cProfile.Profile | None = None) -> Run:
         """One measured run; ``rate`` None: keep every stream busy (backlog mode)."""
         layout = self.layout(n)
         cls: type[BareLoop] | type[WorkerLoop] = BareLoop if side == "bare" else WorkerLoop
@@ -407,7 +415,11 @@ class Bench:
             w0, m0 = consumer.wakes, consumer.messages
             l0 = len(consumer.latencies or ())
             c0, s0, t0 = cpu_seconds(), cpu_seconds(server_pid), time.perf_counter()
+            if profile is not None:
+                profile.enable()
             await asyncio.sleep(seconds)
+            if profile is not None:
+                profile.disable()
             c1, s1, t1 = cpu_seconds(), cpu_seconds(server_pid), time.perf_counter()
             w1, m1 = consumer.wakes, consumer.messages
             lat = list((consumer.latencies or [])[l0:])
@@ -481,6 +493,55 @@ async def scaling(bench: Bench, ns: Sequence[int], rounds: int, seconds: float,
                   "client share of client+server CPU bare / worker",
                   "messages/wake bare / worker"], rows)
     return text, data
+
+
+# ===================================================== 1b. calls per wake
+
+
+def _package(filename: str) -> str:
+    if filename == "~":
+        return "C built-ins"
+    for name in ("pullwake", "aiohttp", "yarl", "multidict", "asyncio", "json",
+                 "prometheus_client"):
+        if f"/{name}/" in filename:
+            return name
+    if filename.endswith("bench_scaling.py"):
+        return "the benchmark's own loop"
+    return "other Python"
+
+
+async def calls(bench: Bench, n: int, seconds: float) -> str:
+    """Function calls per wake under cProfile, by package: a noise-free view of where
+    the worker's extra CPU goes (the profiler inflates time, not call counts)."""
+    counts: dict[str, dict[str, float]] = {}
+    for side in ("bare", "worker"):
+        prof = cProfile.Profile()
+        run = await bench.run(side, n, seconds=seconds, warmup=0.5, profile=prof)
+        wakes = max(1, run.wakes)
+        per: dict[str, float] = {}
+        for (filename, _line, fn), (_cc, nc, *_rest) in pstats.Stats(prof).stats.items():  # type: ignore[attr-defined]
+            pkg = _package(filename)
+            per[pkg] = per.get(pkg, 0.0) + nc / wakes
+            if filename.endswith("base_events.py") and fn in ("create_task", "call_at",
+                                                               "_call_soon"):
+                per[f"({fn})"] = nc / wakes
+        counts[side] = per
+        print(f"  calls: {side} {sum(v for k, v in per.items() if not k.startswith('(')):.0f}"
+              " calls/wake", flush=True)
+    b, w = counts["bare"], counts["worker"]
+    keys = sorted({*b, *w} - {"(create_task)", "(call_at)", "(_call_soon)"},
+                  key=lambda k: -(w.get(k, 0) - b.get(k, 0)))
+    rows = [[k, f"{b.get(k, 0):.0f}", f"{w.get(k, 0):.0f}", f"{w.get(k, 0) - b.get(k, 0):+.0f}"]
+            for k in keys]
+    tb = sum(b.get(k, 0) for k in keys)
+    tw = sum(w.get(k, 0) for k in keys)
+    rows.append(["**all**", f"**{tb:.0f}**", f"**{tw:.0f}**", f"**{tw - tb:+.0f}**"])
+    for key, label in (("(create_task)", "asyncio tasks created"),
+                       ("(call_at)", "timers armed"),
+                       ("(_call_soon)", "loop callbacks scheduled")):
+        rows.append([label, f"{b.get(key, 0):.1f}", f"{w.get(key, 0):.1f}",
+                     f"{w.get(key, 0) - b.get(key, 0):+.1f}"])
+    return table(["per wake, N = " + str(n), "bare", "worker", "worker - bare"], rows)
 
 
 # ============================================================== 2. reads
@@ -626,7 +687,8 @@ async def soak(bench: Bench, n: int, wakes: int, limit_s: float, window: int
                 w1, c1, t1 = consumer.wakes, cpu_seconds(), time.perf_counter()
                 samples.append({"wakes": w1 - start_wakes, "cpu_ms": (c1 - c0) / (w1 - w0) * 1e3,
                                 "rate": (w1 - w0) / (t1 - t0), "rss": rss_bytes() / 2**20,
-                                "secrets": len(consumer.worker.runner.http.secrets)})
+                                "secrets": len(consumer.worker.runner.http.secrets),
+                                "load": os.getloadavg()[0]})
                 s = samples[-1]
                 print(f"  soak {s['wakes']:>7.0f} wakes: {s['cpu_ms']:.3f} ms CPU/wake, "
                       f"{s['rate']:.0f} wakes/s, RSS {s['rss']:.1f} MiB, "
@@ -643,9 +705,9 @@ async def soak(bench: Bench, n: int, wakes: int, limit_s: float, window: int
     step = max(1, len(samples) // 10)
     shown = samples[::step] if samples[-1] in samples[::step] else [*samples[::step], samples[-1]]
     rows = [[f"{s['wakes']:.0f}", f"{s['cpu_ms']:.3f}", f"{s['rate']:.0f}", f"{s['rss']:.1f}",
-             f"{s['secrets']:.0f}"] for s in shown]
+             f"{s['secrets']:.0f}", f"{s['load']:.1f}"] for s in shown]
     text = table(["wakes so far", "client CPU ms/wake (window)", "wakes/s (window)",
-                  "RSS MiB", "secrets held"], rows)
+                  "RSS MiB", "secrets held", "machine load (1 min)"], rows)
     k = max(1, len(samples) // 5)
     first = statistics.median(s["cpu_ms"] for s in samples[:k])
     last = statistics.median(s["cpu_ms"] for s in samples[-k:])
@@ -679,6 +741,11 @@ async def main_scaling(args: argparse.Namespace, argv: Sequence[str]) -> None:
             scale_text, scale = await scaling(bench, ns, args.rounds, args.duration,
                                               args.warmup, args.append_rate)
             print(scale_text, flush=True)
+        calls_text = ""
+        if "calls" in args.parts:
+            print(f"calls per wake at N = {args.calls_n} (cProfile)", flush=True)
+            calls_text = await calls(bench, args.calls_n, min(args.duration, 3.0))
+            print(calls_text, flush=True)
         if "reads" in args.parts:
             print(f"reads: {args.read_messages} messages, {args.read_rounds} rounds",
                   flush=True)
@@ -726,6 +793,14 @@ worker/bare ratios). Client CPU is this process's, server CPU node's, both from
 {scale_text}
 
 {verdict}
+
+### Where the worker's extra client CPU goes
+
+One run per side at N = {args.calls_n} under cProfile: Python function calls
+per wake, by package (call counts do not depend on the machine's load; the
+profiler's own overhead inflates time, so no times are shown).
+
+{calls_text}
 
 ### Async vs sync reads
 
@@ -811,9 +886,11 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--latency-rate", type=float, default=50.0,
                    help="appends/s in total for the latency table (50)")
     p.add_argument("--latency-rounds", type=int, default=None, help="rounds per side (2)")
-    p.add_argument("--parts", default="scaling,reads,latency",
-                   help="which tables to measure (default all: scaling,reads,latency); "
-                        "--write-docs needs all three")
+    p.add_argument("--parts", default="scaling,calls,reads,latency",
+                   help="which tables to measure (default all: scaling,calls,reads,"
+                        "latency); --write-docs needs all of them")
+    p.add_argument("--calls-n", type=int, default=16,
+                   help="subscriptions for the calls-per-wake profile (16)")
     p.add_argument("--soak", action="store_true",
                    help="run the soak instead: the worker alone for --soak-wakes wakes")
     p.add_argument("--soak-wakes", type=int, default=None, help="wakes to run (100000)")
@@ -823,9 +900,10 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--soak-n", type=int, default=16, help="subscriptions in the soak (16)")
     args = p.parse_args(argv)
     parts = set(args.parts.split(","))
-    if parts - {"scaling", "reads", "latency"}:
-        p.error(f"unknown --parts: {sorted(parts - {'scaling', 'reads', 'latency'})}")
-    if args.write_docs and not args.soak and parts != {"scaling", "reads", "latency"}:
+    every = {"scaling", "calls", "reads", "latency"}
+    if parts - every:
+        p.error(f"unknown --parts: {sorted(parts - every)}")
+    if args.write_docs and not args.soak and parts != every:
         p.error("--write-docs writes the whole section: run every part")
     args.parts = parts
     quick = args.quick

@@ -72,6 +72,7 @@ class ClaimScheduler:
         self._control = control
         self._http = http
         self._runtime = runtime
+        self._is_active: Callable[[str], Any] | None = getattr(runtime, "is_wake_active", None)
         self._clock = clock
         self._stats = stats
         self._busy_retry = max(busy_retry, NOTIFIED_FALLBACK_S) if notified else busy_retry
@@ -179,7 +180,7 @@ class ClaimScheduler:
         return self._deferred.pop(key, held)
 
     def _runtime_busy(self, key: str) -> bool:
-        check = getattr(self._runtime, "is_wake_active", None)
+        check = self._is_active
         if check is None:
             return False
         try:

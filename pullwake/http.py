@@ -499,8 +499,11 @@ class HttpClient:
 
     def hold_secrets(self, *values: str) -> _Hold:
         """Scrub ``values`` (and their ``Bearer`` forms) until the block ends."""
-        return self._secrets.hold(
-            s for v in values if len(v) >= MIN_SECRET for s in (v, f"Bearer {v}"))
+        vals: list[str] = []
+        for v in values:
+            if len(v) >= MIN_SECRET:
+                vals += (v, f"Bearer {v}")
+        return _Hold(self._secrets, tuple(vals))
 
     def scrub(self, text: str) -> str:
         return self._secrets.scrub(text)
@@ -546,9 +549,11 @@ class HttpClient:
         limit = self.request_timeout if timeout is None else timeout
         scoped: contextlib.AbstractContextManager[None] = _NO_SCOPE
         if headers:  # a request's own header values: secret for this request
-            new = [v for v in secret_values(headers) if v not in self._secrets]
-            if new:
-                scoped = self._secrets.hold(new)
+            known = self._secrets
+            for value in headers.values():
+                if value not in known:  # (usually all known: a wake's token is held)
+                    scoped = known.hold([v for v in secret_values(headers) if v not in known])
+                    break
         with scoped, translate("request", url=url, operation=operation,
                                secrets=self._secrets):
             async with deadline(self._clock, limit):

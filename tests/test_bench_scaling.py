@@ -50,7 +50,8 @@ def test_quick_mode_prints_every_table_and_writes_no_docs() -> None:
     out = proc.stdout
     for needle in ("| N subscriptions | bare wakes/s | worker wakes/s",
                    "| reader ", "`pullwake.read_stream`", "bare aiohttp + `json.loads`",
-                   "p50 ms bare / worker", "Worst over N:"):
+                   "p50 ms bare / worker", "Worst over N:", "| per wake, N = 16",
+                   "asyncio tasks created"):
         assert needle in out, needle
     assert "\n| 1 " in out and "\n| 4 " in out  # one row per N of the quick mode
     assert docs_digest() == before
