@@ -55,6 +55,7 @@ __all__ = [
     "UsageError",
     "add_arguments",
     "env_name",
+    "misspelled_variables",
     "option_table",
     "resolve",
 ]
@@ -414,6 +415,20 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None,
     if only is None or "subscription" in names:
         values["subscriptions"] = _subscriptions(values, origin, file_subs)
     return RunOptions(**values)
+
+
+def misspelled_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Warnings for ``PULLWAKE_*`` variables that look like a misspelled option."""
+    environ = os.environ if environ is None else environ
+    known = [env_name(f.name) for f in _option_fields() if f.metadata["env"]] + [CONFIG_ENV]
+    out = []
+    for var in sorted(environ):
+        if not var.startswith(ENV_PREFIX) or var in known:
+            continue
+        close = difflib.get_close_matches(var, known, n=1, cutoff=0.85)
+        if close:
+            out.append(f"ignoring {var}: not an option (did you mean {close[0]}?)")
+    return out
 
 
 def _file_subscription(table: Mapping[str, Any], index: int, path: str
