@@ -844,30 +844,42 @@ class Worker:
 
         Cancelling the future stops the extensions. Between extensions nothing
         runs but a timer on the clock (no task per wake): most wakes end before
-        the first extension is due.
+        the first extension is due. An extension may take as long as the lease
+        has left (a slow or loaded server is not a lost lease); one that failed
+        is tried again after a tenth of the TTL, not a third, so a single slow
+        answer does not let the lease run out.
         """
         lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        interval = max(0.2, claim.lease_ttl_ms / 3000)
+        ttl = claim.lease_ttl_ms / 1000
+        interval = max(0.2, ttl / 3)
+        retry = max(0.05, ttl / 10)
+        clock = self._clock
+        held_until = clock.monotonic() + ttl  # as of the claim answer
         timer: TimerHandle | None = None
-        task: asyncio.Task[None] | None = None
+        task: asyncio.Task[bool] | None = None
 
         def extend() -> None:
             nonlocal timer, task
             timer = None
             if not lost.done():
-                task = asyncio.ensure_future(self._extend_lease(claim, interval))
-                task.add_done_callback(extended)
+                started = clock.monotonic()
+                left = max(retry, held_until - started)
+                task = asyncio.ensure_future(self._extend_lease(claim, left))
+                task.add_done_callback(lambda t: extended(t, started))
 
-        def extended(t: asyncio.Task[None]) -> None:
-            nonlocal timer, task
+        def extended(t: asyncio.Task[bool], started: float) -> None:
+            nonlocal timer, task, held_until
             task = None
             if lost.done() or t.cancelled():
                 return
             error = t.exception()
             if error is not None:
                 lost.set_exception(error)
+            elif t.result():
+                held_until = started + ttl
+                timer = clock.call_later(interval, extend)
             else:
-                timer = self._clock.call_later(interval, extend)
+                timer = clock.call_later(retry, extend)
 
         def stop(_f: asyncio.Future[None]) -> None:
             if timer is not None:
@@ -881,11 +893,14 @@ class Worker:
         timer = self._clock.call_later(interval, extend)
         return lost
 
-    async def _extend_lease(self, claim: Claim, interval: float) -> None:
-        """One lease extension; raises LeaseLost when the lease is gone."""
+    async def _extend_lease(self, claim: Claim, left: float) -> bool:
+        """One lease extension, bounded by the lease time ``left``; True when it held.
+
+        Raises LeaseLost when the lease is gone; any other failure is reported
+        to the runner's liveness and answers False (the keeper tries again).
+        """
         try:
-            await self._client.ack(self._http, claim, timeout=min(self._request_timeout,
-                                                                  interval))
+            await self._client.ack(self._http, claim, timeout=min(self._request_timeout, left))
         except LeaseLost:
             raise
         except SubscriptionError as exc:
@@ -898,6 +913,8 @@ class Worker:
         else:
             self.stats.lease_extensions += 1
             self.runner.record_liveness(True)
+            return True
+        return False
 
     async def _finish(self, claim: Claim, wake: Wake,
                       acks: list[tuple[str, str]] | None = None) -> bool:
