@@ -679,21 +679,28 @@ async def soak(bench: Bench, n: int, wakes: int, limit_s: float, window: int
     t_start = time.perf_counter()
     try:
         await asyncio.sleep(0.5)
+        server = bench.server.pid
+        assert server is not None
         w0, c0, t0 = consumer.wakes, cpu_seconds(), time.perf_counter()
+        s0, m0 = cpu_seconds(server), consumer.messages
         start_wakes = w0
         while consumer.wakes - start_wakes < wakes and time.perf_counter() - t_start < limit_s:
             await asyncio.sleep(0.05)
             if consumer.wakes - w0 >= window:
                 w1, c1, t1 = consumer.wakes, cpu_seconds(), time.perf_counter()
+                s1, m1 = cpu_seconds(server), consumer.messages
                 samples.append({"wakes": w1 - start_wakes, "cpu_ms": (c1 - c0) / (w1 - w0) * 1e3,
+                                "server_ms": (s1 - s0) / (w1 - w0) * 1e3,
+                                "msgs": (m1 - m0) / (w1 - w0),
                                 "rate": (w1 - w0) / (t1 - t0), "rss": rss_bytes() / 2**20,
                                 "secrets": len(consumer.worker.runner.http.secrets),
                                 "load": os.getloadavg()[0]})
                 s = samples[-1]
-                print(f"  soak {s['wakes']:>7.0f} wakes: {s['cpu_ms']:.3f} ms CPU/wake, "
-                      f"{s['rate']:.0f} wakes/s, RSS {s['rss']:.1f} MiB, "
-                      f"{s['secrets']:.0f} secrets", flush=True)
-                w0, c0, t0 = w1, c1, t1
+                print(f"  soak {s['wakes']:>7.0f} wakes: {s['cpu_ms']:.3f} ms CPU/wake "
+                      f"(server {s['server_ms']:.3f}), {s['rate']:.0f} wakes/s, RSS "
+                      f"{s['rss']:.1f} MiB, {s['secrets']:.0f} secrets, load "
+                      f"{s['load']:.1f}", flush=True)
+                w0, c0, t0, s0, m0 = w1, c1, t1, s1, m1
         total = consumer.wakes - start_wakes
         elapsed = time.perf_counter() - t_start
     finally:
@@ -704,10 +711,12 @@ async def soak(bench: Bench, n: int, wakes: int, limit_s: float, window: int
         raise RuntimeError("the soak ran too short for one window")
     step = max(1, len(samples) // 10)
     shown = samples[::step] if samples[-1] in samples[::step] else [*samples[::step], samples[-1]]
-    rows = [[f"{s['wakes']:.0f}", f"{s['cpu_ms']:.3f}", f"{s['rate']:.0f}", f"{s['rss']:.1f}",
+    rows = [[f"{s['wakes']:.0f}", f"{s['cpu_ms']:.3f}", f"{s['server_ms']:.3f}",
+             f"{s['msgs']:.2f}", f"{s['rate']:.0f}", f"{s['rss']:.1f}",
              f"{s['secrets']:.0f}", f"{s['load']:.1f}"] for s in shown]
-    text = table(["wakes so far", "client CPU ms/wake (window)", "wakes/s (window)",
-                  "RSS MiB", "secrets held", "machine load (1 min)"], rows)
+    text = table(["wakes so far", "client CPU ms/wake (window)", "server CPU ms/wake",
+                  "messages/wake", "wakes/s (window)", "RSS MiB", "secrets held",
+                  "machine load (1 min)"], rows)
     k = max(1, len(samples) // 5)
     first = statistics.median(s["cpu_ms"] for s in samples[:k])
     last = statistics.median(s["cpu_ms"] for s in samples[-k:])
