@@ -897,10 +897,12 @@ async def main_soak(args: argparse.Namespace, argv: Sequence[str]) -> None:
 
 A `Worker` at N = {args.soak_n} subscriptions (by pattern) kept busy by a
 producer (at most {args.backlog} unconsumed messages per stream) against the
-reference server; after every window the producer moves to fresh streams (the
-reference server's cost per wake grows with its streams' length, which would
-otherwise drown the client's figures), while the worker, its subscriptions and
-its wake stream run on. Measured per
+reference server; after every window the producer moves to fresh streams (so no
+stream grows long), while the worker, its subscriptions and its wake stream run
+on. The server's CPU per wake is shown beside the client's: the reference
+server's own cost per wake grows over a long run (with long streams when they
+are kept, and here with the streams each pattern subscription has linked, which
+every claim answer lists), and the wake rate falls with it. Measured per
 window of {args.soak_window} wakes: client CPU per wake (`/proc`), RSS, and the number
 of secrets its HTTP client scrubs (bounded: configured headers plus the claim
 tokens of the wakes running now).
