@@ -90,7 +90,8 @@ class AsyncShell:
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.retry = retry
-        self.secrets = secrets
+        self._given_secrets = secrets
+        self._sent: tuple[str, ...] = ()  # header values sent: secrets too, as on the sync path
         self.responses = 0
         self.cached = 0
         self.bytes_read = 0
@@ -102,7 +103,16 @@ class AsyncShell:
         value = source() if callable(source) else source
         if inspect.isawaitable(value):
             value = await value
-        return check_headers(value)
+        out = check_headers(value)
+        sent = tuple(v for v in out.values() if len(v) >= 4)
+        sent += tuple(v.split(" ", 1)[1] for v in sent if " " in v)
+        if sent and not set(sent) <= set(self._sent):
+            self._sent = tuple(dict.fromkeys((*self._sent, *sent)))[-64:]  # bounded
+        return out
+
+    def secrets(self) -> tuple[str, ...]:
+        """Everything scrubbed from error text: the caller's secrets and header values sent."""
+        return (*self._given_secrets(), *self._sent)
 
     def _wait_for_head(self, live: Live) -> float | None:
         if live == "long-poll":  # held open up to the server's timeout

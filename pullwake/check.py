@@ -286,7 +286,11 @@ def _eventually(g: _Graph, spec: LifecycleSpec, explorer: _Explorer, start: Conf
 
     def successors(c: Config) -> list[_Edge]:
         allowed = {e for w in g.owned[c].values() for e in explorer.reports[w]}
-        return [e for e in g.edges[c] if e.event in allowed and e.target != c]
+        # an internal or ignored event that changes nothing is no progress (it may
+        # repeat forever: WAKE while streaming); a transition back to the same
+        # state is a step (exit and entry run, its work restarts)
+        return [e for e in g.edges[c] if e.event in allowed
+                and (e.target != c or e.kind == "transition")]
 
     # depth-first search for a reachable non-goal config that waits forever, or a cycle
     color: dict[Config, int] = {}

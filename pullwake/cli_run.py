@@ -26,7 +26,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from .run_options import RunOptions, add_arguments, resolve
+from .run_options import RunOptions, add_arguments, misspelled_variables, resolve
 
 __all__ = ["add_run_commands", "configure_logging", "load_handler"]
 
@@ -162,8 +162,8 @@ async def _start(worker: Any, opts: RunOptions, signals: _Signals) -> bool:
                                         f"{opts.start_timeout:g} s; last error: {exc}") from exc
                 raise
             delay = min(backoff.next_delay(), remaining)
-            log.warning("waiting for the server (%s); retrying in %.1f s, giving up in %.0f s "
-                        "(--start-timeout)", exc, delay, remaining)
+            log.warning("waiting for the server at %s: retrying in %.1f s, giving up in %.0f s "
+                        "(--start-timeout); last error: %s", opts.server, delay, remaining, exc)
         if not await signals.wait_or(asyncio.sleep(delay)):
             return False
 
@@ -274,6 +274,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as exc:  # UsageError, or the handler / token cannot be loaded
         parser.error(str(exc))
     configure_logging(opts.log_level, opts.log_format, worker=opts.worker)
+    for warning in misspelled_variables():
+        log.warning("%s", warning)
     return asyncio.run(_run(opts, handler, headers))
 
 

@@ -26,7 +26,7 @@ from .run_options import RunOptions, SubscriptionOptions, add_arguments, resolve
 
 __all__ = ["add_subscription_commands"]
 
-_CONNECTION = ("server", "header", "token_env")
+_CONNECTION = ("server", "header", "header_env", "token_env")
 _DECLARED = (*_CONNECTION, "subscription", "pattern", "stream", "wake_stream", "claim_lease")
 
 
@@ -69,7 +69,8 @@ async def _list(client: Any, http: Any, opts: RunOptions, _: argparse.Namespace)
         verdict = ("matches this configuration" if not diffs else
                    "DIFFERS from this configuration: " + "; ".join(diffs)
                    + f" (a worker would fail with SUBSCRIPTION_ALREADY_EXISTS; "
-                     f"`pullwake subscriptions delete {sub.id}` removes it)")
+                     f"`pullwake subscriptions delete --server {opts.server} {sub.id}` "
+                     "removes it)")
         print(f"{sub.id}: on the server ({_summary(body)}); {verdict}")
     return 0
 
@@ -106,24 +107,17 @@ Action = Callable[[Any, Any, RunOptions, argparse.Namespace], Awaitable[int]]
 
 async def _with_client(opts: RunOptions, first_id: str, action: Action,
                        args: argparse.Namespace) -> int:
+    from .cli_run import _headers
     from .clock import LoopClock
     from .errors import PullwakeError, ServerRootError
     from .http import HttpClient
     from .subscriptions import SubscriptionClient
 
-    headers: dict[str, str] = {}
-    for raw in opts.header:
-        name, _, value = raw.partition(":")
-        headers[name.strip()] = value.strip()
-    if opts.token_env:
-        import os
-
-        token = os.environ.get(opts.token_env)
-        if not token:
-            print(f"pullwake subscriptions: error: --token-env {opts.token_env}: the variable "
-                  "is not set", file=sys.stderr)
-            return 2
-        headers["Authorization"] = f"Bearer {token}"
+    try:
+        headers = _headers(opts)  # the same credentials as `pullwake run`
+    except ValueError as exc:
+        print(f"pullwake subscriptions: error: {exc}", file=sys.stderr)
+        return 2
     http = HttpClient(headers=headers or None, clock=LoopClock(), request_timeout=10.0)
     client = SubscriptionClient(opts.server)
     try:

@@ -268,10 +268,10 @@ class _SyncShell:
         source = self.headers
         value = source() if callable(source) else source
         out = check_headers(value)
-        if self.secrets is not None:
-            extra = tuple(v for v in out.values() if len(v) >= 4)
-            extra += tuple(v.split(" ", 1)[1] for v in extra if " " in v)
-            self.secrets = (*self.secrets, *extra) if extra else self.secrets
+        extra = tuple(v for v in out.values() if len(v) >= 4)
+        extra += tuple(v.split(" ", 1)[1] for v in extra if " " in v)
+        if extra and not set(extra) <= set(self.secrets):  # bounded: no growth per request
+            self.secrets = tuple(dict.fromkeys((*self.secrets, *extra)))[-64:]
         return out
 
     def _timeout(self, live: Live) -> Timeout:

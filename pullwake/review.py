@@ -479,10 +479,20 @@ def _markdown(r: Review, *, svg: str | None, level: int) -> str:
                      "same.")
     lines.append("")
     if r.cells:
+        groups = _groups(r)
         lines.append("| state | event | change | field | before | after |")
         lines.append("|---|---|---|---|---|---|")
+        shown: set[tuple[str, str, str]] = set()
+        details: list[str] = []
         for c in r.cells:
-            if c.change == "changed":
+            key = _group_key(r, c)
+            if key is not None and len(groups[key]) > 1:
+                if key in shown:
+                    continue
+                shown.add(key)
+                lines.append(_group_row(r, key, groups[key]))
+                details += _group_details(r, key, groups[key])
+            elif c.change == "changed":
                 for i, (name, a, b) in enumerate(c.fields):
                     lead = (f"`{c.state}` | `{c.event}` | changed" if i == 0 else " | | ")
                     lines.append(f"| {lead} | {name} | {_md(_code(a))} | {_md(_code(b))} |")
@@ -490,6 +500,7 @@ def _markdown(r: Review, *, svg: str | None, level: int) -> str:
                 lines.append(f"| `{c.state}` | `{c.event}` | {c.change} | {_NONE} | "
                              f"{_md(_code(c.before))} | {_md(_code(c.after))} |")
         lines.append("")
+        lines += details
     if r.other:
         lines.append("Other spec changes (not table cells):")
         lines.append("")
@@ -497,6 +508,65 @@ def _markdown(r: Review, *, svg: str | None, level: int) -> str:
         lines.append("")
     lines += _diagram_section(r, svg=svg, title=f"{h}# Diagram, changes highlighted")
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+GroupKey = tuple[str, str, str]  # ("state" | "event", name, added | removed)
+
+
+def _columns(spec: LifecycleSpec) -> set[str]:
+    return {label for ev in spec.events.values() for label, _ in ev.variants}
+
+
+def _group_key(r: Review, c: CellChange) -> GroupKey | None:
+    """Cells that came or went with their whole state (row) or event (column)."""
+    assert r.base.spec is not None and r.head.spec is not None
+    if c.change == "changed":
+        return None
+    other = r.base.spec if c.change == "added" else r.head.spec
+    if c.state_path not in other.leaf_states:
+        return ("state", c.state_path, c.change)
+    if c.event not in _columns(other):
+        return ("event", c.event, c.change)
+    return None
+
+
+def _groups(r: Review) -> dict[GroupKey, list[CellChange]]:
+    out: dict[GroupKey, list[CellChange]] = {}
+    for c in r.cells:
+        key = _group_key(r, c)
+        if key is not None:
+            out.setdefault(key, []).append(c)
+    return out
+
+
+def _group_title(r: Review, key: GroupKey) -> str:
+    kind, name, change = key
+    renamed = dict(r.renamed) if change == "removed" else {v: k for k, v in r.renamed}
+    base = name.split("(", 1)[0]
+    if kind == "event" and base in renamed:
+        return f"{change} with the event (renamed {'to' if change == 'removed' else 'from'} " \
+               f"`{renamed[base]}`)"
+    return f"{change} with the {kind}"
+
+
+def _group_row(r: Review, key: GroupKey, cells: list[CellChange]) -> str:
+    kind, name, _ = key
+    where = (f"`{cells[0].state}` | all {len(cells)} events" if kind == "state"
+             else f"all {len(cells)} states | `{name}`")
+    return f"| {where} | {_group_title(r, key)} | {_NONE} | {_NONE} | listed below |"
+
+
+def _group_details(r: Review, key: GroupKey, cells: list[CellChange]) -> list[str]:
+    kind, name, change = key
+    label = cells[0].state if kind == "state" else name
+    head = "event" if kind == "state" else "state"
+    out = [f"<details><summary><code>{label}</code>: {len(cells)} cells "
+           f"{_group_title(r, key).replace('`', '')}</summary>", "",
+           f"| {head} | decision |", "|---|---|"]
+    for c in cells:
+        which = c.event if kind == "state" else c.state
+        out.append(f"| `{which}` | {_md(_code(c.after if change == 'added' else c.before))} |")
+    return [*out, "", "</details>", ""]
 
 
 def _diagram_section(r: Review, *, svg: str | None, title: str) -> list[str]:

@@ -37,6 +37,7 @@ file's ``[[subscription]]`` list. It does no I/O beyond reading the file.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import math
 import os
@@ -55,6 +56,7 @@ __all__ = [
     "UsageError",
     "add_arguments",
     "env_name",
+    "misspelled_variables",
     "option_table",
     "resolve",
 ]
@@ -360,7 +362,7 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None,
     names = [f.name for f in opts]
     values: dict[str, Any] = {}
     origin: dict[str, str] = {}
-    file_subs: list[SubscriptionOptions] = []
+    file_subs: list[tuple[SubscriptionOptions, float | None]] = []
 
     config = getattr(args, "config", None) or environ.get(CONFIG_ENV) or None
     if config:
@@ -416,8 +418,23 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None,
     return RunOptions(**values)
 
 
+def misspelled_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Warnings for ``PULLWAKE_*`` variables that look like a misspelled option."""
+    environ = os.environ if environ is None else environ
+    known = [env_name(f.name) for f in _option_fields() if f.metadata["env"]] + [CONFIG_ENV]
+    out = []
+    for var in sorted(environ):
+        if not var.startswith(ENV_PREFIX) or var in known:
+            continue
+        close = difflib.get_close_matches(var, known, n=1, cutoff=0.85)
+        if close:
+            out.append(f"ignoring {var}: not an option (did you mean {close[0]}?)")
+    return out
+
+
 def _file_subscription(table: Mapping[str, Any], index: int, path: str
-                       ) -> SubscriptionOptions:
+                       ) -> tuple[SubscriptionOptions, float | None]:
+    """A ``[[subscription]]`` table, and its own claim_lease (None: the top-level one)."""
     where = f"{path}: [[subscription]] #{index + 1}"
     for key in table:
         if key not in _SUB_KEYS:
@@ -436,12 +453,12 @@ def _file_subscription(table: Mapping[str, Any], index: int, path: str
         raise UsageError(f"{where}: give exactly one of pattern or streams")
     lease = _convert(_number(1, 600, "seconds"), table["claim_lease"],
                      f"{where}: claim_lease") if "claim_lease" in table else None
-    return SubscriptionOptions(id=sub_id, pattern=pattern, streams=streams,
-                               claim_lease=lease if lease is not None else -1.0)
+    return SubscriptionOptions(id=sub_id, pattern=pattern, streams=streams), lease
 
 
 def _subscriptions(values: Mapping[str, Any], origin: Mapping[str, str],
-                   file_subs: Sequence[SubscriptionOptions]) -> tuple[SubscriptionOptions, ...]:
+                   file_subs: Sequence[tuple[SubscriptionOptions, float | None]]
+                   ) -> tuple[SubscriptionOptions, ...]:
     lease = values.get("claim_lease", 30.0)
     sub_id, pattern = values.get("subscription"), values.get("pattern")
     streams = tuple(values.get("stream", ()))
@@ -459,10 +476,10 @@ def _subscriptions(values: Mapping[str, Any], origin: Mapping[str, str],
                          "or [[subscription]] tables in --config FILE")
     seen: set[str] = set()
     out = []
-    for sub in file_subs:
+    for sub, own_lease in file_subs:
         if sub.id in seen:
             raise UsageError(f"subscription {sub.id!r} is declared twice")
         seen.add(sub.id)
-        out.append(sub if sub.claim_lease > 0 else SubscriptionOptions(
-            id=sub.id, pattern=sub.pattern, streams=sub.streams, claim_lease=lease))
+        out.append(dataclasses.replace(sub, claim_lease=own_lease if own_lease is not None
+                                       else lease))
     return tuple(out)

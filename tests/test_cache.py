@@ -32,6 +32,7 @@ from aiohttp import web
 from test_reader import FakeStreamServer, offset_of
 
 import pullwake.cache as cache_mod
+import pullwake.cache_stores as stores_mod
 from pullwake.cache import (
     FetchCacheWarning,
     cached_session,
@@ -214,7 +215,7 @@ def test_install_and_uninstall_churn_from_threads_never_stacks(fake: FakeStreamS
 def test_a_failed_open_leaves_nothing_behind_and_can_be_retried(
     monkeypatch: pytest.MonkeyPatch, db: Path
 ) -> None:
-    real_open = cache_mod._open_backend
+    real_open = cache_mod.open_store
     calls = 0
 
     def flaky(config: Any) -> Any:
@@ -224,7 +225,7 @@ def test_a_failed_open_leaves_nothing_behind_and_can_be_retried(
             raise CacheError("disk hiccup")
         return real_open(config)
 
-    monkeypatch.setattr(cache_mod, "_open_backend", flaky)
+    monkeypatch.setattr(cache_mod, "open_store", flaky)
     with pytest.raises(CacheError, match="disk hiccup"):
         install_fetch_cache("sqlite", db)
     assert fetch_cache_installed() is False and requests.Session is ORIGINAL_SESSION
@@ -475,13 +476,13 @@ def test_live_reads_now_reads_errors_and_other_traffic_are_never_cached(
 
     fake.override = plain_api
     lookups: list[str] = []
-    real_lookup = cache_mod._MemoryStorage.__getitem__
+    real_lookup = stores_mod._MemoryStorage.__getitem__
 
     def counting_lookup(self: Any, key: str) -> Any:
         lookups.append(key)
         return real_lookup(self, key)
 
-    monkeypatch.setattr(cache_mod._MemoryStorage, "__getitem__", counting_lookup)
+    monkeypatch.setattr(stores_mod._MemoryStorage, "__getitem__", counting_lookup)
     for _ in range(2):
         requests.get(url, params={"offset": offset_of(0), "live": "long-poll"}, timeout=5)
         requests.get(url, params={"offset": "now"}, timeout=5)
@@ -777,7 +778,7 @@ def test_a_store_locked_after_install_falls_back_to_uncached_reads(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setattr(cache_mod, "STORE_RETRY_AFTER_S", 0.3)
+    monkeypatch.setattr(stores_mod, "STORE_RETRY_AFTER_S", 0.3)
     install_fetch_cache("sqlite", db, lock_timeout=0.2)
     url = fake.create("a")
     fake.append("a", {"n": 1})

@@ -64,10 +64,11 @@ def test_stop_that_does_not_stop_is_found_with_its_cycle() -> None:
     found = failures(spec)
     assert list(found) == ["stop"]
     [(message, trace)] = found["stop"]
+    # the retry brings back working, whose DONE re-enters it (its job restarts) forever
     assert message == ("STOP in waiting does not always reach stopped: then cycles back to "
-                       "waiting without reaching stopped")
+                       "working without reaching stopped")
     assert trace == ("stopped --START--> working --FAIL--> waiting --STOP--> waiting "
-                     "--RETRY--> working --FAIL--> waiting")
+                     "--RETRY--> working --DONE--> working")
 
 
 def test_stop_that_waits_forever_is_found() -> None:
@@ -80,6 +81,15 @@ def test_stop_that_waits_forever_is_found() -> None:
         "STOP in working does not always reach stopped: then waits in stopping forever: every "
         "event its work can report (HALTED) leaves it there",
         "stopped --START--> working --STOP--> stopping")]
+
+
+def test_stop_that_restarts_its_shutdown_forever_is_found() -> None:
+    # stopping re-enters itself on HALTED: its work restarts, stopped is never reached
+    spec = spec_of(edit(MINI, ("      HALTED: {to: stopped}\n", "      HALTED: {to: stopping}\n")))
+    found = failures(spec)
+    assert found["stop"] == [(
+        "STOP in working does not always reach stopped: then cycles back to stopping without "
+        "reaching stopped", "stopped --START--> working --STOP--> stopping --HALTED--> stopping")]
 
 
 TRAP = """\
@@ -277,7 +287,7 @@ def test_cli_exit_1_prints_each_counterexample(tmp_path: Path,
     lines = captured.err.splitlines()
     assert "FAIL stop: STOP, then only events of owned work, always reaches the rest state" in lines
     assert ("       counterexample: stopped --START--> working --FAIL--> waiting --STOP--> "
-            "waiting --RETRY--> working --FAIL--> waiting") in lines
+            "waiting --RETRY--> working --DONE--> working") in lines
     assert lines[-1] == "4 of 5 checks passed"
 
 

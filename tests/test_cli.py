@@ -33,7 +33,9 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def bad_spec(tmp_path: Path) -> Path:
-    text = Path(SPEC.path).read_text(encoding="utf-8")
+    # The tests' own frozen copy, not the shipped spec (a lifecycle edit cannot break this).
+    base = Path(__file__).resolve().parent / "specs" / "lifecycle_base.yaml"
+    text = base.read_text(encoding="utf-8")
     old = "after: [report_connect_failure]"
     assert text.count(old) == 1
     path = tmp_path / "bad.yaml"

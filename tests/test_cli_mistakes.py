@@ -232,3 +232,30 @@ def test_start_timeout_zero_tries_once_and_exits_1(cwd: Path) -> None:
     assert "cannot start" in done.stderr
     assert "waiting for the server" not in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_misspelled_variable_is_named(cwd: Path) -> None:
+    done = pullwake(BASE, cwd, {"PULLWAKE_STOP_GRAC": "5", "PULLWAKE_NODE": "/usr/bin/node"})
+    assert done.returncode == 1  # nothing listens on port 9
+    assert "ignoring PULLWAKE_STOP_GRAC: not an option (did you mean PULLWAKE_STOP_GRACE?)" \
+        in done.stderr
+    assert "PULLWAKE_NODE" not in done.stderr
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    ([], "the following arguments are required: COMMAND"),
+    (["runn"], "invalid choice: 'runn'"),
+    (["subscriptions"], "the following arguments are required: SUBCOMMAND"),
+    (["subscriptions", "show", "s1"], "--server is required"),
+    (["subscriptions", "delete", "--server", NOWHERE], "the following arguments are required: ID"),
+    (["subscriptions", "list", "--server", NOWHERE], "no subscription"),
+    (["subscriptions", "show", "s1", "--server", "http://"], "the URL has no host"),
+])
+def test_command_mistakes(cwd: Path, args: list[str], needle: str) -> None:
+    usage_error(pullwake(args, cwd), needle)
+
+
+def test_subscriptions_against_nothing_exits_1(cwd: Path) -> None:
+    done = pullwake(["subscriptions", "show", "s1", "--server", NOWHERE], cwd)
+    assert done.returncode == 1, done.stderr
+    assert "verify server root" in done.stderr and "Traceback" not in done.stderr

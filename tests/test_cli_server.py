@@ -165,6 +165,21 @@ async def test_a_closed_wake_stream_is_reported_as_closed(ds_server: DurableStre
     assert "different configuration" not in c.text
 
 
+async def test_a_wake_stream_closed_while_running_is_reported_and_exits_1(cwd: Path) -> None:
+    async with EmbeddedServer() as srv:
+        async with child(run_args(srv.stream_root), cwd, {"PW_OUT": str(cwd / "o")}) as c:
+            await c.saw("connecting --CONNECTED--> streaming")
+            async with aiohttp.ClientSession() as s:
+                async with s.post(srv.stream_root + "/wake/pool",
+                                  headers={"content-type": "application/json",
+                                           "Stream-Closed": "true"}) as r:
+                    assert r.status in (200, 204)
+            assert await c.wait() == 1, c.text
+    assert "stopping (runner stopped itself)" in c.text
+    assert "the wake stream was closed by the server" in c.text
+    assert "Traceback" not in c.text
+
+
 async def test_run_waits_for_a_server_that_is_not_up_yet(cwd: Path) -> None:
     port = _free_port()
     out = cwd / "handled.jsonl"

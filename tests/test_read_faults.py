@@ -246,3 +246,27 @@ async def test_reads_never_follow_a_redirect_to_another_origin(path: str) -> Non
                     await aread_stream(url, headers=headers)
     assert info.value.status == 302 and "k3y-s3cr3t" not in str(info.value)
     assert seen == []  # nothing, and no credential, ever reached the other origin
+
+
+# ---------------------------------------------------------------- secrets, both paths
+
+
+@pytest.mark.parametrize("path", ["sync", "async"])
+async def test_a_server_echoing_the_credential_as_its_error_code_is_scrubbed(
+        path: str) -> None:
+    token = "t0k3n-" + "s3cr3t" * 3
+
+    async def echo(request: web.Request) -> web.Response:
+        sent = request.headers.get("Authorization", "").split(" ", 1)[-1]
+        return web.json_response({"error": {"code": sent}}, status=400)
+
+    async with app_server({"/v1/stream/s": echo}) as base:
+        url = f"{base}/v1/stream/s"
+        provider = lambda: {"Authorization": f"Bearer {token}"}  # noqa: E731
+        with pytest.raises(StreamStatusError) as info:
+            if path == "sync":
+                await asyncio.to_thread(read_stream, url, headers=provider)
+            else:
+                await aread_stream(url, headers=provider)
+    assert info.value.status == 400 and info.value.code == "***"
+    assert token not in str(info.value) and token not in repr(info.value.__dict__)

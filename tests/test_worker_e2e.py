@@ -580,10 +580,18 @@ async def test_slow_ack_still_ends_acked(
     seen = Seen()
     errors: list[BaseException] = []
     paths = ["events/a"]
-    worker = make_worker(ds_server, reading_handler(seen, "w1"), on_error=errors.append)
+    read = reading_handler(seen, "w1")
+    injected = False
+
+    async def handle(wake: Wake) -> None:
+        nonlocal injected
+        await read(wake)
+        if not injected:  # the next ack is this wake's final one (not a lease extension,
+            injected = True  # which a loaded machine could send first)
+            await ds_server.inject_error(ACK_PATH, delay_ms=delay_ms, count=1)
+
+    worker = make_worker(ds_server, handle, on_error=errors.append)
     async with worker:
-        # One wake; the handler is quick, so its first ack is the final one (ack done).
-        await ds_server.inject_error(ACK_PATH, delay_ms=delay_ms, count=1)
         await produce_at_once(http, ds_server, "events/a", 5)
         await settle(ds_server, seen, paths, expected(paths, 5))
     stats = worker.stats
