@@ -16,7 +16,9 @@ from .errors import (
     ConnectError,
     ConnectTimeout,
     ControlPlaneError,
+    DeadLetterError,
     HandlerError,
+    HandlerTimeout,
     HealthServerError,
     IdleTimeout,
     InvalidMessage,
@@ -35,6 +37,7 @@ from .errors import (
     SubscriptionError,
     TransportError,
 )
+from .failures import FailurePolicy
 from .fetchcache import FetchCache
 from .health import Health
 from .healthserver import HealthServer
@@ -60,11 +63,14 @@ __all__ = [
     "ConnectTimeout",
     "ControlPlane",
     "ControlPlaneError",
+    "DeadLetterError",
     "ElectricControlPlane",
+    "FailurePolicy",
     "FetchCache",
     "FetchCacheInfo",
     "FetchCacheWarning",
     "HandlerError",
+    "HandlerTimeout",
     "Health",
     "HealthServer",
     "HealthServerError",

@@ -185,6 +185,8 @@ async def _run(opts: RunOptions, handler: Callable[..., Any], headers: dict[str,
             server=opts.server, subscriptions=subs, wake_stream=opts.wake_stream,
             worker_name=opts.worker, handler=handler, headers=headers or None,
             max_concurrency=opts.max_concurrency, live=opts.live, stop_grace=opts.stop_grace,
+            handler_timeout=opts.handler_timeout, max_attempts=opts.max_attempts,
+            dead_letter_stream=opts.dead_letter_stream,
         )
     except (ValueError, PullwakeError) as exc:
         print(f"pullwake run: error: {exc}", file=sys.stderr)
@@ -251,16 +253,32 @@ async def _serve(opts: RunOptions, worker: Any) -> int:
         else:
             log.error("stopping (runner stopped itself): %s",
                       worker.health().get("last_error") or "no error recorded")
+        rc = 0 if by_signal else 1
         try:
             await worker.stop()
         except Exception as exc:  # noqa: BLE001 - report and exit non-zero
             log.error("stop failed: %s", exc)
-            return 1
-        return 0 if by_signal else 1
+            rc = 1
+        _exit_now_if_handlers_stuck(worker, rc)
+        return rc
     finally:
         if health is not None:
             await health.stop()
         signals.close()
+
+
+def _exit_now_if_handlers_stuck(worker: Any, rc: int) -> None:
+    """Stop is bounded: a handler still running after the grace does not keep us alive."""
+    stuck = worker.abandoned_handlers()
+    if not stuck:
+        return
+    log.warning("exiting with %d handler(s) still running after the stop grace (their wakes "
+                "were released): a stuck sync handler thread or an async handler that "
+                "ignores cancellation is not waited for", stuck)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -27,8 +27,10 @@ library's exceptions lives in exactly one place per library
     │   ├── RequestTimeout        no answer within request_timeout
     │   ├── LeaseLost             409 FENCED or 401: the lease is gone
     │   ├── AnswerTooLarge        one item of an answer passed its per-item limit
-    │   └── SubscriptionError     a subscription cannot be created or was forgotten
-    ├── HandlerError              a worker's handler raised (the wake was released)
+    │   ├── SubscriptionError     a subscription cannot be created or was forgotten
+    │   └── DeadLetterError       a record could not be appended to the dead-letter stream
+    ├── HandlerError              a worker's handler failed (raised or timed out)
+    │   └── HandlerTimeout        it ran past handler_timeout
     ├── HealthServerError         the health server cannot serve (e.g. its port is in use)
     └── CacheError                the fetch cache could not be installed or used
 
@@ -49,7 +51,9 @@ __all__ = [
     "ConnectError",
     "ConnectTimeout",
     "ControlPlaneError",
+    "DeadLetterError",
     "HandlerError",
+    "HandlerTimeout",
     "HealthServerError",
     "IdleTimeout",
     "InvalidMessage",
@@ -309,8 +313,19 @@ class SubscriptionError(ControlPlaneError):
     """A subscription could not be created (conflicting config) or was forgotten."""
 
 
+class DeadLetterError(ControlPlaneError):
+    """A dead-letter record could not be appended; the wake was not acked (released)."""
+
+
 class HandlerError(PullwakeError):
-    """A worker handler raised; the wake was released so it will be retried."""
+    """A worker handler failed (``__cause__`` is what it raised); the wake is retried.
+
+    After the retry policy's last attempt the wake is dead-lettered instead.
+    """
+
+
+class HandlerTimeout(HandlerError, TimeoutError):
+    """A handler ran past ``handler_timeout``: cancelled (async) or abandoned (sync)."""
 
 
 class HealthServerError(PullwakeError):

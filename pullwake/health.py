@@ -185,7 +185,13 @@ class SubscriptionStats:
     wakes_acked: int = 0
     wakes_released: int = 0
     handler_errors: int = 0
+    handler_timeouts: int = 0
+    dead_lettered: int = 0
+    dead_letter_failures: int = 0
     leases_lost: int = 0
+    #: The last handler failure (scrubbed text) and when (epoch seconds).
+    last_error: str | None = None
+    last_error_at: float | None = None
     generation: int | None = None
     handling_since: float | None = None
     unacked_since: float | None = None
@@ -220,7 +226,7 @@ class SubscriptionStats:
         self.handling_since = None
 
     def snapshot(self, now: float, *, cooling_down_s: float = 0.0,
-                 consecutive_failures: int = 0) -> dict[str, Any]:
+                 consecutive_failures: int = 0, failed_attempts: int = 0) -> dict[str, Any]:
         if self.handling_since is not None:
             state = "handling"
         elif cooling_down_s > 0:
@@ -238,8 +244,14 @@ class SubscriptionStats:
             "wakes_acked": self.wakes_acked,
             "wakes_released": self.wakes_released,
             "handler_errors": self.handler_errors,
+            "handler_timeouts": self.handler_timeouts,
+            "dead_lettered": self.dead_lettered,
+            "dead_letter_failures": self.dead_letter_failures,
+            "last_error": self.last_error,
+            "last_error_at": iso(self.last_error_at),
             "leases_lost": self.leases_lost,
             "consecutive_failures": consecutive_failures,
+            "failed_attempts": failed_attempts,
             "cooling_down_s": round(cooling_down_s, 3),
             "handling_for_s": (None if self.handling_since is None
                                else round(max(0.0, now - self.handling_since), 3)),

@@ -99,6 +99,8 @@ METRICS: tuple[Row, ...] = (
     Row("pullwake_wake_streams_recreated", C, "worker.wake_streams_recreated",
         "Wake streams re-created after the server forgot them"),
     Row("pullwake_jobs_active", G, "worker.jobs_active", "Wakes being handled now"),
+    Row("pullwake_handlers_stuck", G, "worker.handlers_stuck",
+        "Abandoned handler runs still going (a stuck sync thread, ignored cancellation)"),
     Row("pullwake_subscription_wakes_seen", C, "subscriptions.*.wakes_seen",
         "Wakes read for the subscription"),
     Row("pullwake_subscription_wakes_claimed", C, "subscriptions.*.wakes_claimed",

@@ -225,6 +225,20 @@ class RunOptions:
         10.0, convert=_number(0, 86_400, "seconds"), metavar="SECONDS",
         help="at stop, how long running handlers may finish and ack before they are "
              "cancelled and their claims released (a second signal ends it early)")
+    handler_timeout: float | None = option(
+        convert=_number(0.001, 86_400, "seconds"), metavar="SECONDS",
+        help="a handler attempt running longer fails (an async handler is cancelled, a "
+             "sync one's thread abandoned) and counts toward --max-attempts "
+             "(default: no limit)")
+    max_attempts: int | None = option(
+        convert=_number(1, 100_000, "", integer=True), metavar="N",
+        help="failed handler attempts per wake before it is written to "
+             "--dead-letter-stream and acked; needs that stream (default with it: 5; "
+             "without it a wake is retried without limit)")
+    dead_letter_stream: str | None = option(
+        metavar="PATH",
+        help="a Durable Stream (created if missing) that gets one JSON record per wake "
+             "given up on: subscription, offset ranges, attempts, scrubbed error")
     start_timeout: float = option(
         60.0, convert=_number(0, 86_400, "seconds"), metavar="SECONDS",
         help="at start, how long to keep retrying (with backoff) while the server is "

@@ -10,26 +10,34 @@ Delivery is at least once:
 
 - handler returns → ``ack`` with ``done`` at the offsets handed over (or read
   past, if the handler read further);
-- handler raises → ``release`` (the server writes a new wake) and the error is
-  reported as :class:`~pullwake.errors.HandlerError`; the subscription cools
-  down (1 s, doubling, capped at 30 s) before it is claimed again;
+- handler fails (raises anything, ``BaseException`` and ``CancelledError``
+  included, or runs past ``handler_timeout``) → ``release`` (the server writes
+  a new wake), the error is reported as :class:`~pullwake.errors.HandlerError`
+  and logged with its traceback, and the subscription cools down (the retry
+  policy of :mod:`pullwake.failures`); after ``max_attempts`` failures of one
+  wake it is appended to the dead-letter stream and acked instead;
 - lease lost (409 ``FENCED``, 401) → the handler is cancelled, nothing is acked;
 - the server forgot the wake stream (an in-memory server restarted: 404 on
   connect) → it is re-created and read from the beginning;
 - the server forgot the subscription (restart) → it is re-created; ranges the
   new subscription marks as acked but this worker never saw acked are handed
-  to the handler again as *recovered* wakes (``wake.recovered``), so a server
-  restart loses nothing (it may repeat some messages).
+  to the handler again as *recovered* wakes (``wake.recovered``), retried like
+  wakes until handled or dead-lettered, so a server restart loses nothing (it
+  may repeat some messages).
 
-Handlers may be ``async def`` (cancelled on lease loss or stop) or plain
-functions (run in a thread; they cannot be interrupted, and their result is
-discarded if the lease was lost meanwhile).
+Handlers may be ``async def`` (cancelled on lease loss, timeout or stop; one
+that ignores cancellation is abandoned after :data:`CANCEL_GRACE_S`) or plain
+functions (run in a daemon thread of their own; they cannot be interrupted,
+their result is discarded if the lease was lost meanwhile, and a stuck one
+never keeps the process from exiting). A handler execution holds its
+``max_concurrency`` slot until it really ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
 import logging
 import socket
@@ -45,13 +53,16 @@ from .config import RunnerConfig
 from .errors import (
     ConfigError,
     ControlPlaneError,
+    DeadLetterError,
     HandlerError,
+    HandlerTimeout,
     LeaseLost,
     PullwakeError,
     SubscriptionError,
 )
+from .failures import FailureLog, FailurePolicy, WakeFailures, dead_letter_record
 from .health import SubscriptionStats
-from .http import HeadersSource, HttpClient
+from .http import HeadersSource, HttpClient, raise_for_answer
 from .logs import job_context
 from .metrics import WorkerMetrics
 from .protocol import DEFAULT_RETRY, Assembler, Batch, Checkpoint, ReadCore, Rejected
@@ -77,6 +88,11 @@ log = logging.getLogger("pullwake.worker")
 
 Handler = Callable[["Wake"], Any]
 
+#: After a handler is cancelled (lease lost, timeout, stop) it gets this long
+#: (on the worker's clock) to end; then it is abandoned: logged, counted, its
+#: slot kept until it does end, and nothing waits for it any more.
+CANCEL_GRACE_S = 1.0
+
 
 @dataclass
 class WorkerStats:
@@ -85,12 +101,27 @@ class WorkerStats:
     wakes_acked: int = 0
     wakes_released: int = 0
     handler_errors: int = 0
+    handler_timeouts: int = 0
+    handlers_abandoned: int = 0
+    dead_lettered: int = 0
+    dead_letter_failures: int = 0
     leases_lost: int = 0
     lease_extensions: int = 0
     recovered_wakes: int = 0
     subscriptions_recreated: int = 0
     wake_streams_recreated: int = 0
     jobs_active: int = 0
+
+
+class _Execution:
+    """One handler run: its task and (sync) thread; the slot is freed when all have ended."""
+
+    __slots__ = ("abandoned", "parts", "thread")
+
+    def __init__(self) -> None:
+        self.parts = 1  # the task; a sync handler's thread adds one
+        self.abandoned = False
+        self.thread: threading.Thread | None = None
 
 
 class _StreamRead:
@@ -221,7 +252,9 @@ class Worker:
     :class:`SubscriptionConfig` as ``subscriptions``. ``max_concurrency``
     bounds handlers across all subscriptions. A wake hands over at most
     ``max_claim_streams`` streams (those with pending work first); the others
-    stay pending on the server and come with the next wake.
+    stay pending on the server and come with the next wake. ``handler_timeout``,
+    ``max_attempts``, ``dead_letter_stream``, ``cooldown`` and ``cooldown_cap``
+    make the :class:`~pullwake.failures.FailurePolicy` (``worker.failure_policy``).
     """
 
     def __init__(
@@ -250,6 +283,11 @@ class Worker:
         clock: Clock | None = None,
         runner_options: Mapping[str, Any] | None = None,
         max_claim_streams: int = MAX_CLAIM_STREAMS,
+        handler_timeout: float | None = None,
+        max_attempts: int | None = None,
+        dead_letter_stream: str | None = None,
+        cooldown: float = 1.0,
+        cooldown_cap: float = 30.0,
     ) -> None:
         self.server = validate_base_url(server, field="server")
         if not callable(handler):
@@ -272,6 +310,9 @@ class Worker:
         self.handler = handler
         self.max_concurrency = max_concurrency
         self.stop_grace = stop_grace
+        self.failure_policy = FailurePolicy(
+            handler_timeout=handler_timeout, max_attempts=max_attempts,
+            dead_letter_stream=dead_letter_stream, cooldown=cooldown, cooldown_cap=cooldown_cap)
         self.stats = WorkerStats()
         self._clock: Clock = clock or LoopClock()
         self._request_timeout = request_timeout
@@ -287,9 +328,15 @@ class Worker:
         self._client = SubscriptionClient(self.server, max_claim_streams=max_claim_streams)
         self._jobs: dict[str, asyncio.Task[Any]] = {}
         self._recoveries: set[asyncio.Task[Any]] = set()
+        #: Per subscription: the current wake's failures and the cool-down.
+        self._failures: dict[str, WakeFailures] = {}
+        self._failure_log = FailureLog(log, self.failure_policy.log_interval)
+        self._is_async = inspect.iscoroutinefunction(handler)
+        #: Handler executions that outlived their job (abandoned), still holding a slot.
+        self._outliving = 0
+        self._abandoned: set[asyncio.Future[Any]] = set()
+        self._threads: set[threading.Thread] = set()
         self._strays: set[asyncio.Task[Any]] = set()  # lease extensions cut short
-        self._cooldown_until: dict[str, float] = {}
-        self._failures: dict[str, int] = {}
         self._confirmed: set[str] = set()
         self._ledger: dict[str, dict[str, str]] = {s: {} for s in self.subscriptions}
         self._closing = False
@@ -344,6 +391,8 @@ class Worker:
             # Before anything is created: a wrong root would get a plain data stream.
             await self._client.verify_root(self._http, next(iter(self.subscriptions)))
             await self._client.ensure_stream(self._http, self.wake_stream)
+            if self.failure_policy.dead_letter_stream is not None:
+                await self._client.ensure_stream(self._http, self.failure_policy.dead_letter_stream)
             for sub in self.subscriptions.values():
                 await self._client.ensure_subscription(self._http, sub)
                 self._confirmed.add(sub.id)
@@ -353,7 +402,13 @@ class Worker:
         self.runner.start()
 
     async def stop(self) -> None:
-        """Stop gracefully: running handlers get ``stop_grace``, then are released."""
+        """Stop gracefully: running handlers get ``stop_grace``, then are released.
+
+        Bounded even when a handler is not: one that does not end within
+        :data:`CANCEL_GRACE_S` of its cancellation (a sync thread, an async
+        handler that swallows ``CancelledError``) is abandoned and logged;
+        :meth:`abandoned_handlers` counts those still running.
+        """
         with self.runner.log_context():
             await self._stop()
 
@@ -368,6 +423,16 @@ class Worker:
             if self._session_sync is not None:
                 self._session_sync.close()
                 self._session_sync = None
+            stuck = self.abandoned_handlers()
+            if stuck:
+                log.warning("[%s] stopped with %d handler(s) still running (a sync thread "
+                            "cannot be interrupted, or an async handler ignored "
+                            "cancellation): not waiting for them", self.worker_name, stuck)
+
+    def abandoned_handlers(self) -> int:
+        """Handler executions still running that nothing waits for (stuck threads, tasks)."""
+        threads = sum(1 for t in self._threads if t.is_alive())
+        return threads + sum(1 for t in self._abandoned if not t.done())
 
     def end_grace(self) -> None:
         """End the stop grace now: running handlers are cancelled and their claims released.
@@ -396,13 +461,18 @@ class Worker:
     def health(self) -> dict[str, Any]:
         """The runner's snapshot, ``worker`` counters and per-``subscriptions`` state."""
         out = self.runner.health().to_dict()
-        out["worker"] = {**self.stats.__dict__, "jobs_active": len(self._jobs)}
+        out["worker"] = {**self.stats.__dict__, "jobs_active": len(self._jobs),
+                         "handlers_stuck": self.abandoned_handlers()}
         now = self._clock.monotonic()
-        out["subscriptions"] = {
-            sub_id: st.snapshot(
-                now, cooling_down_s=max(0.0, self._cooldown_until.get(sub_id, now) - now),
-                consecutive_failures=self._failures.get(sub_id, 0))
-            for sub_id, st in self._sub_stats.items()}
+        subs: dict[str, Any] = {}
+        for sub_id, st in self._sub_stats.items():
+            fails = self._failures.get(sub_id)
+            until = fails.cooldown_until if fails is not None else None
+            subs[sub_id] = st.snapshot(
+                now, cooling_down_s=0.0 if until is None else max(0.0, until - now),
+                consecutive_failures=fails.backoff.attempt if fails is not None else 0,
+                failed_attempts=fails.attempts if fails is not None else 0)
+        out["subscriptions"] = subs
         return out
 
     # ============================================== Runtime (for the runner)
@@ -417,9 +487,10 @@ class Worker:
             st.wake_seen(self._clock.monotonic())
 
     def is_wake_active(self, key: str) -> bool:
-        if key in self._jobs or len(self._jobs) >= self.max_concurrency:
+        if key in self._jobs or len(self._jobs) + self._outliving >= self.max_concurrency:
             return True
-        until = self._cooldown_until.get(key)
+        fails = self._failures.get(key)
+        until = fails.cooldown_until if fails is not None else None
         return until is not None and self._clock.monotonic() < until
 
     def dispatch_wake(self, notification: Any, *, claim_headers: Any,
@@ -481,87 +552,334 @@ class Worker:
     # ================================================================= jobs
 
     async def _job(self, claim: Claim) -> None:
-        self._learn(claim.subscription_id, claim.streams)
-        wake = Wake(subscription_id=claim.subscription_id, wake_id=claim.wake_id,
+        sub = claim.subscription_id
+        self._learn(sub, claim.streams)
+        fails = self._failures_of(sub)
+        fails.begin(claim.streams)
+        wake = Wake(subscription_id=sub, wake_id=claim.wake_id,
                     generation=claim.generation, streams=claim.streams, _worker=self)
-        keeper = asyncio.ensure_future(self._keep_lease(claim))
-        handler = asyncio.ensure_future(self._call_handler(wake))
+        keeper = self._keep_lease(claim)
+        attempt: asyncio.Future[BaseException | None] | None = None
         try:
-            await asyncio.wait({keeper, handler}, return_when=asyncio.FIRST_COMPLETED)
+            if fails.dead:
+                # Given up on earlier (attempts exhausted) but its record or ack
+                # did not get through: do not run the handler again.
+                error = fails.last_error
+            else:
+                attempt = asyncio.ensure_future(self._attempt(wake))
+                await asyncio.wait((keeper, attempt), return_when=asyncio.FIRST_COMPLETED)
+                if not attempt.done():  # the keeper ended: the lease is gone
+                    attempt.cancel()
+                    await asyncio.gather(attempt, return_exceptions=True)
+                    lost = keeper.exception() if not keeper.cancelled() else None
+                    self.stats.leases_lost += 1
+                    self._sub(claim).leases_lost += 1
+                    self._report(lost or LeaseLost("lease lost", operation="extend lease"))
+                    return
+                error = attempt.result()
+                if error is None:
+                    await self._stop_keeper(keeper)
+                    self.stats.wakes_handled += 1
+                    self._sub(claim).wakes_handled += 1
+                    fails.succeeded()
+                    await self._finish(claim, wake)
+                    return
+                self._handler_failed(wake, fails, error)
+                if self.failure_policy.exhausted(fails.attempts):
+                    fails.dead = True
+            if fails.dead and (fails.recorded is not None
+                               or await self._dead_letter(wake, fails, reason="max_attempts")):
+                await self._stop_keeper(keeper)
+                recorded = fails.recorded or claim.streams
+                if await self._finish(claim, wake, acks=[
+                        (s.path, s.tail_offset) for s in recorded
+                        if s.tail_offset > s.acked_offset]):
+                    fails.succeeded()
+                return
+            if fails.dead:  # the record could not be written: retry it after a cool-down
+                self._free_after(fails.cool(self._clock.monotonic()), sub)
+            await self._stop_keeper(keeper)
+            await self._release(claim, why="handler failed")
         except asyncio.CancelledError:
-            keeper.cancel()
-            handler.cancel()
-            await asyncio.gather(keeper, handler, return_exceptions=True)
+            if attempt is not None:  # the lease is kept while the handler winds down
+                attempt.cancel()
+                await asyncio.gather(attempt, return_exceptions=True)
+            await self._stop_keeper(keeper)
             await self._release(claim, why="stopped")
             raise
-        if not handler.done():  # the keeper ended: the lease is gone
-            handler.cancel()
-            await asyncio.gather(handler, return_exceptions=True)
-            lost = keeper.exception() if not keeper.cancelled() else None
-            self.stats.leases_lost += 1
-            self._sub(claim).leases_lost += 1
-            self._report(lost or LeaseLost("lease lost", operation="extend lease"))
-            return
+
+    @staticmethod
+    async def _stop_keeper(keeper: asyncio.Future[Any]) -> None:
         keeper.cancel()
         await asyncio.gather(keeper, return_exceptions=True)
-        if handler.cancelled():
-            await self._release(claim, why="handler cancelled")
-            return
-        error = handler.exception()
-        if error is not None:
-            self.stats.handler_errors += 1
-            self._sub(claim).handler_errors += 1
-            self._cool_down(claim.subscription_id)
-            herr = HandlerError(f"handler failed on {claim.subscription_id}#{claim.generation}: "
-                                f"{type(error).__name__}: {self._http.scrub(str(error))}")
-            herr.__cause__ = error
-            self._report(herr)
-            await self._release(claim, why="handler failed")
-            return
-        self.stats.wakes_handled += 1
-        self._sub(claim).wakes_handled += 1
-        self._failures.pop(claim.subscription_id, None)
-        await self._finish(claim, wake)
 
-    async def _call_handler(self, wake: Wake) -> None:
-        async with self._slots:  # the lease is kept while a job waits for a slot
-            with self.metrics.time_handler(wake.subscription_id):
-                if inspect.iscoroutinefunction(self.handler):
-                    await self.handler(wake)
-                    return
-                result = await asyncio.to_thread(self.handler, wake)
-                if inspect.isawaitable(result):
-                    await result
+    async def _attempt(self, wake: Wake) -> BaseException | None:
+        """Run the handler once: None if it returned, else what it raised (or a timeout).
+
+        Whatever the handler raises is contained here (``KeyboardInterrupt``,
+        ``SystemExit``, a ``CancelledError`` of its own): it is a handler
+        failure, never the worker's end. This raises ``CancelledError`` only
+        when this attempt itself is cancelled (lease lost, stop); the handler
+        is then cancelled and given :data:`CANCEL_GRACE_S`, else abandoned.
+        """
+        await self._slots.acquire()  # the lease is kept while a job waits for a slot
+        ex = _Execution()
+        start = self._clock.monotonic()
+        run = asyncio.ensure_future(self._invoke(wake, ex))
+        run.add_done_callback(lambda _t: self._part_ended(ex))
+        outcome = "cancelled"
+        try:
+            if not await self._wait_on_clock(run, self.failure_policy.handler_timeout):
+                await self._wind_down(run, ex, wake, why="timed out")
+                outcome = "error"
+                return HandlerTimeout(
+                    f"handler timed out on {self._what(wake)} after "
+                    f"{self.failure_policy.handler_timeout:g}s (handler_timeout)")
+            if run.cancelled():  # pragma: no cover - only this method cancels it
+                return asyncio.CancelledError()
+            error = run.result()
+            outcome = "ok" if error is None else "error"
+            return error
+        except asyncio.CancelledError:
+            await self._wind_down(run, ex, wake, why="was cancelled")
+            raise
+        finally:
+            self.metrics.handler_duration.labels(wake.subscription_id, outcome).observe(
+                max(0.0, self._clock.monotonic() - start))
+
+    async def _invoke(self, wake: Wake, ex: _Execution) -> BaseException | None:
+        try:
+            if self._is_async:
+                await self.handler(wake)
+                return None
+            result, error = await self._in_thread(wake, ex)
+            if error is not None:
+                return error
+            if inspect.isawaitable(result):
+                await result
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # ours: lease lost, timeout or stop
+            return exc  # the handler raised CancelledError itself: a failure like any
+        except BaseException as exc:  # noqa: BLE001 - contained, reported as a handler failure
+            return exc
+        return None
+
+    def _in_thread(self, wake: Wake, ex: _Execution
+                   ) -> asyncio.Future[tuple[Any, BaseException | None]]:
+        """Run a sync handler in a daemon thread of its own (a stuck one never blocks exit)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[tuple[Any, BaseException | None]] = loop.create_future()
+        ctx = contextvars.copy_context()
+        handler = self.handler
+
+        def settle(result: Any, error: BaseException | None) -> None:
+            if not fut.done():
+                fut.set_result((result, error))
+            self._threads.discard(thread)
+            self._part_ended(ex)
+
+        def body() -> None:
+            result: Any = None
+            error: BaseException | None = None
+            try:
+                result = ctx.run(handler, wake)
+            except BaseException as exc:  # noqa: BLE001 - handed to the loop as a failure
+                error = exc
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(settle, result, error)
+
+        thread = threading.Thread(target=body, daemon=True,
+                                  name=f"pullwake-handler[{wake.subscription_id}]")
+        ex.parts += 1
+        ex.thread = thread
+        self._threads.add(thread)
+        thread.start()
+        return fut
+
+    def _part_ended(self, ex: _Execution) -> None:
+        ex.parts -= 1
+        if ex.parts == 0:
+            self._slots.release()
+            if ex.abandoned:  # it held a slot past its job: the worker is less full now
+                self._outliving -= 1
+                self.runner.wake_free(None)
+
+    def _free_after(self, delay: float, sub_id: str) -> None:
+        """A cool-down: tell the runner when it ends (held-back wakes are not polled)."""
+        self._clock.call_later(delay, self.runner.wake_free, sub_id)
+
+    async def _wait_on_clock(self, fut: asyncio.Future[Any], seconds: float | None) -> bool:
+        """Wait for ``fut`` at most ``seconds`` on the worker's clock; True if it is done.
+
+        Does not cancel the waiting task (unlike :func:`~pullwake.clock.deadline`),
+        so it is safe inside a cancellation that is already being handled.
+        """
+        if seconds is None:
+            await asyncio.wait({fut})
+            return True
+        timer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def ring() -> None:
+            if not timer.done():
+                timer.set_result(None)
+
+        handle = self._clock.call_later(seconds, ring)
+        try:
+            await asyncio.wait({fut, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            handle.cancel()
+            timer.cancel()
+        return fut.done()
+
+    async def _wind_down(self, run: asyncio.Future[Any], ex: _Execution, wake: Wake, *,
+                         why: str) -> None:
+        """Cancel a handler run and wait :data:`CANCEL_GRACE_S` for it; else abandon it."""
+        run.cancel()
+        await self._wait_on_clock(run, CANCEL_GRACE_S)
+        if ex.parts == 0:
+            return
+        ex.abandoned = True
+        self._outliving += 1
+        self.stats.handlers_abandoned += 1
+        if not run.done():
+            self._abandoned.add(run)
+            run.add_done_callback(self._abandoned.discard)
+        how = ("its thread cannot be interrupted" if ex.thread is not None
+               else "it did not end when cancelled")
+        log.warning("[%s] handler of %s %s and is still running (%s): abandoned; it keeps "
+                    "a concurrency slot until it ends", self.worker_name, self._what(wake),
+                    why, how)
+
+    def _handler_failed(self, wake: Wake, fails: WakeFailures, error: BaseException) -> float:
+        """Count, log (traceback, rate-limited) and report one failed attempt; the cool-down."""
+        now, wall = self._clock.monotonic(), self._clock.time()
+        delay = fails.failed(error, now, wall)
+        self._free_after(delay, wake.subscription_id)
+        self.stats.handler_errors += 1
+        errs = self._sub_of(wake.subscription_id)
+        errs.handler_errors += 1
+        if isinstance(error, HandlerTimeout):
+            self.stats.handler_timeouts += 1
+            errs.handler_timeouts += 1
+        text = f"{type(error).__name__}: {self._http.scrub(str(error))}"
+        errs.last_error, errs.last_error_at = text, wall
+        limit = self.failure_policy.max_attempts
+        of = f"/{limit}" if limit is not None else ""
+        then = ("giving up: dead-lettering it" if self.failure_policy.exhausted(fails.attempts)
+                else f"retried after a {delay:.3g}s cool-down")
+        self._failure_log.log(
+            wake.subscription_id, first=fails.attempts == 1, now=now, error=error,
+            scrub=self._http.scrub,
+            message=f"[{self.worker_name}] handler failed on {self._what(wake)} (attempt "
+                    f"{fails.attempts}{of}): {text}; {then}")
+        if isinstance(error, HandlerTimeout):
+            herr: HandlerError = error
+        else:
+            herr = HandlerError(f"handler failed on {self._what(wake)}: {text}")
+            herr.__cause__ = error
+        self._notify(herr, "handler")
+        return delay
+
+    @staticmethod
+    def _what(wake: Wake) -> str:
+        if wake.recovered:
+            return f"a recovered wake of {wake.subscription_id}"
+        return f"{wake.subscription_id}#{wake.generation}"
+
+    def _failures_of(self, sub_id: str) -> WakeFailures:
+        fails = self._failures.get(sub_id)
+        if fails is None:
+            fails = self._failures[sub_id] = WakeFailures(backoff=self.failure_policy.backoff())
+        return fails
+
+    async def _dead_letter(self, wake: Wake, fails: WakeFailures, *, reason: str) -> bool:
+        """Append the wake's record to the dead-letter stream; True once it is written."""
+        stream = self.failure_policy.dead_letter_stream
+        errs = self._sub_of(wake.subscription_id)
+        if stream is None:  # pragma: no cover - FailurePolicy never exhausts without one
+            return False
+        record = dead_letter_record(
+            subscription=wake.subscription_id, worker=self.worker_name, streams=wake.streams,
+            attempts=fails.attempts, error=fails.last_error, scrub=self._http.scrub,
+            reason=reason, wake_id=wake.wake_id, generation=wake.generation,
+            recovered=wake.recovered, first_failed_at=fails.first_failed_at,
+            now=self._clock.time())
+        try:
+            await asyncio.shield(self._append_record(stream, record))
+        except PullwakeError as exc:
+            self.stats.dead_letter_failures += 1
+            errs.dead_letter_failures += 1
+            err = exc if isinstance(exc, DeadLetterError) else DeadLetterError(
+                f"cannot append to {stream!r}: {self._http.scrub(str(exc))}",
+                operation="dead-letter append", status=getattr(exc, "status", None))
+            if err is not exc:
+                err.__cause__ = exc
+            log.warning("[%s] dead-letter record of %s not written, so it is not acked "
+                        "(released, retried later): %s", self.worker_name, self._what(wake),
+                        self._http.scrub(str(err)))
+            self._notify(err)
+            return False
+        fails.recorded = tuple(wake.streams)
+        self.stats.dead_lettered += 1
+        errs.dead_lettered += 1
+        log.warning("[%s] %s dead-lettered to %s after %d attempt(s) (%s)", self.worker_name,
+                    self._what(wake), stream, fails.attempts, reason)
+        return True
+
+    async def _append_record(self, stream: str, record: Mapping[str, Any]) -> None:
+        url = self._client.stream_url(stream)
+        answer = await self._http.request("POST", url, operation="dead-letter append",
+                                          json_body=record)
+        if answer.status == 404:  # an in-memory server forgot it: re-create, once
+            await self._client.ensure_stream(self._http, stream)
+            answer = await self._http.request("POST", url, operation="dead-letter append",
+                                              json_body=record)
+        raise_for_answer(answer, operation="dead-letter append", url=url,
+                         scrub=self._http.scrub, cls=DeadLetterError)
 
     def _keep_lease(self, claim: Claim) -> asyncio.Future[None]:
         """Extend the lease every third of its TTL; the future fails when the lease is lost.
 
         Cancelling the future stops the extensions. Between extensions nothing
         runs but a timer on the clock (no task per wake): most wakes end before
-        the first extension is due.
+        the first extension is due. An extension may take as long as the lease
+        has left (a slow or loaded server is not a lost lease); one that failed
+        is tried again after a tenth of the TTL, not a third, so a single slow
+        answer does not let the lease run out.
         """
         lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        interval = max(0.2, claim.lease_ttl_ms / 3000)
+        ttl = claim.lease_ttl_ms / 1000
+        interval = max(0.2, ttl / 3)
+        retry = max(0.05, ttl / 10)
+        clock = self._clock
+        held_until = clock.monotonic() + ttl  # as of the claim answer
         timer: TimerHandle | None = None
-        task: asyncio.Task[None] | None = None
+        task: asyncio.Task[bool] | None = None
 
         def extend() -> None:
             nonlocal timer, task
             timer = None
             if not lost.done():
-                task = asyncio.ensure_future(self._extend_lease(claim, interval))
-                task.add_done_callback(extended)
+                started = clock.monotonic()
+                left = max(retry, held_until - started)
+                task = asyncio.ensure_future(self._extend_lease(claim, left))
+                task.add_done_callback(lambda t: extended(t, started))
 
-        def extended(t: asyncio.Task[None]) -> None:
-            nonlocal timer, task
+        def extended(t: asyncio.Task[bool], started: float) -> None:
+            nonlocal timer, task, held_until
             task = None
             if lost.done() or t.cancelled():
                 return
             error = t.exception()
             if error is not None:
                 lost.set_exception(error)
+            elif t.result():
+                held_until = started + ttl
+                timer = clock.call_later(interval, extend)
             else:
-                timer = self._clock.call_later(interval, extend)
+                timer = clock.call_later(retry, extend)
 
         def stop(_f: asyncio.Future[None]) -> None:
             if timer is not None:
@@ -575,11 +893,14 @@ class Worker:
         timer = self._clock.call_later(interval, extend)
         return lost
 
-    async def _extend_lease(self, claim: Claim, interval: float) -> None:
-        """One lease extension; raises LeaseLost when the lease is gone."""
+    async def _extend_lease(self, claim: Claim, left: float) -> bool:
+        """One lease extension, bounded by the lease time ``left``; True when it held.
+
+        Raises LeaseLost when the lease is gone; any other failure is reported
+        to the runner's liveness and answers False (the keeper tries again).
+        """
         try:
-            await self._client.ack(self._http, claim, timeout=min(self._request_timeout,
-                                                                  interval))
+            await self._client.ack(self._http, claim, timeout=min(self._request_timeout, left))
         except LeaseLost:
             raise
         except SubscriptionError as exc:
@@ -592,13 +913,18 @@ class Worker:
         else:
             self.stats.lease_extensions += 1
             self.runner.record_liveness(True)
+            return True
+        return False
 
-    async def _finish(self, claim: Claim, wake: Wake) -> None:
-        acks = []
-        for s in claim.streams:
-            end = max(s.tail_offset, wake._read.get(s.path, ""))
-            if end > s.acked_offset:
-                acks.append((s.path, end))
+    async def _finish(self, claim: Claim, wake: Wake,
+                      acks: list[tuple[str, str]] | None = None) -> bool:
+        """Ack ``done`` (default: what was handed over or read); True if the server took it."""
+        if acks is None:
+            acks = []
+            for s in claim.streams:
+                end = max(s.tail_offset, wake._read.get(s.path, ""))
+                if end > s.acked_offset:
+                    acks.append((s.path, end))
         try:
             try:
                 await self._client.ack(self._http, claim, acks=acks, done=True)
@@ -615,10 +941,10 @@ class Worker:
         except (LeaseLost, SubscriptionError) as exc:
             self.stats.leases_lost += 1
             self._report(exc)
-            return
+            return False
         except PullwakeError as exc:
             self._report(exc)  # not acked: the lease expires and the wake comes back
-            return
+            return False
         self.stats.wakes_acked += 1
         self._sub(claim).acked()
         ledger = self._ledger[claim.subscription_id]
@@ -628,6 +954,7 @@ class Worker:
         task = asyncio.current_task()
         if task is not None:  # acked: the next wake may be claimed before this task ends
             self._job_over(claim.subscription_id, task)
+        return True
 
     @staticmethod
     def _tail_of(claim: Claim, path: str) -> str:
@@ -645,14 +972,10 @@ class Worker:
         self._sub(claim).wakes_released += 1
 
     def _sub(self, claim: Claim) -> SubscriptionStats:
-        return self._sub_stats.setdefault(claim.subscription_id, SubscriptionStats())
+        return self._sub_of(claim.subscription_id)
 
-    def _cool_down(self, sub_id: str) -> None:
-        n = self._failures.get(sub_id, 0) + 1
-        self._failures[sub_id] = n
-        delay = min(30.0, 2.0 ** (n - 1))
-        self._cooldown_until[sub_id] = self._clock.monotonic() + delay
-        self._clock.call_later(delay, self.runner.wake_free, sub_id)
+    def _sub_of(self, sub_id: str) -> SubscriptionStats:
+        return self._sub_stats.setdefault(sub_id, SubscriptionStats())
 
     # ============================================== subscriptions and recovery
 
@@ -702,60 +1025,104 @@ class Worker:
         """Hand over ranges the re-created subscription skipped (at least once).
 
         The new subscription starts every stream at its tail, so
-        ``(known, acked now]`` may never have reached a handler. Nothing else
-        will ever hand it over, so a failed look-up or handler is retried
-        (cooling down like a failed wake) until it succeeds or the worker stops.
+        ``(known, acked now]`` may never have reached a handler, and nothing
+        else will ever hand it over. So the range, once looked up, is handed
+        to the handler until an attempt succeeds or the retry policy gives it
+        up to the dead-letter stream, whatever the handler raised (a
+        ``BaseException`` or ``CancelledError`` of its own included), cooling
+        down between attempts like a wake. A failed look-up is retried the
+        same way. A subscription listing more streams than one look-up
+        returns is recovered in rounds (``streams_deferred``), each its own
+        recovered wake. If the worker stops first, the range is dead-lettered
+        (``reason: "stopped"``) or, without a dead-letter stream, logged at
+        ERROR: never dropped without a record.
         """
-        failures = 0
+        lookups = self.failure_policy.backoff()
         known = dict(known)  # rounds: a subscription may list more than one wake holds
 
         def skipped(s: Mapping[str, Any]) -> bool:
             return str(s.get("acked_offset")) > known.get(str(s.get("path")), "-1")
 
-        while True:
-            if failures:
-                await sleep(self._clock, min(30.0, 2.0 ** (failures - 1)))
-            try:
-                body = await self._client.get_subscription(http, sub.id, select=skipped)
-            except PullwakeError as exc:
-                failures += 1
-                self._report(exc)
-                continue
-            if body is None:  # gone again: it will be re-created; keep our range
-                failures += 1
-                continue
-            streams = []
-            for s in body.get("streams", []):
-                path, server_acked = str(s.get("path")), str(s.get("acked_offset"))
-                start = known.get(path, "-1")
-                if server_acked > start:
-                    streams.append(ClaimedStream(path=path, acked_offset=start,
-                                                 tail_offset=server_acked))
-            if not streams:
-                return
-            wake = Wake(subscription_id=sub.id, wake_id=None, generation=None,
-                        streams=tuple(streams), recovered=True, _worker=self)
-            try:
-                await self._call_handler(wake)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - reported, then retried
-                failures += 1
-                self.stats.handler_errors += 1
-                herr = HandlerError(f"handler failed on a recovered wake of {sub.id}: "
-                                    f"{type(exc).__name__}: {self._http.scrub(str(exc))}")
-                herr.__cause__ = exc
-                self._report(herr)
-                continue
-            self.stats.recovered_wakes += 1
-            ledger = self._ledger.setdefault(sub.id, {})
-            for s in streams:
-                end = max(s.tail_offset, wake._read.get(s.path, ""))
-                if end > ledger.get(s.path, "-1"):
-                    ledger[s.path] = end
-                known[s.path] = s.tail_offset
-            if not body.get("streams_deferred"):
-                return
+        fails = WakeFailures(backoff=self.failure_policy.backoff())
+        wake: Wake | None = None
+        more = False
+        delay = 0.0
+        try:
+            while True:
+                if delay:
+                    await sleep(self._clock, delay)
+                    delay = 0.0
+                if wake is None:
+                    try:
+                        body = await self._client.get_subscription(http, sub.id, select=skipped)
+                    except PullwakeError as exc:
+                        delay = lookups.next_delay()
+                        self._report(exc)
+                        continue
+                    if body is None:  # gone again: it will be re-created; keep our range
+                        delay = lookups.next_delay()
+                        continue
+                    lookups.reset()
+                    streams = []
+                    for s in body.get("streams", []):
+                        path, server_acked = str(s.get("path")), str(s.get("acked_offset"))
+                        start = known.get(path, "-1")
+                        if server_acked > start:
+                            streams.append(ClaimedStream(path=path, acked_offset=start,
+                                                         tail_offset=server_acked))
+                    if not streams:
+                        return
+                    more = bool(body.get("streams_deferred"))
+                    wake = Wake(subscription_id=sub.id, wake_id=None, generation=None,
+                                streams=tuple(streams), recovered=True, _worker=self)
+                    fails = WakeFailures(backoff=self.failure_policy.backoff())
+                if not fails.dead:
+                    error = await self._attempt(wake)
+                    if error is None:
+                        self.stats.recovered_wakes += 1
+                        self._advance_ledger(wake, read=True)
+                    else:
+                        delay = self._handler_failed(wake, fails, error)
+                        if not self.failure_policy.exhausted(fails.attempts):
+                            continue
+                        fails.dead = True
+                if fails.dead:
+                    if not await self._dead_letter(wake, fails, reason="max_attempts"):
+                        delay = fails.cool(self._clock.monotonic())
+                        continue
+                    self._advance_ledger(wake, read=False)
+                    delay = 0.0
+                for s in wake.streams:  # this round is done: the next starts after it
+                    known[s.path] = s.tail_offset
+                wake = None
+                if not more:
+                    return
+        except asyncio.CancelledError:
+            await self._recovery_unfinished(sub, wake, fails, known)
+            raise
+
+    def _advance_ledger(self, wake: Wake, *, read: bool) -> None:
+        ledger = self._ledger.setdefault(wake.subscription_id, {})
+        for s in wake.streams:
+            end = max(s.tail_offset, wake._read.get(s.path, "")) if read else s.tail_offset
+            if end > ledger.get(s.path, "-1"):
+                ledger[s.path] = end
+
+    async def _recovery_unfinished(self, sub: SubscriptionConfig, wake: Wake | None,
+                                   fails: WakeFailures, known: Mapping[str, str]) -> None:
+        """A recovery cut short by stop: dead-letter its range, or say so at ERROR."""
+        if wake is None:
+            log.error("[%s] stopped before the range the re-created subscription %r "
+                      "skipped was looked up: messages after %s were not handed over",
+                      self.worker_name, sub.id, dict(known) or "the start of each stream")
+            return
+        if self.failure_policy.dead_letter_stream is not None and \
+                await self._dead_letter(wake, fails, reason="stopped"):
+            return
+        ranges = ", ".join(f"{s.path} ({s.acked_offset}, {s.tail_offset}]" for s in wake.streams)
+        log.error("[%s] stopped before the recovered range of %r was handled (%d failed "
+                  "attempt(s)); the server counts it as acked, so nothing will hand it over "
+                  "again: %s", self.worker_name, sub.id, fails.attempts, ranges)
 
     async def _cancel_recoveries(self) -> None:
         for t in list(self._recoveries):
@@ -797,9 +1164,13 @@ class Worker:
             return self._session_sync
 
     def _report(self, error: BaseException) -> None:
-        self.runner.note_error("worker", error)
         log.warning("[%s] %s: %s", self.worker_name, type(error).__name__,
                     self._http.scrub(str(error)))
+        self._notify(error)
+
+    def _notify(self, error: BaseException, where: str = "worker") -> None:
+        """Record ``error`` in health and hand it to ``on_error`` (which only reports)."""
+        self.runner.note_error(where, error)
         if self._on_error is not None:
             try:
                 self._on_error(error)

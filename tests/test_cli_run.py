@@ -140,3 +140,153 @@ async def test_demo_runs_the_story_and_exits_0(tmp_path: Path) -> None:
                    "--> reconnecting", "Act 2", "Act 3", "lost       0",
                    "OK: nothing was lost"):
         assert needle in text, needle
+
+
+# ------------------------------------------------------------------ failing and stuck handlers
+
+FAILING_HANDLERS = textwrap.dedent('''
+    import json, os, threading
+
+    OUT = os.environ["PULLWAKE_TEST_OUT"]
+    calls = []
+
+    def stuck(wake):
+        open(OUT, "a").write("entered\\n")
+        threading.Event().wait()  # never returns; a thread cannot be interrupted
+
+    async def raises_base_exceptions(wake):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt("from the handler")
+        if len(calls) == 2:
+            raise SystemExit(3)
+        with open(OUT, "a") as f:
+            for stream in wake.streams:
+                async for message in wake.messages(stream.path):
+                    f.write(json.dumps(message) + "\\n")
+
+    async def always_fails(wake):
+        raise RuntimeError("cannot use this wake, token " + os.environ["PULLWAKE_TEST_TOKEN"])
+''')
+
+
+def _run_args(srv: EmbeddedServer, handler: str, *extra: str) -> list[str]:
+    return ["run", "--server", srv.stream_root, "--subscription", "sub1",
+            "--wake-stream", "wake/pool", "--pattern", "events/*", "--handler", handler,
+            "--worker", "w1", "--lease-ms", "2000", *extra]
+
+
+async def test_run_exits_after_the_stop_grace_with_a_stuck_sync_handler(tmp_path: Path) -> None:
+    (tmp_path / "failing.py").write_text(FAILING_HANDLERS)
+    out = tmp_path / "out.txt"
+    async with EmbeddedServer() as srv:
+        proc = await _spawn(_run_args(srv, "failing:stuck", "--stop-grace", "0.5"), tmp_path,
+                            {"PULLWAKE_TEST_OUT": str(out)})
+        try:
+            await eventually(lambda: srv.subscriptions.subscriptions.get("sub1") is not None,
+                             timeout=15)
+            await srv.create_stream("events/a")
+            await srv.append("events/a", {"n": 1})
+            await eventually(lambda: out.exists() and "entered" in out.read_text(), timeout=15)
+            proc.send_signal(signal.SIGTERM)
+            # A hang detector: before the fix the process never exited.
+            _, err = await asyncio.wait_for(proc.communicate(), 30)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        text = err.decode()
+        assert proc.returncode == 0, text
+        assert "still running after the stop grace" in text
+        assert "a stuck sync handler thread" in text
+        # The wake was released, not left to expire: claimable again at once.
+        status, body = srv.subscriptions.claim("sub1", "probe")
+        assert status == 200, body
+
+
+async def test_run_keeps_running_when_a_handler_raises_keyboard_interrupt_or_system_exit(
+        tmp_path: Path) -> None:
+    (tmp_path / "failing.py").write_text(FAILING_HANDLERS)
+    out = tmp_path / "out.txt"
+    async with EmbeddedServer() as srv:
+        proc = await _spawn(_run_args(srv, "failing:raises_base_exceptions"), tmp_path,
+                            {"PULLWAKE_TEST_OUT": str(out)})
+        try:
+            await eventually(lambda: srv.subscriptions.subscriptions.get("sub1") is not None,
+                             timeout=15)
+            await srv.create_stream("events/a")
+            for i in range(3):
+                await srv.append("events/a", {"n": i})
+            # Two failed attempts (cool-downs of at most 1 s and 2 s), then handled.
+            await eventually(lambda: out.exists() and len(out.read_text().splitlines()) >= 3,
+                             timeout=30)
+            assert proc.returncode is None  # still alive
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+            _, err = await asyncio.wait_for(proc.communicate(), 20)
+        text = err.decode()
+        assert proc.returncode == 0, text
+        # The first failure of the wake at WARNING with its traceback; the repeat
+        # (SystemExit) within the log interval only at DEBUG.
+        assert "(attempt 1): KeyboardInterrupt: from the handler" in text
+        assert 'raise KeyboardInterrupt("from the handler")' in text
+        assert sorted(json.loads(x)["n"] for x in out.read_text().splitlines()) == [0, 1, 2]
+
+
+async def test_run_dead_letters_with_max_attempts_and_dead_letter_stream(tmp_path: Path) -> None:
+    (tmp_path / "failing.py").write_text(FAILING_HANDLERS)
+    token = "tok-DLS-SECRET-77"
+    async with EmbeddedServer() as srv:
+        proc = await _spawn(
+            _run_args(srv, "failing:always_fails", "--max-attempts", "2",
+                      "--dead-letter-stream", "dead/letters", "--handler-timeout", "5",
+                      "--token-env", "PULLWAKE_TEST_TOKEN"),
+            tmp_path, {"PULLWAKE_TEST_OUT": str(tmp_path / "o"), "PULLWAKE_TEST_TOKEN": token})
+        try:
+            await eventually(lambda: srv.subscriptions.subscriptions.get("sub1") is not None,
+                             timeout=15)
+            await srv.create_stream("events/a")
+            await srv.append("events/a", {"n": 1})
+
+            async def records() -> list[dict]:
+                return await srv.read_all("dead/letters")  # created by the worker's start
+
+            for _ in range(2000):  # bounded by the test's timeout too
+                if await records():
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+            _, err = await asyncio.wait_for(proc.communicate(), 20)
+        (record,) = await records()
+        assert record["attempts"] == 2 and record["subscription"] == "sub1"
+        assert "cannot use this wake" in record["error"]["message"]
+        assert token not in json.dumps(record)
+        text = err.decode()
+        assert proc.returncode == 0, text
+        assert token not in text and "dead-lettered to dead/letters" in text
+        state = await srv.subscription_state("sub1")
+        assert state is not None
+        assert state["streams"][0]["acked_offset"] == await srv.tail_offset("events/a")
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--max-attempts", "0"], "--max-attempts: must be an integer from 1"),
+        (["--max-attempts", "two"], "--max-attempts: must be an integer from 1"),
+        (["--handler-timeout", "-1"], "--handler-timeout: must be a number from 0.001"),
+        (["--handler-timeout", "nan"], "--handler-timeout: must be a number from 0.001"),
+        (["--max-attempts", "3"], "needs a dead_letter_stream"),
+    ],
+)
+async def test_run_rejects_bad_failure_policy_arguments(tmp_path: Path, args: list[str],
+                                                       needle: str) -> None:
+    proc = await _spawn(["run", "--server", "http://127.0.0.1:9/v1/stream", "--subscription",
+                         "s", "--wake-stream", "w", "--pattern", "e/*", "--handler", "os:getcwd",
+                         *args], tmp_path, {})
+    _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 2
+    assert needle in err.decode()

@@ -606,6 +606,35 @@ async def test_slow_ack_still_ends_acked(
         assert len(seen.messages) == 10
 
 
+async def test_slow_lease_extension_within_the_lease_keeps_it(
+    ds_server: DurableStreamsServer, http: aiohttp.ClientSession
+) -> None:
+    """An extension answered after a third of the TTL but before the lease runs out holds.
+
+    3 s lease: extended at 1 s; that extension is answered after 1.5 s (past the
+    1 s between extensions, inside the 2 s the lease has left). The handler returns
+    once an extension held, so a lost lease (the extension given up at 1 s and the
+    next one sent at 3 s, fenced) fails the test.
+    """
+    extended = asyncio.Event()
+    errors: list[BaseException] = []
+
+    async def handle(wake: Wake) -> None:
+        await extended.wait()
+
+    worker = make_worker(ds_server, handle, lease_ms=3000, on_error=errors.append)
+    async with worker:
+        await ds_server.inject_error(ACK_PATH, delay_ms=1500, count=1)
+        await produce_at_once(http, ds_server, "events/a", 1)
+        await wait_until(lambda: worker.stats.lease_extensions >= 1 or worker.stats.leases_lost,
+                         timeout=15, what="the slow extension answered")
+        extended.set()
+        await wait_until(lambda: worker.stats.wakes_acked >= 1 or worker.stats.leases_lost,
+                         timeout=15, what="the wake acked")
+    assert worker.stats.leases_lost == 0, errors
+    assert worker.stats.wakes_acked == worker.stats.wakes_claimed == 1
+
+
 # ------------------------------------------------------------------ configuration
 
 
