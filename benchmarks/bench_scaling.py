@@ -115,6 +115,14 @@ class ProducerProcess:
             self.proc.wait()
 
 
+class StreamIndex(dict[str, int]):
+    """Stream path -> its subscription's counter slot (``bench/<run>/s<i>[/e<k>]``)."""
+
+    def __missing__(self, path: str) -> int:
+        i = self[path] = int(path.split("/")[2][1:])
+        return i
+
+
 class Counters:
     """Messages consumed per stream, shared with the producer (an mmap'd file of int64)."""
 
@@ -148,8 +156,16 @@ class Layout:
     def wake_stream(self) -> str:
         return f"wake/{self.prefix}"
 
+    #: ``None``: one stream per subscription; else the soak's epoch (pattern mode).
+    epoch: int | None = None
+
     def stream(self, i: int) -> str:
-        return f"bench/{self.prefix}/s{i}"
+        if self.epoch is None:
+            return f"bench/{self.prefix}/s{i}"
+        return f"bench/{self.prefix}/s{i}/e{self.epoch}"
+
+    def pattern(self, i: int) -> str:
+        return f"bench/{self.prefix}/s{i}/*"
 
     def sub(self, i: int) -> str:
         return f"{self.prefix}-s{i}"
@@ -187,7 +203,7 @@ class BareLoop(Consumer):
                  record_latency: bool = False) -> None:
         self.layout = layout
         self.consumed = counters.view
-        self.index = {layout.stream(i): i for i in range(layout.n)}
+        self.index = StreamIndex()
         self.subs = {layout.sub(i): layout.stream(i) for i in range(layout.n)}
         self.wakes = 0
         self.messages = 0
@@ -301,7 +317,7 @@ class WorkerLoop(Consumer):
                  record_latency: bool = False) -> None:
         self.layout = layout
         self.consumed = counters.view
-        self.index = {layout.stream(i): i for i in range(layout.n)}
+        self.index = StreamIndex()
         self.messages = 0
         self.latencies = [] if record_latency else None
 
@@ -328,8 +344,12 @@ class WorkerLoop(Consumer):
         lay = self.layout
         async with aiohttp.ClientSession() as s:
             await create_streams(s, lay)
-        subs = [SubscriptionConfig(id=lay.sub(i), wake_stream=lay.wake_stream,
-                                   streams=(lay.stream(i),)) for i in range(lay.n)]
+        if lay.epoch is None:
+            subs = [SubscriptionConfig(id=lay.sub(i), wake_stream=lay.wake_stream,
+                                       streams=(lay.stream(i),)) for i in range(lay.n)]
+        else:  # the soak: each subscription follows its streams' epochs by a pattern
+            subs = [SubscriptionConfig(id=lay.sub(i), wake_stream=lay.wake_stream,
+                                       pattern=lay.pattern(i)) for i in range(lay.n)]
         self.worker = Worker(server=lay.root, subscriptions=subs, handler=self.handle,
                              worker_name="bench", max_concurrency=max(1, lay.n))
         await self.worker.start()
@@ -670,44 +690,74 @@ async def latency(bench: Bench, ns: Sequence[int], rounds: int, seconds: float,
 
 async def soak(bench: Bench, n: int, wakes: int, limit_s: float, window: int
                ) -> tuple[str, dict[str, Any]]:
+    import aiohttp
+
     layout = bench.layout(n)
-    counters = Counters(os.path.join(bench.tmp, f"{layout.prefix}.counters"), n)
+    layout.epoch = 0
+    counters = Counters(os.path.join(bench.tmp, f"{layout.prefix}.e0"), n)
     consumer = WorkerLoop(layout, counters)
     await consumer.start()
     bench.producer.keep_busy(layout.stream_urls, bench.args.backlog, counters)
+    session = aiohttp.ClientSession()
+
+    async def next_epoch() -> None:
+        """Fresh streams for every window: the reference server slows down as its
+        streams grow (its cost, not the worker's), so the soak keeps them short."""
+        nonlocal counters
+        assert layout.epoch is not None
+        layout.epoch += 1
+        await create_streams(session, layout)
+        old, counters = counters, Counters(
+            os.path.join(bench.tmp, f"{layout.prefix}.e{layout.epoch}"), n)
+        consumer.consumed = counters.view
+        bench.producer.keep_busy(layout.stream_urls, bench.args.backlog, counters)
+        old.close()
+
     samples: list[dict[str, float]] = []
     t_start = time.perf_counter()
     try:
         await asyncio.sleep(0.5)
+        server = bench.server.pid
+        assert server is not None
         w0, c0, t0 = consumer.wakes, cpu_seconds(), time.perf_counter()
+        s0, m0 = cpu_seconds(server), consumer.messages
         start_wakes = w0
         while consumer.wakes - start_wakes < wakes and time.perf_counter() - t_start < limit_s:
             await asyncio.sleep(0.05)
             if consumer.wakes - w0 >= window:
                 w1, c1, t1 = consumer.wakes, cpu_seconds(), time.perf_counter()
+                s1, m1 = cpu_seconds(server), consumer.messages
                 samples.append({"wakes": w1 - start_wakes, "cpu_ms": (c1 - c0) / (w1 - w0) * 1e3,
+                                "server_ms": (s1 - s0) / (w1 - w0) * 1e3,
+                                "msgs": (m1 - m0) / (w1 - w0),
                                 "rate": (w1 - w0) / (t1 - t0), "rss": rss_bytes() / 2**20,
                                 "secrets": len(consumer.worker.runner.http.secrets),
                                 "load": os.getloadavg()[0]})
                 s = samples[-1]
-                print(f"  soak {s['wakes']:>7.0f} wakes: {s['cpu_ms']:.3f} ms CPU/wake, "
-                      f"{s['rate']:.0f} wakes/s, RSS {s['rss']:.1f} MiB, "
-                      f"{s['secrets']:.0f} secrets", flush=True)
-                w0, c0, t0 = w1, c1, t1
+                print(f"  soak {s['wakes']:>7.0f} wakes: {s['cpu_ms']:.3f} ms CPU/wake "
+                      f"(server {s['server_ms']:.3f}), {s['rate']:.0f} wakes/s, RSS "
+                      f"{s['rss']:.1f} MiB, {s['secrets']:.0f} secrets, load "
+                      f"{s['load']:.1f}", flush=True)
+                await next_epoch()
+                w0, c0, t0 = consumer.wakes, cpu_seconds(), time.perf_counter()
+                s0, m0 = cpu_seconds(server), consumer.messages
         total = consumer.wakes - start_wakes
         elapsed = time.perf_counter() - t_start
     finally:
         bench.producer.stop()
         await consumer.stop()
+        await session.close()
         counters.close()
     if not samples:
         raise RuntimeError("the soak ran too short for one window")
     step = max(1, len(samples) // 10)
     shown = samples[::step] if samples[-1] in samples[::step] else [*samples[::step], samples[-1]]
-    rows = [[f"{s['wakes']:.0f}", f"{s['cpu_ms']:.3f}", f"{s['rate']:.0f}", f"{s['rss']:.1f}",
+    rows = [[f"{s['wakes']:.0f}", f"{s['cpu_ms']:.3f}", f"{s['server_ms']:.3f}",
+             f"{s['msgs']:.2f}", f"{s['rate']:.0f}", f"{s['rss']:.1f}",
              f"{s['secrets']:.0f}", f"{s['load']:.1f}"] for s in shown]
-    text = table(["wakes so far", "client CPU ms/wake (window)", "wakes/s (window)",
-                  "RSS MiB", "secrets held", "machine load (1 min)"], rows)
+    text = table(["wakes so far", "client CPU ms/wake (window)", "server CPU ms/wake",
+                  "messages/wake", "wakes/s (window)", "RSS MiB", "secrets held",
+                  "machine load (1 min)"], rows)
     k = max(1, len(samples) // 5)
     first = statistics.median(s["cpu_ms"] for s in samples[:k])
     last = statistics.median(s["cpu_ms"] for s in samples[-k:])
@@ -845,9 +895,14 @@ async def main_soak(args: argparse.Namespace, argv: Sequence[str]) -> None:
     body = f"""Command: `{command(argv)}`. {machine_line()} Load average {load0} at the start,
 {load()} at the end (a shared machine: window-to-window rates are noisy).
 
-A `Worker` at N = {args.soak_n} subscriptions kept busy by a producer
-(at most {args.backlog} unconsumed messages per stream) against the reference
-server, measured per
+A `Worker` at N = {args.soak_n} subscriptions (by pattern) kept busy by a
+producer (at most {args.backlog} unconsumed messages per stream) against the
+reference server; after every window the producer moves to fresh streams (so no
+stream grows long), while the worker, its subscriptions and its wake stream run
+on. The server's CPU per wake is shown beside the client's: the reference
+server's own cost per wake grows over a long run (with long streams when they
+are kept, and here with the streams each pattern subscription has linked, which
+every claim answer lists), and the wake rate falls with it. Measured per
 window of {args.soak_window} wakes: client CPU per wake (`/proc`), RSS, and the number
 of secrets its HTTP client scrubs (bounded: configured headers plus the claim
 tokens of the wakes running now).

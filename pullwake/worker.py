@@ -1028,7 +1028,8 @@ class Worker:
             self.stats.subscriptions_recreated += 1
             log.warning("[%s] subscription %r was gone (server restart?): re-created",
                         self.worker_name, sub.id)
-            task = asyncio.ensure_future(self._recover(http, sub, known))
+            task = asyncio.get_running_loop().create_task(
+                self._recover(http, sub, known), context=job_context(subscription=sub.id))
             task.set_name(f"pullwake-recover[{sub.id}]")
             self._recoveries.add(task)
             task.add_done_callback(self._recoveries.discard)

@@ -40,6 +40,7 @@ def value(samples: Mapping[Any, float], name: str, **labels: str) -> float:
 async def test_metrics_count_a_worker_s_work_without_secrets() -> None:
     failed_once: set[str] = set()
     gate = asyncio.Event()
+    waiting = asyncio.Event()  # the handler holds the wake with data on events/slow
 
     async def handler(wake: Any) -> None:
         # Only streams with something to hand over count (creating a stream may wake too).
@@ -48,6 +49,7 @@ async def test_metrics_count_a_worker_s_work_without_secrets() -> None:
             failed_once.add("boom")
             raise RuntimeError("first try fails")
         if "events/slow" in paths:
+            waiting.set()
             await gate.wait()
         for stream in wake.streams:
             async for _ in wake.messages(stream.path):
@@ -66,8 +68,8 @@ async def test_metrics_count_a_worker_s_work_without_secrets() -> None:
             # A wake in hand: the subscription has unacked work on one stream.
             await srv.create_stream("events/slow")
             await srv.append("events/slow", {"n": 2})
-            await eventually(lambda: worker.health()["subscriptions"][SUB]["state"]
-                             == "handling", timeout=20)
+            await asyncio.wait_for(waiting.wait(), 20)
+            assert worker.health()["subscriptions"][SUB]["state"] == "handling"
             status, text = await get(health.url + "/metrics")
             assert status == 200
             m = parse(text)

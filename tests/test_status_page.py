@@ -84,6 +84,10 @@ async def test_status_page_highlights_the_state_as_the_server_hangs_and_recovers
                                                   headless=True)
                 try:
                     page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+                    problems: list[str] = []
+                    page.on("pageerror", lambda exc: problems.append(f"pageerror: {exc}"))
+                    page.on("console", lambda m: problems.append(f"console: {m.text}")
+                            if m.type == "error" else None)
                     await page.goto(health.url + "/")
                     first = await _wait_state(page, "s => s === 'running.streaming'", 20)
                     assert first == "running.streaming"
@@ -113,5 +117,6 @@ async def test_status_page_highlights_the_state_as_the_server_hangs_and_recovers
                         timeout=30_000, polling=50)
                     transitions = await page.inner_text("#transitions tbody")
                     assert "reconnecting" in transitions
+                    assert problems == []  # no script error, no failed request
                 finally:
                     await browser.close()

@@ -26,7 +26,7 @@ from pullwake.testing.interface import DurableStreamsServer
 from pullwake.testing.server import EmbeddedServer
 from pullwake.worker import Wake, Worker
 
-pytestmark = [pytest.mark.timeout(45), pytest.mark.ds_server_options(long_poll_timeout=1.0)]
+pytestmark = [pytest.mark.timeout(120), pytest.mark.ds_server_options(long_poll_timeout=1.0)]
 
 FAST: dict[str, Any] = {"lease_ms": 1000, "heartbeat_interval": 0.5, "read_idle_timeout": 3.0,
                         "request_timeout": 2.0, "connect_timeout": 2.0, "stop_grace": 1.0}
@@ -57,7 +57,7 @@ async def running(worker: Worker) -> AsyncIterator[None]:
             await task
 
 
-async def until(predicate: Callable[[], Any], what: str, timeout: float = 20.0) -> None:
+async def until(predicate: Callable[[], Any], what: str, timeout: float = 90.0) -> None:
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
     while not predicate():
