@@ -214,16 +214,24 @@ class SubscriptionStats:
         if self.unacked_since is None:
             self.unacked_since = now
 
-    def acked(self) -> None:
-        """The wake in hand was acked: its streams are done; later wakes stay unacked."""
+    def acked(self, generation: int | None) -> None:
+        """The wake of ``generation`` was acked: its streams are done; later wakes stay unacked.
+
+        A key is freed at its done-ack answer, so the next wake may already be
+        claimed when an earlier one's bookkeeping runs: that never clears the
+        newer wake's state.
+        """
         self.wakes_acked += 1
+        if generation != self.generation:
+            return
         self.pending_streams = ()
         self.unacked_since = self._next_since
         self._next_since = None
 
-    def ended(self) -> None:
-        """The wake in hand is over (acked, released, or its lease lost)."""
-        self.handling_since = None
+    def ended(self, generation: int | None) -> None:
+        """The wake of ``generation`` is over (acked, released, or its lease lost)."""
+        if generation == self.generation:
+            self.handling_since = None
 
     def snapshot(self, now: float, *, cooling_down_s: float = 0.0,
                  consecutive_failures: int = 0, failed_attempts: int = 0) -> dict[str, Any]:

@@ -518,7 +518,7 @@ class Worker:
 
         def over(t: asyncio.Future[Any]) -> None:
             scope.__exit__(None, None, None)
-            self._sub(claim).ended()
+            self._sub(claim).ended(claim.generation)
             self._job_over(key, t)
 
         task.add_done_callback(over)
@@ -954,7 +954,7 @@ class Worker:
             self._report(exc)  # not acked: the lease expires and the wake comes back
             return False
         self.stats.wakes_acked += 1
-        self._sub(claim).acked()
+        self._sub(claim).acked(claim.generation)
         ledger = self._ledger[claim.subscription_id]
         for path, offset in acks:
             if offset > ledger.get(path, "-1"):

@@ -73,8 +73,15 @@ async def test_run_handles_messages_serves_health_and_stops_on_sigterm(tmp_path:
             await eventually(lambda: len(lines()) >= 10, timeout=15)
             assert sorted(x["m"]["n"] for x in lines()) == list(range(10))
             async with aiohttp.ClientSession() as s:
-                async with s.get(f"http://127.0.0.1:{port}/health") as r:
-                    health = await r.json()
+                # The handler wrote its lines before its wake's ack: wait for the ack.
+                loop = asyncio.get_running_loop()
+                give_up = loop.time() + 15
+                while True:
+                    async with s.get(f"http://127.0.0.1:{port}/health") as r:
+                        health = await r.json()
+                    if health["worker"]["wakes_acked"] >= 1 or loop.time() > give_up:
+                        break
+                    await asyncio.sleep(0.05)
                 async with s.get(f"http://127.0.0.1:{port}/healthz") as r:
                     assert r.status == 200
             assert health["status"] == "streaming"
