@@ -1,4 +1,4 @@
-"""Benchmark: the fetch cache (pullwake.cache) on catch-up reads with read_stream.
+"""Benchmark: the fetch cache (pullwake.io.cache) on catch-up reads with read_stream.
 
 Run from a checkout::
 
@@ -59,8 +59,8 @@ import requests
 import requests.sessions
 from _common import REPO, machine, replace_section, table
 
-from pullwake.cache import install_fetch_cache, uninstall_fetch_cache
-from pullwake.reader import read_stream
+from pullwake.io.cache import install_fetch_cache, uninstall_fetch_cache
+from pullwake.io.reader import read_stream
 
 RANGE_BYTES = 1024 * 1024
 DOC = REPO / "docs" / "performance.md"

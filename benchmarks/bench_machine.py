@@ -4,7 +4,7 @@
 
 Measured in one run, medians over rounds:
 
-- parse + validate ``machine_spec.yaml`` (``pullwake.spec.parse_spec``, uncached:
+- parse + validate ``machine_spec.yaml`` (``pullwake.lifecycle.spec.parse_spec``, uncached:
   ``load_spec`` caches per file content), with libyaml's loader (the default
   when PyYAML has it) and with the pure-Python loader only, and the YAML parse
   alone beside them;
@@ -38,10 +38,10 @@ from typing import Any
 import yaml
 from _common import REPO, machine, median, replace_section, table  # puts the checkout on sys.path
 
-from pullwake import spec as spec_module
-from pullwake.machine import Lifecycle, WorkTicket, effect_hook_names
-from pullwake.spec import LifecycleSpec, default_spec_path, parse_spec
-from pullwake.table import compute_table
+from pullwake.lifecycle import spec as spec_module
+from pullwake.lifecycle.machine import Lifecycle, WorkTicket, effect_hook_names
+from pullwake.lifecycle.spec import LifecycleSpec, default_spec_path, parse_spec
+from pullwake.lifecycle.table import compute_table
 
 PERF = REPO / "docs" / "performance.md"
 SECTION = "## Lifecycle machine"
@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         parse_pure_s = per_call(lambda: parse_spec(text, path=str(spec_path), hooks=hooks),
                                 rounds=rounds, inner=1)
         pure_share = profile_share(lambda: parse_spec(text, path=str(spec_path), hooks=hooks),
-                                   20, {"yaml": "/yaml/", "pullwake.spec": "pullwake/spec.py"})
+                                   20, {"yaml": "/yaml/",
+                                       "pullwake.spec": "pullwake/lifecycle/spec.py"})
     finally:
         spec_module._FAST_LOADER = fast
     build_s = per_call(lambda: Lifecycle(NullEffects(), spec),  # type: ignore[arg-type]
@@ -228,10 +229,10 @@ def main(argv: list[str] | None = None) -> int:
 
     # -- where the time goes
     parse_share = profile_share(lambda: parse_spec(text, path=str(spec_path), hooks=hooks), 20,
-                                {"yaml": "/yaml/", "pullwake.spec": "pullwake/spec.py"})
+                                {"yaml": "/yaml/", "pullwake.spec": "pullwake/lifecycle/spec.py"})
     wake_share = profile_share(lambda: lc.fire("WAKE", wake=wake), 5_000,
                                {"transitions": "/transitions/", "logging": "/logging/",
-                                "pullwake.machine": "pullwake/machine.py"})
+                                "pullwake.machine": "pullwake/lifecycle/machine.py"})
 
     ms, us = 1e3, 1e6
     load_build_ms = median(both_s) * ms
@@ -284,17 +285,17 @@ def main(argv: list[str] | None = None) -> int:
         "Where the time goes (cProfile, share of own time):",
         "",
         f"- parse + validate ({loader}): {parse_share['yaml']:.0%} in PyYAML, "
-        f"{parse_share['pullwake.spec']:.0%} in pullwake.spec's own checks; with the "
+        f"{parse_share['pullwake.spec']:.0%} in pullwake.lifecycle.spec's own checks; with the "
         f"pure-Python loader only: {pure_share['yaml']:.0%} in PyYAML. The text is parsed "
         "once (the composed node gives both the data and the line numbers). libyaml's "
         "`yaml.CSafeLoader` is used when PyYAML has it; when it reports an error, the "
         "pure-Python `SafeLoader` parses the text again and words the error, so "
         "messages are the same everywhere (tests/test_spec_loader.py runs both).",
-        f"- an internal event: {wake_share['pullwake.machine']:.0%} in pullwake.machine "
+        f"- an internal event: {wake_share['pullwake.machine']:.0%} in pullwake.lifecycle.machine "
         "(queue, ticket check, the shortcut look-up, observer), "
         f"{wake_share['transitions']:.0%} in transitions. Internal and ignored decisions "
         "without guards run the machine's own transition callbacks directly (the "
-        "shortcut in pullwake.machine, proved equal to the full trigger for every cell "
+        "shortcut in pullwake.lifecycle.machine, proved equal to the full trigger for every cell "
         "by tests/test_machine.py); before it, the nested trigger machinery made this "
         "16 µs. A state change still goes through transitions' full trigger.",
     ]

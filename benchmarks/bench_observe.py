@@ -31,9 +31,15 @@ import _common  # noqa: F401 - puts the checkout on sys.path
 import aiohttp
 
 from pullwake import HealthServer, Worker
-from pullwake.health import SubscriptionStats
-from pullwake.logs import ContextFilter, JsonFormatter, TextFormatter, job_context, log_context
-from pullwake.subscriptions import SubscriptionConfig
+from pullwake.runtime.health import SubscriptionStats
+from pullwake.runtime.logs import (
+    ContextFilter,
+    JsonFormatter,
+    TextFormatter,
+    job_context,
+    log_context,
+)
+from pullwake.runtime.subscriptions import SubscriptionConfig
 
 
 def _worker(n_subs: int) -> Worker:

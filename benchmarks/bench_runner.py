@@ -520,18 +520,18 @@ async def profile_throughput(app: _Appender, n: int) -> dict[str, Any]:
     rs = results["runner"]["stats"]
     hot = {
         "lifecycle machine (Lifecycle._enqueue -> transitions trigger)":
-            _cum(rs, lambda f, fn: f.endswith("pullwake/machine.py") and fn == "_enqueue"),
+            _cum(rs, lambda f, fn: f.endswith("lifecycle/machine.py") and fn == "_enqueue"),
         "  of which the hooks themselves (claim_wake, record_offset)":
-            _cum(rs, lambda f, fn: f.endswith("pullwake/runner.py") and fn == "claim_wake")
-            + _cum(rs, lambda f, fn: f.endswith("pullwake/runner.py") and fn == "record_offset"),
+            _cum(rs, lambda f, fn: f.endswith("pullwake/runtime/runner.py") and fn == "claim_wake")
+            + _cum(rs, lambda f, fn: f.endswith("runtime/runner.py") and fn == "record_offset"),
         "claims: ClaimScheduler._claim (HttpClient.request + dispatch)":
-            _cum(rs, lambda f, fn: f.endswith("pullwake/claims.py") and fn == "_claim"),
-        "HttpClient.request": _cum(rs, lambda f, fn: f.endswith("pullwake/http.py")
+            _cum(rs, lambda f, fn: f.endswith("pullwake/runtime/claims.py") and fn == "_claim"),
+        "HttpClient.request": _cum(rs, lambda f, fn: f.endswith("pullwake/io/http.py")
                                    and fn == "request"),
         "stream read: PullWakeRunner._consume": _cum(
-            rs, lambda f, fn: f.endswith("pullwake/runner.py") and fn == "_consume"),
+            rs, lambda f, fn: f.endswith("pullwake/runtime/runner.py") and fn == "_consume"),
         "clock.deadline (async-generator context manager)": _cum(
-            rs, lambda f, fn: f.endswith("pullwake/clock.py") and fn == "deadline"),
+            rs, lambda f, fn: f.endswith("pullwake/io/clock.py") and fn == "deadline"),
     }
     bs = results["bare"]["stats"]
     hot_bare = {
@@ -550,9 +550,9 @@ async def claim_path_cost(url: str, n: int = 2000, rounds: int = 3) -> dict[str,
     ``n`` claims, 100 at a time, against a server in another process; the
     best of ``rounds`` (the least disturbed) per variant.
     """
-    from pullwake.clock import LoopClock
-    from pullwake.control import ElectricControlPlane, WakeEvent
-    from pullwake.http import HttpClient
+    from pullwake.io.clock import LoopClock
+    from pullwake.io.http import HttpClient
+    from pullwake.runtime.control import ElectricControlPlane, WakeEvent
 
     claim_url = f"{url}/_electric/runners/cost/claim"
     http = HttpClient(headers=None, clock=LoopClock(), request_timeout=10.0,

@@ -5,11 +5,7 @@ Start at README.md; the lifecycle lives in machine_spec.yaml (docs/lifecycle.md)
 
 from typing import TYPE_CHECKING
 
-from .areader import aiter_chunks, aiter_items, aread_stream
-from .clock import Clock, LoopClock
-from .config import RunnerConfig
-from .control import ClaimOutcome, ControlPlane, ElectricControlPlane, WakeEvent
-from .errors import (
+from pullwake.errors import (
     AnswerTooLarge,
     CacheError,
     ConfigError,
@@ -37,17 +33,21 @@ from .errors import (
     SubscriptionError,
     TransportError,
 )
-from .failures import FailurePolicy
-from .fetchcache import FetchCache
-from .health import Health
-from .healthserver import HealthServer
-from .machine import Lifecycle, LifecycleEffects, WorkTicket
-from .protocol import Chunk, Item, RetryPolicy
-from .runner import PullWakeRunner, Runtime
-from .spec import LifecycleSpec, load_spec
-from .subscriptions import ClaimedStream, SubscriptionConfig
-from .transport import StreamFactory, StreamRequest, WakeStream
-from .worker import Wake, Worker, WorkerStats
+from pullwake.io.areader import aiter_chunks, aiter_items, aread_stream
+from pullwake.io.clock import Clock, LoopClock
+from pullwake.io.fetchcache import FetchCache
+from pullwake.io.transport import StreamFactory, StreamRequest, WakeStream
+from pullwake.lifecycle.machine import Lifecycle, LifecycleEffects, WorkTicket
+from pullwake.lifecycle.spec import LifecycleSpec, load_spec
+from pullwake.ops.healthserver import HealthServer
+from pullwake.protocol import Chunk, Item, RetryPolicy
+from pullwake.runtime.config import RunnerConfig
+from pullwake.runtime.control import ClaimOutcome, ControlPlane, ElectricControlPlane, WakeEvent
+from pullwake.runtime.failures import FailurePolicy
+from pullwake.runtime.health import Health
+from pullwake.runtime.runner import PullWakeRunner, Runtime
+from pullwake.runtime.subscriptions import ClaimedStream, SubscriptionConfig
+from pullwake.worker import Wake, Worker, WorkerStats
 
 __version__ = "0.1.0"
 
@@ -126,7 +126,7 @@ __all__ = [
 
 
 if TYPE_CHECKING:
-    from .cache import (
+    from pullwake.io.cache import (
         FetchCacheInfo,
         FetchCacheWarning,
         cached_session,
@@ -135,22 +135,22 @@ if TYPE_CHECKING:
         install_fetch_cache,
         uninstall_fetch_cache,
     )
-    from .reader import ReadResult, iter_chunks, iter_items, read_stream
+    from pullwake.io.reader import ReadResult, iter_chunks, iter_items, read_stream
 
 # The sync reader and the fetch cache pull in requests and requests-cache
 # (about 20 MB): import them only when used.
 _LAZY = {
-    "FetchCacheInfo": "cache",
-    "FetchCacheWarning": "cache",
-    "cached_session": "cache",
-    "fetch_cache_info": "cache",
-    "fetch_cache_installed": "cache",
-    "install_fetch_cache": "cache",
-    "uninstall_fetch_cache": "cache",
-    "ReadResult": "reader",
-    "read_stream": "reader",
-    "iter_chunks": "reader",
-    "iter_items": "reader",
+    "FetchCacheInfo": "io.cache",
+    "FetchCacheWarning": "io.cache",
+    "cached_session": "io.cache",
+    "fetch_cache_info": "io.cache",
+    "fetch_cache_installed": "io.cache",
+    "install_fetch_cache": "io.cache",
+    "uninstall_fetch_cache": "io.cache",
+    "ReadResult": "io.reader",
+    "read_stream": "io.reader",
+    "iter_chunks": "io.reader",
+    "iter_items": "io.reader",
 }
 
 

@@ -3,7 +3,7 @@
 This module owns the error types and the redaction rules for their messages.
 It imports nothing from aiohttp or requests: the translation from a transport
 library's exceptions lives in exactly one place per library
-(:mod:`pullwake.http` for aiohttp, :mod:`pullwake.reader` for requests).
+(:mod:`pullwake.io.http` for aiohttp, :mod:`pullwake.io.reader` for requests).
 
 ::
 

@@ -1,9 +1,9 @@
 """Worker: pull-wake subscriptions on a Durable Streams server, for applications.
 
 This module owns the application-facing worker: it ensures the wake stream
-and its subscriptions exist, runs a :class:`~pullwake.runner.PullWakeRunner`
-with the subscription control plane (:mod:`pullwake.subscriptions`), and is
-that runner's :class:`~pullwake.runner.Runtime`: each claimed wake becomes a
+and its subscriptions exist, runs a :class:`~pullwake.runtime.runner.PullWakeRunner`
+with the subscription control plane (:mod:`pullwake.runtime.subscriptions`), and is
+that runner's :class:`~pullwake.runtime.runner.Runtime`: each claimed wake becomes a
 job that keeps the lease alive, runs the handler and acks or releases.
 
 Delivery is at least once:
@@ -14,7 +14,7 @@ Delivery is at least once:
   included, or runs past ``handler_timeout``) → ``release`` (the server writes
   a new wake), the error is reported as :class:`~pullwake.errors.HandlerError`
   and logged with its traceback, and the subscription cools down (the retry
-  policy of :mod:`pullwake.failures`); after ``max_attempts`` failures of one
+  policy of :mod:`pullwake.runtime.failures`); after ``max_attempts`` failures of one
   wake it is appended to the dead-letter stream and acked instead;
 - lease lost (409 ``FENCED``, 401) → the handler is cancelled, nothing is acked;
 - the server forgot the wake stream (an in-memory server restarted: 404 on
@@ -47,11 +47,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from .areader import AsyncShell
-from .bounded import BoundedTable
-from .clock import Clock, LoopClock, TimerHandle, deadline, sleep
-from .config import RunnerConfig
-from .errors import (
+from pullwake.errors import (
     ConfigError,
     ControlPlaneError,
     DeadLetterError,
@@ -61,14 +57,19 @@ from .errors import (
     PullwakeError,
     SubscriptionError,
 )
-from .failures import FailureLog, FailurePolicy, WakeFailures, dead_letter_record
-from .health import SubscriptionStats
-from .http import HeadersSource, HttpClient, raise_for_answer
-from .logs import job_context
-from .metrics import WorkerMetrics
-from .protocol import DEFAULT_RETRY, Assembler, Batch, Checkpoint, ReadCore, Rejected
-from .runner import PullWakeRunner
-from .subscriptions import (
+from pullwake.io.areader import AsyncShell
+from pullwake.io.clock import Clock, LoopClock, TimerHandle, deadline, sleep
+from pullwake.io.http import HeadersSource, HttpClient, raise_for_answer
+from pullwake.ops.metrics import WorkerMetrics
+from pullwake.protocol import DEFAULT_RETRY, Assembler, Batch, Checkpoint, ReadCore, Rejected
+from pullwake.protocol.urls import encode_path, validate_base_url
+from pullwake.runtime.bounded import BoundedTable
+from pullwake.runtime.config import RunnerConfig
+from pullwake.runtime.failures import FailureLog, FailurePolicy, WakeFailures, dead_letter_record
+from pullwake.runtime.health import SubscriptionStats
+from pullwake.runtime.logs import job_context
+from pullwake.runtime.runner import PullWakeRunner
+from pullwake.runtime.subscriptions import (
     INVALID_OFFSET,
     MAX_CLAIM_STREAMS,
     NOT_FOUND,
@@ -78,12 +79,11 @@ from .subscriptions import (
     SubscriptionConfig,
     SubscriptionControlPlane,
 )
-from .urls import encode_path, validate_base_url
 
 __all__ = ["Wake", "Worker", "WorkerStats"]
 
 if TYPE_CHECKING:
-    from .fetchcache import FetchCache
+    from pullwake.io.fetchcache import FetchCache
 
 log = logging.getLogger("pullwake.worker")
 
@@ -189,7 +189,7 @@ class _StreamRead:
         return self._sync()
 
     def _sync(self) -> Iterator[Any]:
-        from .reader import _SyncShell
+        from pullwake.io.reader import _SyncShell
 
         worker = self._wake._worker
         core = self._core()
@@ -255,7 +255,7 @@ class Worker:
     ``max_claim_streams`` streams (those with pending work first); the others
     stay pending on the server and come with the next wake. ``handler_timeout``,
     ``max_attempts``, ``dead_letter_stream``, ``cooldown`` and ``cooldown_cap``
-    make the :class:`~pullwake.failures.FailurePolicy` (``worker.failure_policy``).
+    make the :class:`~pullwake.runtime.failures.FailurePolicy` (``worker.failure_policy``).
     """
 
     def __init__(
@@ -721,7 +721,7 @@ class Worker:
     async def _wait_on_clock(self, fut: asyncio.Future[Any], seconds: float | None) -> bool:
         """Wait for ``fut`` at most ``seconds`` on the worker's clock; True if it is done.
 
-        Does not cancel the waiting task (unlike :func:`~pullwake.clock.deadline`),
+        Does not cancel the waiting task (unlike :func:`~pullwake.io.clock.deadline`),
         so it is safe inside a cancellation that is already being handled.
         """
         if seconds is None:
@@ -1166,7 +1166,7 @@ class Worker:
                 import requests
 
                 if self._fetch_cache is not None:
-                    from .errors import CacheError
+                    from pullwake.errors import CacheError
 
                     try:
                         self._session_sync = self._fetch_cache.session()
@@ -1195,10 +1195,10 @@ class Worker:
 
 
 def _check_fetch_cache(value: object) -> FetchCache | None:
-    """``fetch_cache`` is ``None`` or a :class:`pullwake.cache.FetchCache`, never a string."""
+    """``fetch_cache`` is ``None`` or a :class:`pullwake.io.cache.FetchCache`, never a string."""
     if value is None:
         return None
-    from .fetchcache import FetchCache
+    from pullwake.io.fetchcache import FetchCache
 
     if isinstance(value, FetchCache):
         return value

@@ -1,14 +1,14 @@
 """Test doubles for the lifecycle machine: recording effects, a fake clock, routes.
 
 Nothing here sleeps or touches asyncio. :class:`RecordingEffects` implements
-every hook :class:`pullwake.machine.LifecycleEffects` declares (read from the
+every hook :class:`pullwake.lifecycle.machine.LifecycleEffects` declares (read from the
 protocol, so a new hook is picked up without editing this file): ``start_*``
 hooks return a :class:`FakeHandle` that counts ``cancel()`` calls, the other
 hooks append ``(name, payload)`` to ``calls``. With a :class:`FakeClock`, the
 backoff timer is a real scheduled callback that reports ``BACKOFF_ELAPSED``
 through its ticket when the clock is advanced past the delay.
 
-:func:`drive_to` moves a real :class:`~pullwake.machine.Lifecycle` into a leaf
+:func:`drive_to` moves a real :class:`~pullwake.lifecycle.machine.Lifecycle` into a leaf
 state through real events only (START, ticket reports, ...), along the
 shortest route the spec's own transitions allow.
 """
@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pullwake.machine import Lifecycle, WorkTicket, effect_hook_names
-from pullwake.spec import LifecycleSpec
+from pullwake.lifecycle.machine import Lifecycle, WorkTicket, effect_hook_names
+from pullwake.lifecycle.spec import LifecycleSpec
 
 __all__ = [
     "FakeClock",

@@ -1,4 +1,4 @@
-"""Tests for :mod:`pullwake.cache`, the fetch cache for catch-up reads.
+"""Tests for :mod:`pullwake.io.cache`, the fetch cache for catch-up reads.
 
 Rules for this module: servers are on 127.0.0.1 with port 0 and real sockets
 (:class:`FakeStreamServer` from ``test_reader.py`` counts requests
@@ -31,9 +31,10 @@ import requests_cache
 from aiohttp import web
 from test_reader import FakeStreamServer, offset_of
 
-import pullwake.cache as cache_mod
-import pullwake.cache_stores as stores_mod
-from pullwake.cache import (
+import pullwake.io.cache as cache_mod
+import pullwake.io.cache_stores as stores_mod
+from pullwake.errors import CacheError, ConfigError
+from pullwake.io.cache import (
     FetchCacheWarning,
     cached_session,
     fetch_cache_info,
@@ -42,8 +43,7 @@ from pullwake.cache import (
     is_cacheable_response,
     uninstall_fetch_cache,
 )
-from pullwake.errors import CacheError, ConfigError
-from pullwake.reader import read_stream
+from pullwake.io.reader import read_stream
 
 ORIGINAL_SESSION = requests.Session
 ORIGINAL_MODULE_SESSION = requests.sessions.Session
@@ -180,7 +180,7 @@ def test_install_from_eight_threads_at_once_installs_one_layer(
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.filterwarnings("ignore::pullwake.cache.FetchCacheWarning")
+@pytest.mark.filterwarnings("ignore::pullwake.io.cache.FetchCacheWarning")
 def test_install_and_uninstall_churn_from_threads_never_stacks(fake: FakeStreamServer) -> None:
     url = fake.create("a")
     fake.append("a", {"n": 1})

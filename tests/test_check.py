@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from mini_spec import MINI, edit
 
-from pullwake.check import run_checks
-from pullwake.cli import main
+from pullwake.cli.main import main
 from pullwake.errors import SpecErrors
-from pullwake.machine import Lifecycle, effect_hook_names
-from pullwake.spec import LifecycleSpec, load_spec, parse_spec
+from pullwake.lifecycle.check import run_checks
+from pullwake.lifecycle.machine import Lifecycle, effect_hook_names
+from pullwake.lifecycle.spec import LifecycleSpec, load_spec, parse_spec
 
 HOOKS = effect_hook_names()
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from pullwake.cli import main
-from pullwake.spec import load_spec
-from pullwake.table import compute_table
+from pullwake.cli.main import main
+from pullwake.lifecycle.spec import load_spec
+from pullwake.lifecycle.table import compute_table
 
 SPEC = load_spec()
 TABLE = compute_table(SPEC)

@@ -24,11 +24,11 @@ from aiohttp import web
 from runner_helpers import eventually
 from test_worker_e2e import SUB, Seen, make_worker, reading_handler
 
-from pullwake.answers import NESTED, read_items_answer
-from pullwake.clock import LoopClock
 from pullwake.errors import AnswerTooLarge, ControlPlaneError, RequestTimeout
-from pullwake.http import HttpClient
-from pullwake.subscriptions import SubscriptionClient
+from pullwake.io.clock import LoopClock
+from pullwake.io.http import HttpClient
+from pullwake.protocol.answers import NESTED, read_items_answer
+from pullwake.runtime.subscriptions import SubscriptionClient
 from pullwake.testing.clock import ManualClock
 from pullwake.testing.interface import DurableStreamsServer
 from pullwake.testing.server import EmbeddedServer

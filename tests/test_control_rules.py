@@ -27,11 +27,11 @@ from runner_helpers import RecordingRuntime, eventually, make_runner, started, w
 from test_worker_e2e import Seen, make_worker, reading_handler
 
 from pullwake import ControlPlaneError
-from pullwake.bounded import BoundedTable
-from pullwake.clock import LoopClock
-from pullwake.control import WakeEvent, stream_key
-from pullwake.http import HttpClient
-from pullwake.subscriptions import (
+from pullwake.io.clock import LoopClock
+from pullwake.io.http import HttpClient
+from pullwake.runtime.bounded import BoundedTable
+from pullwake.runtime.control import WakeEvent, stream_key
+from pullwake.runtime.subscriptions import (
     ClaimedStream,
     SubscriptionClient,
     SubscriptionConfig,

@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 from layout_helpers import boxes, collisions, layout
 
-from pullwake.cli import main
-from pullwake.diagram import (
+from pullwake.cli.main import main
+from pullwake.lifecycle.diagram import (
     COLORS,
     INITIAL_NODE,
     LEGEND_NODE,
@@ -40,8 +40,8 @@ from pullwake.diagram import (
     render_with_dot,
     stamp_image,
 )
-from pullwake.drawing import drawing_of
-from pullwake.spec import load_spec
+from pullwake.lifecycle.drawing import drawing_of
+from pullwake.lifecycle.spec import load_spec
 
 REPO = Path(__file__).resolve().parent.parent
 DIAGRAMS = REPO / "diagrams"
@@ -423,8 +423,8 @@ def test_dot_has_no_runtime_styling() -> None:
 
 
 def test_dot_is_identical_across_processes_and_hash_seeds() -> None:
-    code = "import sys; from pullwake.diagram import render_dot, render_mermaid; " \
-           "from pullwake.spec import load_spec; s = load_spec(); " \
+    code = "import sys; from pullwake.lifecycle.diagram import render_dot, render_mermaid; " \
+           "from pullwake.lifecycle.spec import load_spec; s = load_spec(); " \
            "sys.stdout.write(render_dot(s) + render_mermaid(s))"
     outs = []
     for seed in ("0", "4242"):

@@ -15,7 +15,7 @@ def _docs_text() -> str:
 
 
 def test_every_environment_variable_the_code_reads_is_documented() -> None:
-    from pullwake.run_options import option_table
+    from pullwake.cli.options import option_table
 
     sources = [*(REPO / "pullwake").rglob("*.py"), *(REPO / "pullwake").rglob("*.mjs"),
                *(REPO / ".ci").iterdir(), *(REPO / "benchmarks").glob("*.py")]

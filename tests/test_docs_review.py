@@ -20,11 +20,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pullwake.cli import build_parser, main
-from pullwake.diagram import dot_fingerprint, image_fingerprint, render_with_dot, stamp_image
-from pullwake.machine import effect_hook_names
-from pullwake.review import Review, ReviewSide, review
-from pullwake.spec import parse_spec
+from pullwake.cli.main import build_parser, main
+from pullwake.lifecycle.diagram import (
+    dot_fingerprint,
+    image_fingerprint,
+    render_with_dot,
+    stamp_image,
+)
+from pullwake.lifecycle.machine import effect_hook_names
+from pullwake.lifecycle.review import Review, ReviewSide, review
+from pullwake.lifecycle.spec import parse_spec
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -42,8 +42,13 @@ from test_worker_e2e import (
 
 from pullwake import ConfigError, FailurePolicy, HandlerError, HandlerTimeout
 from pullwake.errors import DeadLetterError
-from pullwake.failures import FailureLog, dead_letter_record, scrubbed_exception, traceback_text
-from pullwake.subscriptions import ClaimedStream
+from pullwake.runtime.failures import (
+    FailureLog,
+    dead_letter_record,
+    scrubbed_exception,
+    traceback_text,
+)
+from pullwake.runtime.subscriptions import ClaimedStream
 from pullwake.testing.clock import ManualClock
 from pullwake.testing.interface import DurableStreamsServer
 from pullwake.testing.server import EmbeddedServer

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from runner_helpers import eventually
 
 from pullwake import HealthServer, HealthServerError
-from pullwake.liveness import LoopWatch, readiness
+from pullwake.ops.liveness import LoopWatch, readiness
 from pullwake.testing import EmbeddedServer
 from pullwake.testing.clock import ManualClock
 

@@ -47,8 +47,8 @@ from pullwake.errors import (
     ProtocolError,
     PullwakeError,
 )
-from pullwake.http import HttpClient
-from pullwake.subscriptions import SubscriptionClient
+from pullwake.io.http import HttpClient
+from pullwake.runtime.subscriptions import SubscriptionClient
 from pullwake.testing import EmbeddedServer
 from pullwake.testing.clock import ManualClock
 from pullwake.worker import Wake, Worker

@@ -23,7 +23,13 @@ import pytest
 from observe_helpers import make_worker
 from runner_helpers import eventually, make_runner, started
 
-from pullwake.logs import ContextFilter, JsonFormatter, OutageLog, TextFormatter, log_context
+from pullwake.runtime.logs import (
+    ContextFilter,
+    JsonFormatter,
+    OutageLog,
+    TextFormatter,
+    log_context,
+)
 from pullwake.testing import EmbeddedServer
 from pullwake.testing.clock import ManualClock
 

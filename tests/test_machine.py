@@ -24,11 +24,11 @@ from machine_helpers import (
     payload_for,
 )
 
-from pullwake.backoff import Backoff
 from pullwake.errors import SpecError
-from pullwake.machine import Lifecycle, WorkTicket
-from pullwake.spec import BackoffSpec, LifecycleSpec, load_spec
-from pullwake.table import Cell, compute_table
+from pullwake.lifecycle.backoff import Backoff
+from pullwake.lifecycle.machine import Lifecycle, WorkTicket
+from pullwake.lifecycle.spec import BackoffSpec, LifecycleSpec, load_spec
+from pullwake.lifecycle.table import Cell, compute_table
 
 SPEC = load_spec()
 TABLE = compute_table(SPEC)

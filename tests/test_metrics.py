@@ -15,10 +15,10 @@ from observe_helpers import SUB, acked_to_tail, get, make_worker, serving
 from prometheus_client.parser import text_string_to_metric_families
 from runner_helpers import eventually, make_runner, started, wake
 
-from pullwake.claims import failure_reason
 from pullwake.errors import ControlPlaneError, RequestTimeout
-from pullwake.health import SubscriptionStats
-from pullwake.metrics import METRICS
+from pullwake.ops.metrics import METRICS
+from pullwake.runtime.claims import failure_reason
+from pullwake.runtime.health import SubscriptionStats
 from pullwake.testing import EmbeddedServer
 from pullwake.testing.server import ClaimAnswer
 

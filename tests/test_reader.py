@@ -1,4 +1,4 @@
-"""Tests for :mod:`pullwake.reader`, the synchronous catch-up reader.
+"""Tests for :mod:`pullwake.io.reader`, the synchronous catch-up reader.
 
 Rules for this module: every server is on 127.0.0.1 with port 0 and real
 sockets; the local one is a small aiohttp app (:class:`FakeStreamServer`,
@@ -37,7 +37,7 @@ from pullwake.errors import (
     StreamStatusError,
     TransportError,
 )
-from pullwake.reader import ReadResult, _translate, read_stream
+from pullwake.io.reader import ReadResult, _translate, read_stream
 
 # --------------------------------------------------------------------------- fake server
 

@@ -23,9 +23,9 @@ import pytest
 from mini_spec import MINI, edit
 from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
 
-from pullwake.cli import main
-from pullwake.review import ReviewSide, review
-from pullwake.spec import load_spec
+from pullwake.cli.main import main
+from pullwake.lifecycle.review import ReviewSide, review
+from pullwake.lifecycle.spec import load_spec
 
 HAVE_DOT = shutil.which("dot") is not None
 
@@ -302,8 +302,8 @@ def edited_review_dot() -> str:
     text = add_guard(add_state_with_work(MINI))
     text = edit(text, ("          DONE: {to: working, after: [report_stream_end]}\n", ""),
                 ("          stale_result: [RETRY]\n", "          stale_result: [RETRY, DONE]\n"))
-    from pullwake.machine import effect_hook_names
-    from pullwake.spec import parse_spec
+    from pullwake.lifecycle.machine import effect_hook_names
+    from pullwake.lifecycle.spec import parse_spec
 
     hooks = effect_hook_names()
     r = review(ReviewSide.of("base.yaml", parse_spec(MINI, path="base.yaml", hooks=hooks)),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pullwake.run_options import (
+from pullwake.cli.options import (
     RunOptions,
     SubscriptionOptions,
     UsageError,

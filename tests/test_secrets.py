@@ -372,9 +372,9 @@ def test_runner_config_repr_hides_headers_and_url_credentials() -> None:
 
 
 def test_claim_and_answer_reprs_hide_the_token() -> None:
-    from pullwake.answers import ItemsAnswer
-    from pullwake.http import HttpAnswer
-    from pullwake.subscriptions import Claim
+    from pullwake.io.http import HttpAnswer
+    from pullwake.protocol.answers import ItemsAnswer
+    from pullwake.runtime.subscriptions import Claim
 
     claim = Claim.parse("sub1", {"wake_id": "w1", "generation": 1, "token": TOKEN,
                                  "streams": [], "lease_ttl_ms": 5000})
@@ -440,8 +440,8 @@ def test_run_help_warns_header_values_are_visible_and_offers_header_env(
     import argparse
     import dataclasses
 
-    from pullwake.cli_run import _headers, add_run_commands
-    from pullwake.run_options import resolve
+    from pullwake.cli.options import resolve
+    from pullwake.cli.run import _headers, add_run_commands
 
     parser = argparse.ArgumentParser()
     add_run_commands(parser.add_subparsers())

@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from pullwake import ConfigError, ServerRootError, Worker
-from pullwake.server_root import likely_stream_root
+from pullwake.runtime.server_root import likely_stream_root
 from pullwake.testing.interface import DurableStreamsServer
 
 pytestmark = pytest.mark.timeout(30)

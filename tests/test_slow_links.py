@@ -258,7 +258,7 @@ async def test_sent_data_unacknowledged_past_connect_timeout_fails_the_connectio
     packet loss itself cannot be made here: this kernel has no netem/iptables.)"""
     import socket as _socket
 
-    from pullwake.http import make_session, to_url
+    from pullwake.io.http import make_session, to_url
 
     option = getattr(_socket, "TCP_USER_TIMEOUT", None)
     if option is None:

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-import pullwake.spec as spec_module
+import pullwake.lifecycle.spec as spec_module
 from pullwake.errors import SpecError, SpecErrors
-from pullwake.machine import effect_hook_names
-from pullwake.spec import default_spec_path, load_spec, parse_spec
+from pullwake.lifecycle.machine import effect_hook_names
+from pullwake.lifecycle.spec import default_spec_path, load_spec, parse_spec
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC_FILE = REPO / "machine_spec.yaml"
@@ -438,10 +438,11 @@ def test_default_spec_path_prefers_the_packaged_copy(monkeypatch: pytest.MonkeyP
     site = tmp_path / "site"
     pkg = site / "pullwake"
     pkg.mkdir(parents=True)
-    monkeypatch.setattr(spec_module, "__file__", str(pkg / "spec.py"))
+    (pkg / "lifecycle").mkdir()
+    monkeypatch.setattr(spec_module, "__file__", str(pkg / "lifecycle" / "spec.py"))
     # no packaged copy: the checkout's top-level file (the package's parent dir)
     assert default_spec_path() == site / "machine_spec.yaml"
-    # a wheel install: the copy next to the module wins
+    # a wheel install: the copy at the package's top wins
     (pkg / "machine_spec.yaml").write_text(SPEC_TEXT, encoding="utf-8")
     assert default_spec_path() == pkg / "machine_spec.yaml"
 
@@ -456,7 +457,7 @@ def test_the_wheel_packages_the_spec_next_to_the_module() -> None:
 
 def test_env_spec_is_used_by_the_cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                      capsys: pytest.CaptureFixture[str]) -> None:
-    from pullwake.cli import main
+    from pullwake.cli.main import main
 
     bad = tmp_path / "env.yaml"
     bad.write_text(edit("if: reset_pending", "if: reset_pendng"), encoding="utf-8")

@@ -1,6 +1,6 @@
 """The spec's YAML is read by libyaml when PyYAML has it, with identical results.
 
-Both paths are exercised in every run: ``pullwake.spec._FAST_LOADER`` is
+Both paths are exercised in every run: ``pullwake.lifecycle.spec._FAST_LOADER`` is
 libyaml's ``CSafeLoader`` (when installed) or None (the pure-Python loader
 only). A valid spec gives the same LifecycleSpec, line numbers included; a
 malformed one gives the same SpecError, worded by the pure-Python parser,
@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import yaml
 
-from pullwake import spec as spec_module
 from pullwake.errors import SpecError, SpecErrors
-from pullwake.machine import effect_hook_names
-from pullwake.spec import parse_spec
+from pullwake.lifecycle import spec as spec_module
+from pullwake.lifecycle.machine import effect_hook_names
+from pullwake.lifecycle.spec import parse_spec
 
 REPO = Path(__file__).resolve().parent.parent
 TEXT = (REPO / "machine_spec.yaml").read_text(encoding="utf-8")

@@ -2,13 +2,13 @@
 
 Two Hypothesis ``RuleBasedStateMachine`` s:
 
-* :class:`LifecycleMachine` drives the pure :class:`~pullwake.machine.Lifecycle`
+* :class:`LifecycleMachine` drives the pure :class:`~pullwake.lifecycle.machine.Lifecycle`
   with recording fake effects. Rules fire every event of ``machine_spec.yaml``
   (with and without optional payloads) and report results through the current
   ticket or a stale one. Every decision is checked against the spec's own
   table (``LifecycleSpec.decisions``), so the rules need no hand-written copy
   of the lifecycle.
-* :class:`RunnerMachine` drives a real :class:`~pullwake.runner.PullWakeRunner`
+* :class:`RunnerMachine` drives a real :class:`~pullwake.runtime.runner.PullWakeRunner`
   on a :class:`~pullwake.testing.clock.ManualClock` with a scripted transport
   (each connection attempt succeeds, fails or hangs as a rule decides; each
   stream yields wakes, checkpoints, bad messages, an end, an error, or
@@ -35,8 +35,6 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from pullwake import PullWakeRunner, RunnerConfig
-from pullwake.clock import deadline
-from pullwake.control import ClaimOutcome, WakeEvent
 from pullwake.errors import (
     ConnectError,
     ControlPlaneError,
@@ -45,11 +43,13 @@ from pullwake.errors import (
     ProtocolError,
     RequestTimeout,
 )
-from pullwake.http import HttpClient
-from pullwake.machine import Lifecycle, WorkTicket, effect_hook_names
-from pullwake.spec import LifecycleSpec, load_spec
+from pullwake.io.clock import deadline
+from pullwake.io.http import HttpClient
+from pullwake.io.transport import BadMessage, Checkpoint, Message, StreamRequest
+from pullwake.lifecycle.machine import Lifecycle, WorkTicket, effect_hook_names
+from pullwake.lifecycle.spec import LifecycleSpec, load_spec
+from pullwake.runtime.control import ClaimOutcome, WakeEvent
 from pullwake.testing.clock import ManualClock
-from pullwake.transport import BadMessage, Checkpoint, Message, StreamRequest
 
 pytestmark = pytest.mark.timeout(120)
 

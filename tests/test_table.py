@@ -26,9 +26,9 @@ from pathlib import Path
 import pytest
 from machine_helpers import RecordingEffects, drive_to, fire_or_report, payload_for
 
-from pullwake.machine import Lifecycle
-from pullwake.spec import load_spec, parse_spec
-from pullwake.table import Cell, compute_table
+from pullwake.lifecycle.machine import Lifecycle
+from pullwake.lifecycle.spec import load_spec, parse_spec
+from pullwake.lifecycle.table import Cell, compute_table
 
 REPO = Path(__file__).resolve().parent.parent
 SNAPSHOT_FILE = Path(__file__).resolve().parent / "__snapshots__" / "test_table.ambr"
@@ -251,7 +251,7 @@ def test_table_is_independent_of_the_spec_location(tmp_path: Path) -> None:
     copy.write_text(Path(SPEC.path).read_text(encoding="utf-8"), encoding="utf-8")
     assert compute_table(load_spec(copy)).to_lines() == TABLE.to_lines()
     text = Path(SPEC.path).read_text(encoding="utf-8")
-    from pullwake.machine import effect_hook_names
+    from pullwake.lifecycle.machine import effect_hook_names
 
     assert compute_table(parse_spec(text, hooks=effect_hook_names())).to_lines() == \
         TABLE.to_lines()

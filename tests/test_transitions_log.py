@@ -13,8 +13,8 @@ SCRIPT = textwrap.dedent('''
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(name)s: %(message)s")
     if sys.argv[1] == "asked":
         logging.getLogger("transitions").setLevel(logging.INFO)
-    from pullwake.machine import build_machine
-    from pullwake.spec import load_spec
+    from pullwake.lifecycle.machine import build_machine
+    from pullwake.lifecycle.spec import load_spec
     from transitions.extensions.nesting import HierarchicalMachine
 
     class Model:

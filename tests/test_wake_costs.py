@@ -1,6 +1,6 @@
 """Per-wake costs that must not grow: the secrets a worker scrubs, and held wakes.
 
-- The secrets an :class:`~pullwake.http.HttpClient` scrubs stay bounded however
+- The secrets an :class:`~pullwake.io.http.HttpClient` scrubs stay bounded however
   many wakes a worker handles: a claim token is scrubbed while its wake runs
   and forgotten when it ends; a rotating credential provider keeps only its
   most recent values; the scrubber is rebuilt only when the set changes.
@@ -23,9 +23,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from pullwake.control import ClaimOutcome, WakeEvent
 from pullwake.errors import ControlPlaneError
-from pullwake.http import HttpClient, Secrets
+from pullwake.io.http import HttpClient, Secrets
+from pullwake.runtime.control import ClaimOutcome, WakeEvent
 from pullwake.testing.clock import ManualClock
 from pullwake.testing.interface import DurableStreamsServer
 from pullwake.testing.server import EmbeddedServer
@@ -241,8 +241,8 @@ class _BusyRuntime:
 
 
 async def test_a_held_back_wake_is_claimed_when_the_runtime_frees_the_key() -> None:
-    from pullwake.claims import ClaimScheduler
-    from pullwake.health import Stats
+    from pullwake.runtime.claims import ClaimScheduler
+    from pullwake.runtime.health import Stats
 
     clock = ManualClock()
     control, runtime = _Control(), _BusyRuntime()
@@ -329,7 +329,7 @@ async def test_a_wake_held_back_by_max_concurrency_goes_when_a_slot_frees(
             await wait_for(lambda: worker.runner.claims.in_flight >= 1, timeout=10,
                            what=f"the wake of {other} held back")
 
-    from pullwake.subscriptions import SubscriptionConfig
+    from pullwake.runtime.subscriptions import SubscriptionConfig
 
     subs = [SubscriptionConfig(id=k, wake_stream="wake/pool", streams=(p,), lease_ttl_ms=5000)
             for k, p in paths.items()]

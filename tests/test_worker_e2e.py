@@ -29,7 +29,7 @@ import aiohttp
 import pytest
 
 from pullwake.errors import HandlerError, SubscriptionError
-from pullwake.subscriptions import SubscriptionConfig
+from pullwake.runtime.subscriptions import SubscriptionConfig
 from pullwake.testing.interface import DurableStreamsServer
 from pullwake.testing.server import EmbeddedServer
 from pullwake.worker import Wake, Worker

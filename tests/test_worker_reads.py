@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 
 from pullwake import ConfigError, MessageError
-from pullwake.cache import FetchCache
+from pullwake.io.cache import FetchCache
 from pullwake.testing.interface import DurableStreamsServer
 from pullwake.testing.server import EmbeddedServer
 from pullwake.worker import Wake, Worker

@@ -1,9 +1,9 @@
 """The Durable Streams read protocol, sans I/O: one set of rules for every read.
 
 This package owns how pullwake reads a stream, and does no I/O (no aiohttp,
-no requests, no asyncio): the async shells (:mod:`pullwake.transport` for the
-wake stream, :mod:`pullwake.areader` for handlers and scripts) and the sync
-shell (:mod:`pullwake.reader`, requests) only move bytes through it, so their
+no requests, no asyncio): the async shells (:mod:`pullwake.io.transport` for the
+wake stream, :mod:`pullwake.io.areader` for handlers and scripts) and the sync
+shell (:mod:`pullwake.io.reader`, requests) only move bytes through it, so their
 rules cannot drift.
 
 - :mod:`.read` — :class:`ReadCore`: requests (offset, ``-1``/``now``, live
@@ -18,10 +18,19 @@ rules cannot drift.
 - :mod:`.retry` — :class:`RetryPolicy`: what is transient, how long to wait.
 """
 
-from .framing import Kind, Rejected, kind_of
-from .items import Assembler, Chunk, Item, ReadResult
-from .read import Batch, Checkpoint, Head, Live, ReadCore, Request, check_offset, valid_offset
-from .retry import DEFAULT_RETRY, NO_RETRY, Retrying, RetryPolicy
+from pullwake.protocol.framing import Kind, Rejected, kind_of
+from pullwake.protocol.items import Assembler, Chunk, Item, ReadResult
+from pullwake.protocol.read import (
+    Batch,
+    Checkpoint,
+    Head,
+    Live,
+    ReadCore,
+    Request,
+    check_offset,
+    valid_offset,
+)
+from pullwake.protocol.retry import DEFAULT_RETRY, NO_RETRY, Retrying, RetryPolicy
 
 __all__ = [
     "DEFAULT_RETRY",

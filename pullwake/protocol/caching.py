@@ -3,7 +3,7 @@
 Catch-up data is immutable ("bytes at a given offset never change"), so the
 answer to "the data from offset X" may be kept, as long as nothing
 time-dependent is kept with it and one credential's answer never serves
-another. These rules are the policy of :mod:`pullwake.cache`, written on
+another. These rules are the policy of :mod:`pullwake.io.cache`, written on
 plain values (method, URL, status, headers, body) so they are tested without
 a session.
 """

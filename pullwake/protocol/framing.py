@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..errors import InvalidMessage, MalformedMessage, MessageError, OversizedMessage
+from pullwake.errors import InvalidMessage, MalformedMessage, MessageError, OversizedMessage
 
 __all__ = ["BodyFramer", "Kind", "Rejected", "frame_sse_data", "kind_of"]
 

@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import MessageError
-from .framing import Kind, Rejected
-from .read import Batch, Checkpoint
+from pullwake.errors import MessageError
+from pullwake.protocol.framing import Kind, Rejected
+from pullwake.protocol.read import Batch, Checkpoint
 
 __all__ = ["Assembler", "Chunk", "Item", "ReadResult"]
 

@@ -2,8 +2,8 @@
 
 :class:`ReadCore` decides every request of one read and interprets every
 answer; it never touches a socket. An I/O shell (aiohttp in
-:mod:`pullwake.transport` and :mod:`pullwake.aread`, requests in
-:mod:`pullwake.reader`) loops::
+:mod:`pullwake.io.transport` and :mod:`pullwake.aread`, requests in
+:mod:`pullwake.io.reader`) loops::
 
     req = core.request()                 # the query and headers to send
     head = core.head(status, headers)    # typed error, retry, or a body to frame
@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..errors import (
+from pullwake.errors import (
     ConfigError,
     MalformedMessage,
     OffsetsWentBack,
@@ -45,8 +45,8 @@ from ..errors import (
     StreamStatusError,
     redact_text,
 )
-from .framing import BodyFramer, Kind, Rejected, frame_sse_data, kind_of
-from .sse import Oversized, SSEParser
+from pullwake.protocol.framing import BodyFramer, Kind, Rejected, frame_sse_data, kind_of
+from pullwake.protocol.sse import Oversized, SSEParser
 
 __all__ = [
     "PROGRESS_BYTES",

@@ -4,7 +4,7 @@ A read retries what is transient: a 5xx or 429 answer (waiting what
 ``Retry-After`` says when it says it), a connection refused, reset or dropped
 mid-body, or a stalled answer. Any other status is final (a typed
 :class:`~pullwake.errors.StreamStatusError`). Attempts are bounded, and the
-delays come from the project's one backoff (:mod:`pullwake.backoff`) with
+delays come from the project's one backoff (:mod:`pullwake.lifecycle.backoff`) with
 jitter. A ``Retry-After`` longer than ``max_retry_after_s`` is not waited
 out: the read fails typed at once, with the server's delay on the error.
 """
@@ -16,9 +16,9 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..backoff import Backoff
-from ..errors import ConfigError
-from ..spec import BackoffSpec
+from pullwake.errors import ConfigError
+from pullwake.lifecycle.backoff import Backoff
+from pullwake.lifecycle.spec import BackoffSpec
 
 __all__ = ["DEFAULT_RETRY", "NO_RETRY", "RetryPolicy", "Retrying"]
 

@@ -1,6 +1,6 @@
 """ManualClock: a clock tests move by hand, so timers and deadlines never sleep.
 
-Owns fake time only. It satisfies :class:`pullwake.clock.Clock`; pass it as
+Owns fake time only. It satisfies :class:`pullwake.io.clock.Clock`; pass it as
 ``RunnerConfig(clock=...)``. ``advance(dt)`` runs every timer that falls due,
 in deadline order, letting the event loop run between them so the tasks they
 wake can react (``await clock.advance(1.0)``).

@@ -1,0 +1,318 @@
+"""The async read shell: Durable Streams reads with aiohttp, for handlers and scripts.
+
+This module owns :func:`aread_stream`, :func:`aiter_chunks` and
+:func:`aiter_items`, the async twins of :mod:`pullwake.io.reader`: the same
+arguments, the same results, the same errors, because every rule lives in
+:class:`pullwake.protocol.ReadCore` and this shell only moves bytes (aiohttp
+exceptions are mapped by :func:`pullwake.io.http.translate`, the one place).
+
+Transient failures (5xx, 429 honouring ``Retry-After``, refused or dropped
+connections, stalled answers) are retried under a bounded
+:class:`~pullwake.protocol.RetryPolicy` on the injected clock; a retried answer
+never repeats an item already handed out. Each network read is bounded by the
+idle timeout and each answer by lack of progress
+(:class:`~pullwake.protocol.read.ProgressWindow`), never by total duration.
+Redirects are never followed.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+import aiohttp
+
+from pullwake.errors import (
+    ConfigError,
+    ConnectError,
+    IdleTimeout,
+    ProtocolError,
+    PullwakeError,
+)
+from pullwake.io.clock import Clock, LoopClock, deadline, sleep
+from pullwake.io.http import make_session, to_url, translate
+from pullwake.protocol import (
+    DEFAULT_RETRY,
+    Assembler,
+    Chunk,
+    Item,
+    Live,
+    ReadCore,
+    ReadResult,
+    RetryPolicy,
+)
+from pullwake.protocol.read import ERROR_BODY_LIMIT, ProgressWindow
+
+__all__ = ["AsyncShell", "aiter_chunks", "aiter_items", "aread_stream"]
+
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+DEFAULT_IDLE_TIMEOUT_S = 30.0
+LIVE_READ_TIMEOUT_S = 45.0
+
+#: pullwake's own deadlines bound every phase; a caller's session may carry
+#: aiohttp's cumulative ``total`` (300 s by default), which would cut a long read.
+NO_TOTAL = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=None, sock_read=None)
+
+AsyncHeaders = (Mapping[str, str] | Callable[[], Mapping[str, str]]
+                | Callable[[], Awaitable[Mapping[str, str]]] | None)
+
+
+def _io(error: PullwakeError) -> PullwakeError:
+    error._io = True  # type: ignore[attr-defined]
+    return error
+
+
+def transient(error: BaseException) -> bool:
+    """A connection-level failure worth another try (statuses are the core's call)."""
+    return isinstance(error, (ConnectError, IdleTimeout)) or (
+        isinstance(error, ProtocolError) and getattr(error, "_io", False))
+
+
+class AsyncShell:
+    """Drive one :class:`ReadCore` with an aiohttp session on an injectable clock."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, core: ReadCore, *,
+                 headers: AsyncHeaders = None, clock: Clock,
+                 connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT_S,
+                 idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT_S,
+                 retry: RetryPolicy = DEFAULT_RETRY,
+                 secrets: Callable[[], tuple[str, ...]] = tuple,
+                 live_floor: bool = True) -> None:
+        self.live_floor = live_floor
+        self.session = session
+        self.url = url
+        self.core = core
+        self.headers = headers
+        self.clock = clock
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self.retry = retry
+        self._given_secrets = secrets
+        self._sent: tuple[str, ...] = ()  # header values sent: secrets too, as on the sync path
+        self.responses = 0
+        self.cached = 0
+        self.bytes_read = 0
+
+    async def _headers(self) -> dict[str, str]:
+        from pullwake.io.reader import check_headers
+
+        source: Any = self.headers
+        value = source() if callable(source) else source
+        if inspect.isawaitable(value):
+            value = await value
+        out = check_headers(value)
+        sent = tuple(v for v in out.values() if len(v) >= 4)
+        sent += tuple(v.split(" ", 1)[1] for v in sent if " " in v)
+        if sent and not set(sent) <= set(self._sent):
+            self._sent = tuple(dict.fromkeys((*self._sent, *sent)))[-64:]  # bounded
+        return out
+
+    def secrets(self) -> tuple[str, ...]:
+        """Everything scrubbed from error text: the caller's secrets and header values sent."""
+        return (*self._given_secrets(), *self._sent)
+
+    def _wait_for_head(self, live: Live) -> float | None:
+        if live == "long-poll":  # held open up to the server's timeout
+            return self._floor(self.idle_timeout)
+        return self.connect_timeout
+
+    def _floor(self, seconds: float | None) -> float | None:
+        if seconds is None or not self.live_floor:
+            return seconds
+        return max(seconds, LIVE_READ_TIMEOUT_S)
+
+    def _read_idle(self, live: Live) -> float | None:
+        return self._floor(self.idle_timeout) if live == "sse" else self.idle_timeout
+
+    async def open(self) -> tuple[aiohttp.ClientResponse, Live]:
+        """Send the core's next request; returns the response once its head is good.
+
+        Raises the typed error of a final status, or of a transport failure
+        (transient ones carry ``_io``); does not retry (see :meth:`events`).
+        """
+        req = self.core.request()
+        headers = await self._headers()
+        headers.update(req.headers)
+        secrets = self.secrets()
+        # A long-poll is a read of a live stream: its wait is bounded as silence
+        # (IdleTimeout), like the rest of an open stream; anything else is a connect.
+        phase: Any = "read" if req.live == "long-poll" else "connect"
+        try:
+            with translate(phase, url=self.url, secrets=secrets):
+                async with deadline(self.clock, self._wait_for_head(req.live)):
+                    resp = await self.session.get(to_url(req.url(self.url)), headers=headers,
+                                                  allow_redirects=False, timeout=NO_TOTAL)
+        except (ConnectError, ProtocolError, IdleTimeout) as error:
+            raise _io(error)  # noqa: B904 - the cause is already chained by translate
+        self.responses += 1
+        try:
+            head = self.core.head(resp.status, resp.headers)
+            if not head.ok:
+                body = b""
+                if resp.status >= 400:
+                    try:
+                        async with deadline(self.clock, self.connect_timeout):
+                            body = await resp.content.read(ERROR_BODY_LIMIT)
+                    except (aiohttp.ClientError, OSError, TimeoutError):
+                        body = b""
+                status_error = self.core.status_error(resp.status, body, secrets)
+                status_error.retry_after = head.retry_after
+                if head.transient:
+                    status_error._transient = True  # type: ignore[attr-defined]
+                raise status_error
+        except BaseException:
+            resp.close()
+            raise
+        return resp, req.live
+
+    async def answer(self, resp: aiohttp.ClientResponse, live: Live) -> AsyncIterator[Any]:
+        """The events of one open answer; closes it. Transport failures carry ``_io``."""
+        core = self.core
+        idle = self._read_idle(live)
+        window = ProgressWindow(idle)
+        content = resp.content
+        clock = self.clock
+        try:
+            while True:
+                try:
+                    with translate("read", url=self.url, secrets=self.secrets()):
+                        async with deadline(clock, idle):
+                            piece = await content.readany()
+                except PullwakeError as error:
+                    raise _io(error) from error.__cause__
+                if not piece:
+                    break
+                self.bytes_read += len(piece)
+                out = core.feed(piece)
+                if window.update(clock.monotonic(), len(piece), bool(out)):
+                    raise _io(IdleTimeout("the answer made no progress within the idle "
+                                          "timeout (a trickle)", url=self.url))
+                for event in out:
+                    yield event
+            for event in core.end():
+                yield event
+        finally:
+            resp.close()
+
+    async def events(self) -> AsyncIterator[Any]:
+        """Every event of the read, with bounded retries of transient failures."""
+        core = self.core
+        retrying = self.retry.start()
+        while not core.done:
+            try:
+                resp, live = await self.open()
+                async for event in self.answer(resp, live):
+                    yield event
+            except PullwakeError as error:
+                retry_after = getattr(error, "retry_after", None)
+                if not (transient(error) or getattr(error, "_transient", False)):
+                    raise
+                core.broken()
+                delay = retrying.delay(retry_after)
+                if delay is None:
+                    raise
+                await sleep(self.clock, delay)
+                continue
+            retrying.progressed()
+
+
+def _core(url: str, offset: str, live: object, *, cursor: str | None, until: str | None,
+          max_message_bytes: int, params: Mapping[str, str] | None) -> ReadCore:
+    from pullwake.io.reader import _check_url, _start
+
+    return _start(_check_url(url), offset, live, cursor=cursor, until=until,
+                  max_message_bytes=max_message_bytes, params=params)
+
+
+async def aiter_chunks(
+    url: str,
+    offset: str = "-1",
+    *,
+    live: Live | bool | None = None,
+    cursor: str | None = None,
+    until: str | None = None,
+    headers: AsyncHeaders = None,
+    params: Mapping[str, str] | None = None,
+    session: aiohttp.ClientSession | None = None,
+    connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT_S,
+    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT_S,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    retry: RetryPolicy = DEFAULT_RETRY,
+    clock: Clock | None = None,
+) -> AsyncIterator[Chunk]:
+    """Async :func:`pullwake.io.reader.iter_chunks`: one :class:`Chunk` per answer."""
+    core = _core(url, offset, live, cursor=cursor, until=until,
+                 max_message_bytes=max_message_bytes, params=params)
+    own = session is None
+    active = make_session() if session is None else session
+    shell = AsyncShell(active, url, core, headers=headers, clock=clock or LoopClock(),
+                       connect_timeout=connect_timeout, idle_timeout=idle_timeout, retry=retry)
+    assembler = Assembler(core)
+    try:
+        async for event in shell.events():
+            chunk = assembler.add(event)
+            if chunk is not None:
+                yield chunk
+    finally:
+        if own:
+            await active.close()
+
+
+async def aiter_items(url: str, offset: str = "-1", **kwargs: Any) -> AsyncIterator[Item]:
+    """Async :func:`pullwake.io.reader.iter_items`: one :class:`Item` at a time."""
+    async for chunk in aiter_chunks(url, offset, **kwargs):
+        for item in chunk.items:
+            yield item
+
+
+async def aread_stream(
+    url: str,
+    offset: str = "-1",
+    *,
+    live: Live | bool | None = None,
+    cursor: str | None = None,
+    until: str | None = None,
+    headers: AsyncHeaders = None,
+    params: Mapping[str, str] | None = None,
+    session: aiohttp.ClientSession | None = None,
+    connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT_S,
+    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT_S,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    skip_bad: bool = False,
+    retry: RetryPolicy = DEFAULT_RETRY,
+    clock: Clock | None = None,
+) -> ReadResult:
+    """Async :func:`pullwake.read_stream`: the same arguments, result and errors.
+
+    Example::
+
+        result = await aread_stream("http://127.0.0.1:4437/v1/stream/events/a")
+        for item in result.items:
+            print(item.offset, item.data)
+    """
+    from pullwake.io.reader import Collector, _check_positive_int
+
+    core = _core(url, offset, live, cursor=cursor, until=until,
+                 max_message_bytes=max_message_bytes, params=params)
+    limit = _check_positive_int(max_bytes, "max_bytes")
+    if session is not None and not isinstance(session, aiohttp.ClientSession):
+        raise ConfigError("session must be an aiohttp.ClientSession")
+    if core.done:
+        return ReadResult(messages=(), next_offset=core.offset, up_to_date=False, closed=False)
+    own = session is None
+    active = make_session() if session is None else session
+    shell = AsyncShell(active, url, core, headers=headers, clock=clock or LoopClock(),
+                       connect_timeout=connect_timeout, idle_timeout=idle_timeout, retry=retry)
+    collector = Collector(core, limit=limit, skip_bad=skip_bad, url=url)
+    try:
+        async for event in shell.events():
+            if collector.add(event, shell.bytes_read):
+                break
+    finally:
+        if own:
+            await active.close()
+    return collector.result(shell)

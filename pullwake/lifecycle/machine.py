@@ -1,0 +1,505 @@
+"""The lifecycle machine: ``machine_spec.yaml`` built into a ``transitions`` machine.
+
+This module owns *when*: which state the runner is in, which work each state
+owns, and which events are dropped as stale. It does no I/O and imports no
+asyncio or aiohttp. Every callback is synchronous and never blocks; the
+owner of the machine (the runner) implements :class:`LifecycleEffects`, which
+starts and cancels the real work and feeds its results back as events.
+
+The owned-work rule is enforced here, by construction: for every state that
+``owns`` work, the machine adds an ``on_enter`` callback that asks the owner
+to start it (handing over a :class:`WorkTicket`) and an ``on_exit`` callback
+that cancels it. Only the current ticket can :meth:`WorkTicket.report`
+events; a result from cancelled or replaced work is dropped before it
+reaches the machine.
+
+Internal and ignored decisions without guards (``WAKE`` and ``OFFSET`` while
+streaming, every named ignore) are the hot path. For those, :class:`Lifecycle`
+runs the callbacks of the machine's own transition object directly — exactly
+what ``Transition.execute`` runs for an internal transition (before, after,
+the machine's after_state_change) — without the nested trigger machinery. The
+decision still comes from the loaded machine: the shortcut is looked up with
+``get_transitions(event, source, delegate=True)`` and used only when the first
+applicable transition is internal and unguarded.
+
+The machine class is the plain synchronous ``HierarchicalMachine``
+(``auto_transitions`` off): the async machines cancel unrelated in-flight
+triggers on every transition (see docs/lifecycle.md). Events fired from inside
+a callback are queued and run after the current one finishes (run-to-completion).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import random
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from transitions.extensions.nesting import HierarchicalMachine, NestedState, NestedTransition
+
+from pullwake.lifecycle.backoff import Backoff
+from pullwake.lifecycle.spec import (
+    MACHINE_GUARDS,
+    MACHINE_HOOKS,
+    SEPARATOR,
+    LifecycleSpec,
+    load_spec,
+)
+
+__all__ = [
+    "Cancellable",
+    "Lifecycle",
+    "LifecycleEffects",
+    "WorkTicket",
+    "build_machine",
+    "effect_hook_names",
+]
+
+log = logging.getLogger("pullwake.machine")
+
+#: transitions logs every state change at INFO (~25 lines per wake): quiet unless
+#: the application chose a level for it (``logging.getLogger("transitions")``);
+#: pullwake's own ``pullwake.*`` loggers report the lifecycle instead.
+_transitions_log = logging.getLogger("transitions")
+if _transitions_log.level == logging.NOTSET:
+    _transitions_log.setLevel(logging.WARNING)
+
+Payload = Mapping[str, Any]
+
+
+class Cancellable(Protocol):
+    """What a ``start_*`` hook returns: an asyncio Task, a TimerHandle, …"""
+
+    def cancel(self) -> Any: ...
+
+
+class LifecycleEffects(Protocol):
+    """The hooks a machine owner provides. ``machine_spec.yaml`` may name only these.
+
+    All are synchronous and must not block. ``start_*`` hooks start the work a
+    state owns and return something cancellable; the rest receive the event's
+    payload (its keyword arguments).
+    """
+
+    def start_heartbeat(self, ticket: WorkTicket) -> Cancellable: ...
+    def start_connect_attempt(self, ticket: WorkTicket) -> Cancellable: ...
+    def start_stream_consumer(self, ticket: WorkTicket) -> Cancellable: ...
+    def start_backoff_timer(self, ticket: WorkTicket) -> Cancellable: ...
+    def start_shutdown(self, ticket: WorkTicket) -> Cancellable: ...
+
+    def on_start(self, payload: Payload) -> None: ...
+    def on_stopped(self, payload: Payload) -> None: ...
+    def claim_wake(self, payload: Payload) -> None: ...
+    def record_offset(self, payload: Payload) -> None: ...
+    def interrupt_stream(self, payload: Payload) -> None: ...
+    def report_connect_failure(self, payload: Payload) -> None: ...
+    def report_stream_reset(self, payload: Payload) -> None: ...
+    def report_stream_end(self, payload: Payload) -> None: ...
+    def report_reset_error(self, payload: Payload) -> None: ...
+    def report_stream_closed(self, payload: Payload) -> None: ...
+    def record_shutdown_error(self, payload: Payload) -> None: ...
+
+    def on_transition(self, source: str, event: str, dest: str, kind: str) -> None:
+        """Observer: called after every decided event (kind: transition/internal/ignored)."""
+
+
+_OBSERVER_HOOKS = frozenset({"on_transition"})
+
+
+@functools.cache
+def effect_hook_names() -> frozenset[str]:
+    """Names a spec may use as hooks: the public methods of :class:`LifecycleEffects`."""
+    return frozenset(
+        n for n in vars(LifecycleEffects)
+        if not n.startswith("_") and callable(getattr(LifecycleEffects, n))
+    ) - _OBSERVER_HOOKS
+
+
+class WorkTicket:
+    """The right to report results for one start of a state's owned work.
+
+    ``delay`` is set for timers (the backoff delay); ``payload`` is the payload
+    of the event that entered the state (e.g. ``stream`` for the consumer).
+    """
+
+    __slots__ = ("_lifecycle", "cancelled", "delay", "epoch", "handle", "payload", "reports",
+                 "state", "work")
+
+    def __init__(
+        self,
+        lifecycle: Lifecycle,
+        work: str,
+        reports: frozenset[str],
+        state: str,
+        epoch: int,
+        delay: float | None,
+        payload: Payload,
+    ) -> None:
+        self._lifecycle = lifecycle
+        self.work = work
+        self.reports = reports
+        self.state = state
+        self.epoch = epoch
+        self.delay = delay
+        self.payload = payload
+        self.handle: Cancellable | None = None
+        self.cancelled = False
+
+    @property
+    def current(self) -> bool:
+        """True while the owning state is active and this is its latest start."""
+        return not self.cancelled and self._lifecycle._owned.get(self.state) is self
+
+    def report(self, event: str, **payload: Any) -> bool:
+        """Fire ``event`` if this ticket is still current; drop it otherwise.
+
+        Returns False when the result was stale (the state was left, the work
+        replaced). Reporting an event the work does not declare is a bug.
+        """
+        if event not in self.reports:
+            raise ValueError(f"work {self.work!r} does not report {event!r}")
+        if not self.current:
+            log.debug("dropped stale %s from %s#%d", event, self.work, self.epoch)
+            return False
+        self._lifecycle._enqueue(event, payload, self)
+        return True
+
+    def __repr__(self) -> str:
+        return f"<WorkTicket {self.work}#{self.epoch} {'current' if self.current else 'stale'}>"
+
+
+class _State(NestedState):
+    separator = SEPARATOR
+
+
+class _Transition(NestedTransition):
+    """A transitions Transition that remembers the spec's kind and ignore reason."""
+
+    def __init__(
+        self, source: str, dest: str | None, conditions: Any = None, unless: Any = None,
+        before: Any = None, after: Any = None, prepare: Any = None,
+        kind: str = "transition", reason: str | None = None,
+    ) -> None:
+        super().__init__(source, dest, conditions, unless, before, after, prepare)  # type: ignore[arg-type]
+        self.kind = kind
+        self.reason = reason
+
+
+class _Machine(HierarchicalMachine):
+    state_cls = _State
+    transition_cls = _Transition
+
+
+def _named(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a callback the spec name it implements (tables and diagrams show it)."""
+    if not inspect.isfunction(fn):
+        inner = fn
+
+        def fn(*args: Any) -> Any:
+            return inner(*args)
+
+    fn.__name__ = fn.__qualname__ = name
+    return fn
+
+
+def build_machine(
+    model: Any,
+    spec: LifecycleSpec,
+    callback: Callable[[str], Callable[..., Any]],
+    guard: Callable[[str], Callable[..., Any]],
+    *,
+    machine_cls: type = _Machine,
+    include_ignores: bool = True,
+    state_hooks: Callable[[str, str], list[Callable[..., Any]]] | None = None,
+    **machine_kwargs: Any,
+) -> Any:
+    """Build a ``transitions`` machine for ``model`` from ``spec``.
+
+    ``callback(name)`` and ``guard(name)`` turn spec names into callables;
+    ``state_hooks(path, "on_enter"|"on_exit")`` adds the owned-work callbacks.
+    Used for the live machine (:class:`Lifecycle`) and for diagrams.
+    """
+
+    def state_dict(path: str) -> dict[str, Any]:
+        s = spec.states[path]
+        d: dict[str, Any] = {"name": s.name}
+        for key in ("on_enter", "on_exit"):
+            cbs = [callback(n) for n in getattr(s, key)]
+            if state_hooks is not None:
+                extra = state_hooks(path, key)
+                cbs = cbs + extra if key == "on_enter" else extra + cbs
+            if cbs:
+                d[key] = cbs
+        if s.children:
+            d["children"] = [state_dict(ch) for ch in s.children]
+            d["initial"] = s.initial
+        return d
+
+    states = [state_dict(p) for p, s in spec.states.items() if s.parent is None]
+    transitions: list[dict[str, Any]] = []
+    for t in spec.transitions:
+        if t.kind == "ignored" and not include_ignores:
+            continue
+        td: dict[str, Any] = {
+            "trigger": t.event,
+            "source": t.source,
+            "dest": t.dest if t.kind == "transition" else None,
+            "kind": t.kind,
+            "reason": t.reason,
+        }
+        if t.conditions:
+            td["conditions"] = [guard(n) for n in t.conditions]
+        if t.unless:
+            td["unless"] = [guard(n) for n in t.unless]
+        if t.before:
+            td["before"] = [callback(n) for n in t.before]
+        if t.after:
+            td["after"] = [callback(n) for n in t.after]
+        transitions.append(td)
+    return machine_cls(
+        model=model,
+        states=states,
+        transitions=transitions,
+        initial=spec.initial,
+        auto_transitions=False,
+        send_event=True,
+        model_attribute="state_path",
+        **machine_kwargs,
+    )
+
+
+class Lifecycle:
+    """One runner's lifecycle: a live machine, its context, and its owned work.
+
+    ``fire(event, **payload)`` feeds an event; ``state`` is the leaf state's
+    short name (``connecting``), ``state_path`` the dotted path.
+    """
+
+    state_path: str  # maintained by transitions
+
+    def __init__(
+        self,
+        effects: LifecycleEffects,
+        spec: LifecycleSpec | None = None,
+        *,
+        rng: Callable[[], float] = random.random,
+        name: str = "",
+    ) -> None:
+        self.spec = spec if spec is not None else load_spec()
+        self.effects = effects
+        self.name = name
+        self.backoff = Backoff(self.spec.backoff, rng)
+        self.reset_pending = False
+        self.reset_error: BaseException | None = None
+        self.last_kind: str | None = None
+        self._owned: dict[str, WorkTicket] = {}
+        self._epoch = 0
+        self._queue: deque[tuple[str, Mapping[str, Any], WorkTicket | None]] = deque()
+        self._busy = False
+        self._source = self.spec.initial
+        self._reset_on = frozenset(self.spec.backoff.reset_on)
+        self._shortcuts: dict[tuple[str, str], Any] = {}
+        self._leaf_names = {p: s.name for p, s in self.spec.states.items()}
+        self._check_effects(effects)
+        self.machine = build_machine(
+            self, self.spec, self._callback, self._guard,
+            state_hooks=self._owned_hooks,
+            after_state_change=[self._after],
+        )
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def state(self) -> str:
+        """The leaf state's short name: stopped, connecting, streaming, …"""
+        return self._leaf_names[self.state_path]
+
+    def fire(self, event: str, **payload: Any) -> None:
+        """Feed ``event``. Events fired from inside a callback run after it finishes."""
+        self._enqueue(event, payload, None)
+
+    def owned(self, state_path: str | None = None) -> WorkTicket | None:
+        """The current ticket of the work owned by ``state_path`` (default: the leaf)."""
+        return self._owned.get(state_path or self.state_path)
+
+    @property
+    def owned_work(self) -> dict[str, str]:
+        """{state path: work name} for every piece of work running now."""
+        return {p: t.work for p, t in self._owned.items()}
+
+    def guard_values(self) -> dict[str, bool]:
+        """Each machine guard's value now: the context a guarded decision reads."""
+        return {g: bool(getattr(self, "_guard_" + g)()) for g in sorted(MACHINE_GUARDS)}
+
+    # ---------------------------------------------------------------- internals
+
+    def _check_effects(self, effects: object) -> None:
+        from pullwake.errors import SpecError
+
+        needed = set(self.spec.hooks) & _used_hooks(self.spec)
+        missing = sorted(n for n in needed if not callable(getattr(effects, n, None)))
+        if missing:
+            raise SpecError(
+                f"{type(effects).__name__} does not provide hook(s) {', '.join(missing)}",
+                path=self.spec.path, kind="unknown-hook",
+            )
+
+    def _enqueue(self, event: str, payload: Mapping[str, Any], ticket: WorkTicket | None) -> None:
+        self._queue.append((event, payload, ticket))
+        if self._busy:
+            return
+        self._busy = True
+        first_error: BaseException | None = None
+        try:
+            while self._queue:
+                ev, pl, t = self._queue.popleft()
+                if t is not None and not t.current:
+                    log.debug("dropped stale %s from %s#%d", ev, t.work, t.epoch)
+                    continue
+                self._source = self.state_path
+                try:
+                    fast = self._shortcut(self._source, ev)
+                    if fast is not None:
+                        self._run_internal(fast, ev, pl)
+                    else:
+                        self.trigger(ev, **pl)  # type: ignore[attr-defined]
+                except Exception as exc:
+                    # One bad event must not drop the events queued behind it.
+                    if first_error is None:
+                        first_error = exc
+                    else:
+                        log.exception("%sevent %s raised", self._prefix, ev)
+        finally:
+            self._busy = False
+        if first_error is not None:
+            raise first_error
+
+    def _shortcut(self, state_path: str, event: str) -> Any:
+        """The machine's transition for (state, event) if it is internal and unguarded."""
+        key = (state_path, event)
+        try:
+            return self._shortcuts[key]
+        except KeyError:
+            pass
+        found = None
+        if event in self.machine.events:
+            applicable = self.machine.get_transitions(event, source=state_path, delegate=True)
+            first = applicable[0] if applicable else None
+            if (first is not None and first.dest is None and not first.conditions
+                    and not first.prepare):
+                found = first
+        self._shortcuts[key] = found
+        return found
+
+    def _run_internal(self, transition: Any, event: str, payload: Mapping[str, Any]) -> None:
+        ev = _InternalEvent(transition, self.machine.events[event], payload)
+        for cb in transition.before:
+            cb(ev)
+        for cb in transition.after:
+            cb(ev)
+        self._after(ev)
+
+    def _callback(self, name: str) -> Callable[..., Any]:
+        if name in MACHINE_HOOKS:
+            return _named(name, getattr(self, "_hook_" + name))
+        fn = getattr(self.effects, name)
+
+        def call(ev: Any) -> None:
+            try:
+                fn(ev.kwargs)
+            except Exception:
+                log.exception("%shook %s raised; the lifecycle continues", self._prefix, name)
+
+        return _named(name, call)
+
+    def _guard(self, name: str) -> Callable[..., Any]:
+        return _named(name, getattr(self, "_guard_" + name))
+
+    def _owned_hooks(self, path: str, key: str) -> list[Callable[..., Any]]:
+        work = self.spec.states[path].owns
+        if work is None:
+            return []
+        if key == "on_enter":
+            return [_named(f"start:{work}", functools.partial(self._start_owned, path))]
+        return [_named(f"cancel:{work}", functools.partial(self._cancel_owned, path))]
+
+    def _start_owned(self, path: str, ev: Any) -> None:
+        work = self.spec.work[self.spec.states[path].owns or ""]
+        self._epoch += 1
+        delay = self.backoff.next_delay() if work.delay == "backoff" else None
+        ticket = WorkTicket(self, work.name, frozenset(work.reports), path, self._epoch,
+                            delay, dict(ev.kwargs))
+        self._owned[path] = ticket
+        try:
+            ticket.handle = getattr(self.effects, work.start)(ticket)
+        except Exception as exc:
+            # Work that never started must not leave the state waiting forever:
+            # report the failure event the spec declares for it.
+            log.exception("%sstarting %s raised", self._prefix, work.name)
+            if work.fails is not None:
+                self._enqueue(work.fails, {"error": exc}, ticket)
+
+    def _cancel_owned(self, path: str, ev: Any) -> None:
+        ticket = self._owned.pop(path, None)
+        if ticket is None:
+            return
+        ticket.cancelled = True
+        if ticket.handle is not None:
+            try:
+                ticket.handle.cancel()
+            except Exception:
+                log.exception("%scancelling %s raised", self._prefix, ticket.work)
+
+    def _after(self, ev: Any) -> None:
+        kind = ev.transition.kind
+        self.last_kind = kind
+        event = ev.event.name
+        if kind != "ignored" and event in self._reset_on:
+            self.backoff.reset()
+        try:
+            self.effects.on_transition(self._leaf_names[self._source], event, self.state, kind)
+        except Exception:
+            log.exception("%son_transition raised", self._prefix)
+
+    @property
+    def _prefix(self) -> str:
+        return f"[{self.name}] " if self.name else ""
+
+    # machine-provided hooks and guards (named in the spec)
+
+    def _hook_record_reset(self, ev: Any) -> None:
+        self.reset_pending = True
+        self.reset_error = ev.kwargs.get("error")
+
+    def _hook_clear_reset(self, ev: Any) -> None:
+        self.reset_pending = False
+        self.reset_error = None
+
+    def _guard_reset_pending(self, ev: Any = None) -> bool:
+        return self.reset_pending
+
+
+class _InternalEvent:
+    """The EventData fields pullwake's callbacks read, for the internal shortcut."""
+
+    __slots__ = ("event", "kwargs", "transition")
+
+    def __init__(self, transition: Any, event: Any, kwargs: Mapping[str, Any]) -> None:
+        self.transition = transition
+        self.event = event
+        self.kwargs = kwargs
+
+
+def _used_hooks(spec: LifecycleSpec) -> set[str]:
+    used: set[str] = set()
+    for s in spec.states.values():
+        used.update(s.on_enter, s.on_exit)
+    for t in spec.transitions:
+        used.update(t.before, t.after)
+    for w in spec.work.values():
+        used.add(w.start)
+    return used
+

@@ -1,0 +1,221 @@
+"""Control-plane answers of any length, read item by item (issue 14, class 1).
+
+This module owns the incremental reading of JSON answers that list streams
+(a claim answer, a subscription): the body is parsed as it arrives
+(:mod:`ijson`), so no answer is ever held whole, and every bound is *per
+item*, never per answer:
+
+- one item (a stream entry, or one top-level field) may not exceed
+  ``item_limit`` bytes of the body (:class:`~pullwake.errors.AnswerTooLarge`,
+  raised by :class:`~pullwake.io.http.BodyReader`);
+- at most ``max_items`` stream entries are *kept*. Entries with pending work
+  are preferred; any beyond the bound are counted (``deferred``), not kept.
+  They keep their pending work on the server, so the next wake hands them
+  over: a subscription linking any number of streams always makes progress.
+
+It does no I/O of its own: it reads from whatever ``await reader.read(n)``
+object it is given (the HTTP boundary hands it a
+:class:`~pullwake.io.http.BodyReader`) and pushes the chunks into the parser.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import ijson
+
+from pullwake.errors import ControlPlaneError
+
+__all__ = ["ItemsAnswer", "read_items_answer"]
+
+#: Values of these ijson events are scalars.
+_SCALARS = frozenset({"string", "number", "boolean", "null"})
+#: A field whose value is an object or array (not expected in these answers).
+NESTED: Any = type("Nested", (), {"__repr__": lambda self: "<nested>"})()
+
+
+class _Reader(Protocol):
+    async def read(self, n: int = -1) -> bytes: ...
+    def mark(self) -> None: ...
+
+
+@dataclass
+class ItemsAnswer:
+    """A JSON object answer: its top-level scalar fields and its kept items.
+
+    ``fields`` maps each top-level key to its scalar value (or :data:`NESTED`);
+    ``items`` are the kept entries of the ``items_key`` array (dicts of scalar
+    fields, in answer order; non-objects are kept as they are so the caller
+    can name them); ``seen`` counts all entries, ``deferred`` those with pending
+    work that were not kept, ``dropped_idle`` those without pending work not kept.
+    """
+
+    fields: dict[str, Any] = field(default_factory=dict, repr=False)  # a claim token
+    items: list[Any] = field(default_factory=list, repr=False)
+    seen: int = 0
+    deferred: int = 0
+    dropped_idle: int = 0
+    is_object: bool = True
+    items_type: str | None = None
+
+
+async def read_items_answer(reader: _Reader, *, operation: str, items_key: str = "streams",
+                            max_items: int, keep_fields: tuple[str, ...] | None = None,
+                            select: Callable[[Mapping[str, Any]], bool] | None = None,
+                            status: int | None = None) -> ItemsAnswer:
+    """Parse a JSON object answer incrementally; keep at most ``max_items`` entries.
+
+    ``keep_fields`` (if given) are the only entry fields kept (others are
+    skipped as they stream by); entries ``select`` rejects are neither kept
+    nor counted as deferred. An entry counts as pending unless its
+    ``has_pending`` is ``false``.
+
+    The parser is pushed chunks (``ijson.parse_coro``): every wait is this
+    coroutine's own ``await reader.read()``, so cancellation and deadlines
+    behave as anywhere else.
+    """
+    parser = _ItemsParser(reader, items_key=items_key, max_items=max_items,
+                          keep_fields=keep_fields, select=select)
+    events: Any = ijson.sendable_list()
+    coro = ijson.parse_coro(events, use_float=True)
+    try:
+        while not parser.done:
+            data = await reader.read(_READ_SIZE)
+            if data:
+                coro.send(data)
+            else:
+                coro.close()  # end of body: raises if the JSON is incomplete
+            for prefix, event, value in events:
+                if parser.feed(prefix, event, value):
+                    break
+            del events[:]
+            if not data:
+                break
+    except ijson.JSONError as exc:
+        if parser.depth == 0:  # empty, or not JSON at all: the caller names it
+            parser.out.is_object = False
+            return parser.out
+        raise ControlPlaneError(f"answer is not valid JSON: {exc}"[:200], operation=operation,
+                                status=status) from None
+    finally:
+        if not parser.done:
+            with contextlib.suppress(Exception):
+                coro.close()
+    return parser.result()
+
+
+#: Bytes asked of the reader at a time.
+_READ_SIZE = 64 * 1024
+
+
+class _ItemsParser:
+    """The event handling of :func:`read_items_answer` (pure: no I/O)."""
+
+    def __init__(self, reader: _Reader, *, items_key: str, max_items: int,
+                 keep_fields: tuple[str, ...] | None,
+                 select: Callable[[Mapping[str, Any]], bool] | None) -> None:
+        self.reader = reader
+        self.out = ItemsAnswer()
+        self.max_items = max_items
+        self.keep_fields = keep_fields
+        self.select = select
+        self.items_key = items_key
+        self.item_prefix = f"{items_key}.item"
+        self.field_prefix = self.item_prefix + "."
+        self.current: dict[str, Any] | None = None
+        self.pending: list[tuple[int, Any]] = []
+        self.idle: list[tuple[int, Any]] = []
+        self.depth = 0
+        self.done = False
+
+    def result(self) -> ItemsAnswer:
+        merged = sorted(self.pending + self.idle, key=lambda p: p[0])
+        self.out.items = [item for _, item in merged]
+        return self.out
+
+    def _keep(self, item: Any, *, force_pending: bool = False) -> None:
+        _keep(item, self.out, self.pending, self.idle, self.max_items,
+              force_pending=force_pending)
+
+    def feed(self, prefix: str, event: str, value: Any) -> bool:
+        """Handle one parser event; True once the answer is complete."""
+        self._feed(prefix, event, value)
+        return self.done
+
+    def _feed(self, prefix: str, event: str, value: Any) -> None:
+        out = self.out
+        if self.depth == 0:
+            self.depth = 1
+            if event != "start_map":
+                out.is_object = False
+                self.done = True
+            return
+        if prefix == self.item_prefix:
+            if event == "start_map":
+                self.current = {}
+            elif event == "end_map":
+                cur = self.current
+                if cur is not None and (self.select is None or self.select(cur)):
+                    self._keep(cur)
+                self.current = None
+                self.reader.mark()
+            elif event in _SCALARS or event == "start_array":
+                # not an object: kept as it is (or a marker) so the caller can name it
+                self._keep(value if event in _SCALARS else NESTED, force_pending=True)
+                self.reader.mark()
+            return
+        if prefix.startswith(self.field_prefix):
+            if self.current is None:
+                return
+            name = prefix[len(self.field_prefix):]
+            if "." in name or event == "map_key":
+                return  # inside a nested field value: skipped as it streams by
+            if self.keep_fields is not None and name not in self.keep_fields:
+                return
+            if event in _SCALARS:
+                self.current[name] = value
+            elif event in ("start_map", "start_array"):
+                self.current[name] = NESTED
+            return
+        if prefix == self.items_key:
+            if event == "start_array":
+                out.items_type = "list"
+            elif event == "end_array":
+                self.reader.mark()
+            elif event in _SCALARS or event == "start_map":
+                out.items_type = "other"
+                out.fields[self.items_key] = value if event in _SCALARS else NESTED
+            return
+        if prefix == "":
+            if event == "end_map":
+                self.done = True
+            return
+        if "." not in prefix:
+            if event in _SCALARS:
+                out.fields[prefix] = value
+                self.reader.mark()
+            elif event in ("start_map", "start_array"):
+                out.fields[prefix] = NESTED
+
+
+def _keep(item: Any, out: ItemsAnswer, pending: list[tuple[int, Any]],
+          idle: list[tuple[int, Any]], max_items: int, *, force_pending: bool = False) -> None:
+    index = out.seen
+    out.seen += 1
+    is_pending = force_pending or not (isinstance(item, dict) and item.get("has_pending") is False)
+    if is_pending:
+        if len(pending) >= max_items:
+            out.deferred += 1
+            return
+        pending.append((index, item))
+        if len(pending) + len(idle) > max_items:
+            idle.pop()
+            out.dropped_idle += 1
+        return
+    if len(pending) + len(idle) >= max_items:
+        out.dropped_idle += 1
+        return
+    idle.append((index, item))

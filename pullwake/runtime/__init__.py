@@ -1,0 +1,14 @@
+"""The runtime layer: the runner, its control planes, claims, jobs, leases and health.
+
+This layer owns what happens between a wake on the wire and a handler's
+ack: :mod:`.runner` drives the lifecycle machine and implements its effects;
+:mod:`.control` and :mod:`.subscriptions` are the control planes (claim,
+ack, release, heartbeat); :mod:`.claims` schedules one claim per key;
+:mod:`.heartbeat` keeps the runner's lease; :mod:`.failures` holds the
+handler-failure policy and dead-letter records; :mod:`.health` is the one
+health model; :mod:`.config` the runner's configuration; :mod:`.logs` the
+log context and formats.
+
+It talks to the network only through :mod:`pullwake.io` and never imports
+:mod:`pullwake.ops`, :mod:`pullwake.worker` or :mod:`pullwake.cli`.
+"""

@@ -1,0 +1,275 @@
+"""Claims: turning wake hints into dispatched work, one claim per key at a time.
+
+Owns the claim tasks of one runner. A wake is a hint; the claim decides.
+
+- Wakes with the same claim key (the stream path; the subscription in the
+  Durable Streams profile) are claimed one at a time: a wake arriving while
+  one is in flight is counted as skipped and deferred, then claimed again
+  when the first settles (keeping only the latest deferred wake).
+- If the runtime reports that key as still active, the wake is held back
+  (the latest one per key) and claimed the moment the runtime says the key
+  is free (:meth:`ClaimScheduler.runtime_free`, an event). A runtime that
+  never says so (``notified=False``) is asked again every ``busy_retry``
+  seconds (on the injectable clock); one that does is still asked every
+  :data:`NOTIFIED_FALLBACK_S`, a safety net that normal operation never uses.
+- Claims run concurrently with reading the stream and with each other.
+- Every per-key table is bounded: at most ``max_keys`` keys have a claim in
+  flight or a wake held back; a wake for one more key is dropped with a
+  record (a reported ``ControlPlaneError``, counted as a failed claim).
+- :meth:`close` (stop began) stops all dispatching: a claim that completes
+  afterwards is not dispatched. :meth:`settle` gives in-flight claims a
+  grace period, then cancels them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pullwake.errors import ControlPlaneError, RequestTimeout
+from pullwake.io.clock import Clock, TimerHandle, deadline
+from pullwake.io.http import HttpClient
+from pullwake.runtime.control import ControlPlane, WakeEvent
+from pullwake.runtime.health import Stats
+
+__all__ = ["ClaimScheduler", "failure_reason"]
+
+log = logging.getLogger("pullwake.claims")
+
+#: Re-check interval for a held-back wake when the runtime announces free keys.
+NOTIFIED_FALLBACK_S = 1.0
+#: Distinct keys with a claim in flight or held back, at most (every per-key
+#: table here is a subset of those keys, so each is bounded by it).
+MAX_CLAIM_KEYS = 10_000
+
+
+def failure_reason(error: BaseException) -> str:
+    """A bounded label for a failed claim: timeout, transport, http_4xx, http_5xx, other."""
+    if isinstance(error, RequestTimeout | TimeoutError):
+        return "timeout"
+    if isinstance(error, ControlPlaneError):
+        if error.status is None:
+            return "transport"
+        return "http_5xx" if error.status >= 500 else "http_4xx"
+    return "other"
+
+
+class ClaimScheduler:
+    def __init__(
+        self,
+        *,
+        control: ControlPlane,
+        http: HttpClient,
+        runtime: Any,
+        clock: Clock,
+        stats: Stats,
+        busy_retry: float,
+        claim_headers: Callable[[], Awaitable[dict[str, str]]],
+        claim_token_header: str | None,
+        report_error: Callable[[BaseException], None],
+        notify: Callable[[], None],
+        spawn: Callable[[Awaitable[Any], str], asyncio.Task[Any]],
+        notified: bool = False,
+        max_keys: int = MAX_CLAIM_KEYS,
+    ) -> None:
+        self.max_keys = max_keys
+        #: Wakes dropped because ``max_keys`` keys were already busy (each reported).
+        self.dropped = 0
+        self._control = control
+        self._http = http
+        self._runtime = runtime
+        self._is_active: Callable[[str], Any] | None = getattr(runtime, "is_wake_active", None)
+        self._clock = clock
+        self._stats = stats
+        self._busy_retry = max(busy_retry, NOTIFIED_FALLBACK_S) if notified else busy_retry
+        self._claim_headers = claim_headers
+        self._claim_token_header = claim_token_header
+        self._report_error = report_error
+        self._notify = notify
+        self._spawn = spawn
+        self._in_flight: dict[str, asyncio.Task[Any]] = {}
+        self._waiting: dict[str, TimerHandle] = {}
+        self._deferred: dict[str, WakeEvent] = {}
+        self._held: dict[str, WakeEvent] = {}  # the wake each waiting key waits with
+        self._open = False
+        self.dispatched = 0
+        #: Held-back wakes re-checked because the retry timer fired (not an event).
+        self.busy_retries = 0
+
+    # ------------------------------------------------------------------ public
+
+    def open(self) -> None:
+        """A new run: dispatching allowed again."""
+        self._open = True
+
+    def close(self) -> None:
+        """Stop began: nothing is dispatched any more; pending retries are dropped."""
+        self._open = False
+        for handle in self._waiting.values():
+            handle.cancel()
+        self._waiting.clear()
+        self._held.clear()
+        self._deferred.clear()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight) + len(self._waiting)
+
+    def submit(self, wake: WakeEvent) -> None:
+        """Claim ``wake`` now, or defer it behind the claim already running for its key."""
+        if not self._open:
+            return
+        key = self._control.claim_key(wake)
+        if key in self._in_flight or key in self._waiting:
+            self._stats.count_skip("in_flight")
+            self._deferred[key] = wake
+            self._notify()
+            return
+        if len(self._in_flight) + len(self._waiting) >= self.max_keys:
+            # A flood of distinct keys (thousands of never-seen stream names)
+            # must not grow memory without bound: this hint is dropped, with a
+            # record. The server keeps the work; its next wake is claimed.
+            self.dropped += 1
+            self.record_failure(ControlPlaneError(
+                f"{self.max_keys} keys already have a claim in flight or held back: "
+                f"the wake for {key[:200]!r} is dropped (its work stays on the server)",
+                operation="claim"))
+            return
+        self._start(key, wake)
+
+    def runtime_free(self, key: str | None = None) -> None:
+        """The runtime finished with ``key`` (None: any key may be free): claim what
+        was held back for it now, instead of at the next retry."""
+        if not self._open or not self._waiting:
+            return
+        for k in [key] if key is not None else list(self._waiting):
+            handle = self._waiting.get(k)
+            if handle is None or self._runtime_busy(k):
+                continue
+            handle.cancel()
+            del self._waiting[k]
+            self._spawn_claim(k, self._take_held(k))
+
+    def record_failure(self, error: BaseException) -> None:
+        """Count and report one failed claim attempt (final, or about to be retried)."""
+        self._stats.count_claim_failure(failure_reason(error))
+        self._stats.last_claim_result = "error"
+        self._notify()
+        self._report_error(error)
+
+    async def settle(self, grace: float) -> None:
+        """Wait up to ``grace`` seconds for in-flight claims, then cancel the rest.
+
+        The grace runs on the injectable clock, like every other timeout.
+        """
+        tasks = list(self._in_flight.values())
+        if not tasks:
+            return
+        if grace > 0:
+            with contextlib.suppress(TimeoutError):
+                async with deadline(self._clock, grace):
+                    await asyncio.wait(tasks)
+        pending = [t for t in tasks if not t.done()]
+        for t in pending:
+            t.cancel()
+        if pending:
+            log.warning("abandoned %d claim(s) still unanswered after the %.3gs grace",
+                        len(pending), grace)
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    # ---------------------------------------------------------------- internals
+
+    def _start(self, key: str, wake: WakeEvent) -> None:
+        if self._runtime_busy(key):
+            self._stats.count_skip("busy")
+            self._notify()
+            self._wait_for_runtime(key, wake)
+            return
+        self._spawn_claim(key, wake)
+
+    def _spawn_claim(self, key: str, wake: WakeEvent) -> None:
+        self._in_flight[key] = self._spawn(self._claim(key, wake), f"pullwake-claim:{key[:64]}")
+
+    def _take_held(self, key: str) -> WakeEvent:
+        """The latest wake for a waiting key (a deferred one is newer than the held one)."""
+        held = self._held.pop(key)
+        return self._deferred.pop(key, held)
+
+    def _runtime_busy(self, key: str) -> bool:
+        check = self._is_active
+        if check is None:
+            return False
+        try:
+            return bool(check(key))
+        except Exception:
+            log.exception("runtime.is_wake_active raised; treating %r as free", key)
+            return False
+
+    def _wait_for_runtime(self, key: str, wake: WakeEvent) -> None:
+        self._held[key] = wake
+        self._waiting[key] = self._clock.call_later(self._busy_retry, self._retry, key)
+
+    def _retry(self, key: str) -> None:
+        """The retry timer fired before the runtime said ``key`` is free."""
+        if self._waiting.pop(key, None) is None or not self._open:
+            return
+        self.busy_retries += 1
+        wake = self._take_held(key)
+        if self._runtime_busy(key):
+            self._wait_for_runtime(key, wake)
+        else:
+            self._spawn_claim(key, wake)
+
+    async def _claim(self, key: str, wake: WakeEvent) -> None:
+        stats = self._stats
+        try:
+            stats.last_claim_at = self._clock.time()
+            try:
+                outcome = await self._control.claim(self._http, wake)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - reported, never raised
+                self.record_failure(exc)
+                return
+            if not outcome.claimed:
+                stats.count_skip("no_work")
+                stats.last_claim_result = "no_work"
+                self._notify()
+                return
+            stats.claims_succeeded += 1
+            stats.last_claim_result = "claimed"
+            if not self._open:
+                log.info("claim for %r completed after stop began: not dispatched", key)
+                self._notify()
+                return
+            self._dispatch(outcome.notification or {})
+        finally:
+            if self._in_flight.get(key) is asyncio.current_task():
+                del self._in_flight[key]
+            deferred = self._deferred.pop(key, None)
+            if deferred is not None and self._open:
+                self._start(key, deferred)
+
+    def _dispatch(self, notification: Any) -> None:
+        try:
+            result = self._runtime.dispatch_wake(
+                notification,
+                claim_headers=self._claim_headers,
+                claim_token_header=self._claim_token_header,
+            )
+        except Exception as exc:  # noqa: BLE001 - a runtime bug must not kill the runner
+            self._report_error(exc)
+            return
+        if inspect.isawaitable(result):
+            self._spawn(_await(result), "pullwake-dispatch")
+        self.dispatched += 1
+        self._stats.last_dispatch_at = self._clock.time()
+        self._notify()
+
+
+async def _await(aw: Awaitable[Any]) -> None:
+    await aw

@@ -1,0 +1,177 @@
+"""Control planes: how a wake is claimed and how the runner proves it is alive.
+
+This module owns the wake message shape (:class:`WakeEvent`), claim outcomes,
+and the control-plane profiles a runner can use:
+
+- :class:`ElectricControlPlane` (the original's API): ``POST`` the wake event
+  to ``/_electric/runners/{id}/claim``; ``POST`` ``{lease_ms,
+  wake_stream_offset, diagnostics}`` to ``/_electric/runners/{id}/heartbeat``.
+- the Durable Streams subscription profile lives in :mod:`pullwake.runtime.subscriptions`.
+
+Claim answers are decided by status and the JSON error *code* (never by
+substring): 204, 409 ``ALREADY_CLAIMED`` / ``NO_PENDING_WORK`` and
+``{"done": true}`` are skips; any other non-2xx raises
+:class:`~pullwake.errors.ControlPlaneError` with status and code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from pullwake.errors import ControlPlaneError, InvalidMessage
+from pullwake.io.clock import Clock, LoopClock, sleep
+from pullwake.io.http import HttpClient, raise_for_answer
+
+T = TypeVar("T")
+
+#: Claim retry backoff for transient failures: 0.1 s, doubling, capped at 5 s.
+CLAIM_RETRY_INITIAL_S = 0.1
+CLAIM_RETRY_CAP_S = 5.0
+
+
+def is_transient(exc: ControlPlaneError) -> bool:
+    """No answer (transport failure, timeout), 429 or 5xx: worth retrying."""
+    return exc.status is None or exc.status == 429 or exc.status >= 500
+
+
+async def retry_transient(call: Callable[[], Awaitable[T]], *, clock: Clock,
+                          on_retry: Callable[[BaseException], None] | None = None) -> T:
+    """Run ``call`` until it answers; transient failures wait (``Retry-After``
+    honoured up to the cap) and retry. A wake is only a hint that is not
+    repeated, so giving up on a claim would strand the work; stopping the runner
+    cancels the retries."""
+    delay = CLAIM_RETRY_INITIAL_S
+    while True:
+        try:
+            return await call()
+        except ControlPlaneError as exc:
+            if not is_transient(exc):
+                raise
+            if on_retry is not None:
+                on_retry(exc)
+            wait = delay if exc.retry_after is None else min(exc.retry_after, CLAIM_RETRY_CAP_S)
+            await sleep(clock, wait)
+            delay = min(delay * 2, CLAIM_RETRY_CAP_S)
+
+def stream_key(path: str) -> str:
+    """A stream path as claim de-duplication and ``is_wake_active`` see it.
+
+    Normalised like the original: one leading ``/`` (``a/b``, ``/a/b`` and
+    ``//a/b`` are one key), so a runtime keyed by ``/path`` matches.
+    """
+    return "/" + path.lstrip("/")
+
+
+__all__ = [
+    "SKIP_CODES",
+    "ClaimOutcome",
+    "ControlPlane",
+    "ElectricControlPlane",
+    "WakeEvent",
+    "stream_key",
+]
+
+#: 409 codes that mean "someone else has it / nothing to do": not errors.
+SKIP_CODES = frozenset({"ALREADY_CLAIMED", "NO_PENDING_WORK"})
+_MAX_ID = 1024
+
+
+@dataclass(frozen=True)
+class WakeEvent:
+    """A ``{"type": "wake", ...}`` message read from the wake stream."""
+
+    stream: str
+    subscription_id: str | None = None
+    generation: int | None = None
+    ts: Any = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def parse(cls, value: Any) -> WakeEvent | None:
+        """A WakeEvent, None for a non-wake message, or InvalidMessage if malformed."""
+        if not isinstance(value, dict) or value.get("type") != "wake":
+            return None
+        stream = value.get("stream")
+        if not isinstance(stream, str) or not stream or len(stream) > _MAX_ID:
+            raise InvalidMessage("wake event needs a non-empty string 'stream'")
+        sub = value.get("subscription_id")
+        if sub is not None and (not isinstance(sub, str) or len(sub) > _MAX_ID):
+            raise InvalidMessage("wake event 'subscription_id' must be a string")
+        gen = value.get("generation")
+        if gen is not None and (isinstance(gen, bool) or not isinstance(gen, int)):
+            raise InvalidMessage("wake event 'generation' must be an integer")
+        return cls(stream=stream, subscription_id=sub, generation=gen, ts=value.get("ts"),
+                   raw=value)
+
+
+@dataclass(frozen=True)
+class ClaimOutcome:
+    """``claimed`` with the notification to dispatch, or a skip with its reason."""
+
+    claimed: bool
+    notification: Mapping[str, Any] | None = None
+    reason: str | None = None
+
+    @classmethod
+    def skip(cls, reason: str) -> ClaimOutcome:
+        return cls(False, None, reason)
+
+
+class ControlPlane(Protocol):
+    """What a runner needs from a control plane. Calls raise ControlPlaneError."""
+
+    def claim_key(self, wake: WakeEvent) -> str:
+        """Wakes with the same key are claimed one at a time (later ones deferred)."""
+        ...
+
+    async def claim(self, http: HttpClient, wake: WakeEvent) -> ClaimOutcome: ...
+
+    async def heartbeat(self, http: HttpClient, *, lease_ms: int, offset: str | None,
+                        diagnostics: Mapping[str, Any]) -> None: ...
+
+
+class ElectricControlPlane:
+    """The Electric runner API of the original TypeScript runner."""
+
+    def __init__(self, *, claim_url: str, heartbeat_url: str, clock: Clock | None = None,
+                 on_retry: Callable[[BaseException], None] | None = None) -> None:
+        self.claim_url = claim_url
+        self.heartbeat_url = heartbeat_url
+        self._clock: Clock = clock or LoopClock()
+        self._on_retry = on_retry
+
+    def claim_key(self, wake: WakeEvent) -> str:
+        return stream_key(wake.stream)
+
+    async def claim(self, http: HttpClient, wake: WakeEvent) -> ClaimOutcome:
+        """Claim ``wake``; transient failures (no answer, 429, 5xx) are retried."""
+        return await retry_transient(lambda: self._claim_once(http, wake), clock=self._clock,
+                                     on_retry=self._on_retry)
+
+    async def _claim_once(self, http: HttpClient, wake: WakeEvent) -> ClaimOutcome:
+        answer = await http.request("POST", self.claim_url, operation="claim",
+                                    json_body=dict(wake.raw))
+        if answer.status == 204:
+            return ClaimOutcome.skip("no_content")
+        if answer.status == 409 and answer.code in SKIP_CODES:
+            return ClaimOutcome.skip(str(answer.code))
+        raise_for_answer(answer, operation="claim", url=self.claim_url, scrub=http.scrub)
+        body = answer.json()
+        if not isinstance(body, dict):
+            raise ControlPlaneError("claim answer is not a JSON object", operation="claim",
+                                    status=answer.status, url=self.claim_url)
+        if body.get("done") is True:
+            return ClaimOutcome.skip("done")
+        return ClaimOutcome(True, body)
+
+    async def heartbeat(self, http: HttpClient, *, lease_ms: int, offset: str | None,
+                        diagnostics: Mapping[str, Any]) -> None:
+        # Before the first read the offset is "-1" (the beginning), as the original sends.
+        body: dict[str, Any] = {"lease_ms": lease_ms, "wake_stream_offset": offset or "-1",
+                                "diagnostics": dict(diagnostics)}
+        answer = await http.request("POST", self.heartbeat_url, operation="heartbeat",
+                                    json_body=body)
+        raise_for_answer(answer, operation="heartbeat", url=self.heartbeat_url,
+                         scrub=http.scrub)
