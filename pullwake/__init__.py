@@ -5,6 +5,7 @@ Start at README.md; the lifecycle lives in machine_spec.yaml (docs/lifecycle.md)
 
 from typing import TYPE_CHECKING
 
+from pullwake._version import __version__
 from pullwake.errors import (
     AnswerTooLarge,
     CacheError,
@@ -48,8 +49,6 @@ from pullwake.runtime.health import Health
 from pullwake.runtime.runner import PullWakeRunner, Runtime
 from pullwake.runtime.subscriptions import ClaimedStream, SubscriptionConfig
 from pullwake.worker import Wake, Worker, WorkerStats
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AnswerTooLarge",

@@ -385,6 +385,11 @@ class Worker:
 
     # ================================================================ public
 
+    @property
+    def clock(self) -> Clock:
+        """The clock every timer of this worker runs on."""
+        return self._clock
+
     async def start(self) -> None:
         """Ensure the wake stream and subscriptions exist, then start reading."""
         with self.runner.log_context():

@@ -25,7 +25,7 @@ def _version() -> str:
     try:
         return version("pullwake")
     except PackageNotFoundError:
-        from pullwake import __version__
+        from pullwake._version import __version__
 
         return __version__
 

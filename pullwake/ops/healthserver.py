@@ -35,21 +35,41 @@ import os
 import socket
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
 from pullwake.errors import HealthServerError
-from pullwake.io.clock import Clock, LoopClock, deadline
+from pullwake.io.clock import Clock, deadline
 from pullwake.ops.liveness import LoopWatch, readiness
 from pullwake.ops.metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
-    from pullwake.worker import Worker
+    from pullwake.ops.metrics import WorkerMetrics
+    from pullwake.runtime.runner import PullWakeRunner
 
 __all__ = ["HealthServer", "lifecycle_svg", "process_stats"]
 
 log = logging.getLogger("pullwake.health")
+
+
+class Watched(Protocol):
+    """What the health server reads of a worker (:class:`pullwake.Worker` is one).
+
+    The server only reads: the runner's lifecycle and transitions, the
+    worker's metrics and its health snapshot.
+    """
+
+    @property
+    def runner(self) -> PullWakeRunner: ...
+
+    @property
+    def metrics(self) -> WorkerMetrics: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+    def health(self) -> dict[str, Any]: ...
 
 
 def process_stats() -> dict[str, Any]:
@@ -108,7 +128,7 @@ class HealthServer:
     run on ``clock`` (default: the worker's).
     """
 
-    def __init__(self, worker: Worker, *, host: str = "127.0.0.1", port: int = 0,
+    def __init__(self, worker: Watched, *, host: str = "127.0.0.1", port: int = 0,
                  clock: Clock | None = None, watch_interval: float = 1.0,
                  max_loop_lag: float = 5.0, push_interval: float = 1.0) -> None:
         if not isinstance(port, int) or not 0 <= port <= 65535:
@@ -116,7 +136,7 @@ class HealthServer:
         self.worker = worker
         self.host = host
         self._requested_port = port
-        self._clock: Clock = clock or getattr(worker, "_clock", None) or LoopClock()
+        self._clock: Clock = clock or worker.clock
         self.watch = LoopWatch(self._clock, interval=watch_interval, max_lag=max_loop_lag)
         self.push_interval = push_interval
         self._runner: web.AppRunner | None = None
