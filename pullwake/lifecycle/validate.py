@@ -45,7 +45,7 @@ _WORK_KEYS = {"kind", "start", "reports", "delay", "fails", "doc"}
 _RECONNECT_POLICY_KEYS = {"initial_s", "factor", "cap_s", "jitter", "reset_on"}
 
 #: A key path of the YAML document -> its line (1-based), or None.
-LineOf = Callable[..., "int | None"]
+LineOf = Callable[..., int | None]
 
 
 class Collector:
