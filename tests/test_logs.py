@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from observe_helpers import make_worker
-from runner_helpers import BOUND, eventually, make_runner, started
+from runner_helpers import eventually, make_runner, started
 
 from pullwake.runtime.logs import (
     ContextFilter,
@@ -152,8 +152,7 @@ async def test_heartbeat_failures_while_reconnecting_are_one_line_then_a_summary
     caplog.set_level(logging.DEBUG, logger="pullwake")
     clock = ManualClock()
     async with EmbeddedServer() as server:
-        runner = make_runner(server, clock=clock, heartbeat_interval=1.0, request_timeout=0.5,
-                             rng=BOUND)  # reconnects at their bounds: one schedule, every run
+        runner = make_runner(server, clock=clock, heartbeat_interval=1.0, request_timeout=0.5)
         async with started(runner):
             await eventually(lambda: runner.status == "streaming")
             await clock.advance(0.1)
@@ -189,7 +188,7 @@ async def test_the_error_is_logged_before_the_reconnect_it_causes(
     clock = ManualClock()
     async with EmbeddedServer() as server:
         server.fail("/runners/r1/wake", 503, count=1)
-        runner = make_runner(server, clock=clock, heartbeat_interval=None, rng=BOUND)
+        runner = make_runner(server, clock=clock, heartbeat_interval=None)
         async with started(runner):
             await eventually(lambda: runner.status == "reconnecting")
             await clock.advance(1.0)

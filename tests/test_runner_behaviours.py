@@ -458,15 +458,14 @@ async def test_23_connection_failures_back_off_exponentially(server: EmbeddedSer
 
 @pytest.mark.parametrize(("rng", "expected"), [
     (lambda: 0.25, [0.25, 0.5, 1.0, 2.0]),  # full jitter: rng() x the bound
-    (None, None),  # the default random source: each delay somewhere below its bound
+    (None, None),  # RunnerConfig's default random source: each delay below its bound
 ])
 async def test_23_reconnects_are_jittered_by_default(
         server: EmbeddedServer, rng: Callable[[], float] | None,
         expected: list[float] | None) -> None:
     clock = ManualClock()
     server.fail("/runners/r1/wake", 503)
-    runner = make_runner(server, clock=clock, heartbeat_interval=None,
-                         **({"rng": rng} if rng is not None else {}))
+    runner = make_runner(server, clock=clock, heartbeat_interval=None, rng=rng)
     delays: list[float] = []
     async with started(runner):
         for _ in range(4):

@@ -24,15 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from runner_helpers import (
-    BOUND,
-    RecordingRuntime,
-    eventually,
-    make_runner,
-    started,
-    wake,
-    wake_requests,
-)
+from runner_helpers import RecordingRuntime, eventually, make_runner, started, wake, wake_requests
 
 from pullwake import (
     ConnectError,
@@ -120,7 +112,7 @@ async def test_repeated_hung_connects_back_off(server: EmbeddedServer) -> None:
     errors: list[BaseException] = []
     server.hang(WAKE_PATH)
     runner = make_runner(server, clock=clock, heartbeat_interval=None, connect_timeout=2,
-                         on_error=errors.append, rng=BOUND)
+                         on_error=errors.append)
     async with started(runner):
         for n, backoff in enumerate([1.0, 2.0, 4.0]):
             await eventually(lambda n=n: len(wake_requests(server)) == n + 1)
@@ -183,8 +175,7 @@ async def test_server_paused_mid_stream_then_for_every_connect(server: EmbeddedS
     errors: list[BaseException] = []
     rt = RecordingRuntime()
     runner = make_runner(server, rt, clock=clock, live=live, heartbeat_interval=None,
-                         connect_timeout=4, read_idle_timeout=20, on_error=errors.append,
-                         rng=BOUND)
+                         connect_timeout=4, read_idle_timeout=20, on_error=errors.append)
     async with started(runner):
         await eventually(lambda: runner.status == "streaming")
         await eventually(lambda: clock.pending == [20.0])
@@ -471,14 +462,13 @@ async def in_state(server: EmbeddedServer, state: str) -> AsyncIterator[Scenario
 
     connecting: the wake stream accepts and never answers; streaming: normal;
     reconnecting: the wake stream answers 503; stopping: drain_wakes is held.
-    All on a ManualClock, so no timeout or backoff moves the runner on its own, and
-    the backoff's rng pinned at its bound (the first reconnect waits 1 s).
+    All on a ManualClock, so no timeout or backoff moves the runner on its own.
     """
     clock = ManualClock()
     rt = RecordingRuntime()
     sc = Scenario(server, None, rt, clock)  # type: ignore[arg-type]
     runner = make_runner(server, rt, clock=clock, heartbeat_interval=30,
-                         on_error=sc.errors.append, rng=BOUND)
+                         on_error=sc.errors.append)
     sc.runner = runner
     if state == "connecting":
         server.hang(WAKE_PATH)
@@ -698,7 +688,7 @@ async def test_transitions_at_debug_reconnects_and_errors_at_warning(
     caplog.set_level(logging.DEBUG, logger="pullwake")
     clock = ManualClock()
     server.fail(WAKE_PATH, 503, count=1)
-    runner = make_runner(server, clock=clock, heartbeat_interval=None, name="lg", rng=BOUND)
+    runner = make_runner(server, clock=clock, heartbeat_interval=None, name="lg")
     async with started(runner):
         await eventually(lambda: runner.status == "reconnecting")
         await clock.advance(1)

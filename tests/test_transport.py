@@ -21,15 +21,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from runner_helpers import (
-    BOUND,
-    RecordingRuntime,
-    eventually,
-    make_runner,
-    started,
-    wake,
-    wake_requests,
-)
+from runner_helpers import RecordingRuntime, eventually, make_runner, started, wake, wake_requests
 
 from pullwake import (
     InvalidMessage,
@@ -483,7 +475,7 @@ async def test_unexpected_status_is_typed_and_backs_off(server: EmbeddedServer, 
     clock = ManualClock()
     errors: list[BaseException] = []
     server.fail(WAKE_PATH, status, body=body, retry_after=retry_after, count=2)
-    runner = runner_for(server, live, errors=errors, clock=clock, rng=BOUND)
+    runner = runner_for(server, live, errors=errors, clock=clock)
     async with started(runner):
         await eventually(lambda: runner.status == "reconnecting")
         err = errors[0]

@@ -42,6 +42,8 @@ class Step:
 
 
 class Handle:
+    """What a ``start_*`` hook returns here: it records whether it was cancelled."""
+
     __slots__ = ("cancelled",)
 
     def __init__(self) -> None:
@@ -74,6 +76,8 @@ class RecordingEffects:
 
 @dataclass
 class Edge:
+    """One decided event out of a configuration: where it led, and its kind."""
+
     event: str
     target: Config
     kind: str
@@ -81,6 +85,8 @@ class Edge:
 
 @dataclass
 class Graph:
+    """Every reachable configuration: its edges, BFS parent, owned work; and the leaks."""
+
     initial: Config
     edges: dict[Config, list[Edge]] = field(default_factory=dict)
     parent: dict[Config, tuple[Config, str, str] | None] = field(default_factory=dict)
