@@ -78,7 +78,6 @@ SPAWNS_ALLOWED: set[str] = {"pullwake.cli.run", "pullwake.runtime.runner", "pull
 CYCLES_ALLOWED = {
     ("pullwake.lifecycle.backoff", "pullwake.lifecycle.machine", "pullwake.lifecycle.spec"),
     ("pullwake.lifecycle.machine", "pullwake.lifecycle.spec"),
-    ("pullwake.io.cache", "pullwake.io.cache_stores", "pullwake.io.fetchcache"),
     ("pullwake.cli.run", "pullwake.cli.subscriptions"),
 }
 
