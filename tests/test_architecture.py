@@ -56,7 +56,6 @@ MAX_LINES = 500
 LONG_MODULES: dict[str, str] = {
     # issue 10 in progress: each entry is removed when its module is split
     "pullwake.io.http": "to split",
-    "pullwake.io.reader": "to split",
     "pullwake.lifecycle.check": "to split",
     "pullwake.lifecycle.diagram": "to split",
     "pullwake.lifecycle.machine": "to split",
