@@ -62,9 +62,6 @@ LONG_MODULES: dict[str, str] = {
     "pullwake.lifecycle.review": "to split",
     "pullwake.lifecycle.spec": "to split",
     "pullwake.runtime.runner": "to split",
-    "pullwake.testing._subscriptions": "to split",
-    "pullwake.testing.realserver": "to split",
-    "pullwake.testing.server": "to split",
     "pullwake.worker": "to split",
 }
 
