@@ -243,15 +243,11 @@ class _BusyRuntime:
 async def test_a_held_back_wake_is_claimed_when_the_runtime_frees_the_key() -> None:
     from pullwake.runtime.claims import ClaimScheduler
     from pullwake.runtime.health import Stats
+    from pullwake.runtime.jobs import Jobs
 
     clock = ManualClock()
     control, runtime = _Control(), _BusyRuntime()
-    tasks: set[asyncio.Task[Any]] = set()
-
-    def spawn(coro: Any, name: str) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
-        tasks.add(task)
-        return task
+    jobs = Jobs(clock=clock)
 
     async def no_headers() -> dict[str, str]:
         return {}
@@ -259,7 +255,7 @@ async def test_a_held_back_wake_is_claimed_when_the_runtime_frees_the_key() -> N
     claims = ClaimScheduler(control=control, http=None, runtime=runtime, clock=clock,  # type: ignore[arg-type]
                             stats=Stats(), busy_retry=0.025, claim_headers=no_headers,
                             claim_token_header=None, report_error=lambda e: None,
-                            notify=lambda: None, spawn=spawn, notified=True)
+                            notify=lambda: None, jobs=jobs, notified=True)
     claims.open()
     runtime.busy.add("sub1")
     claims.submit(WakeEvent(stream="s1", subscription_id="sub1"))
@@ -269,14 +265,14 @@ async def test_a_held_back_wake_is_claimed_when_the_runtime_frees_the_key() -> N
     assert not control.claimed
     runtime.busy.clear()
     claims.runtime_free("sub1")  # the event: claimed now, no clock advance
-    await asyncio.gather(*tasks)
+    await asyncio.gather(*jobs)
     assert control.claimed == ["s2"] and runtime.dispatched == [{"wake": "s2"}]
     assert claims.busy_retries == 0 and claims.in_flight == 0
     runtime.busy.add("sub1")
     claims.submit(WakeEvent(stream="s3", subscription_id="sub1"))
     runtime.busy.clear()
     claims.runtime_free(None)  # "any key may be free" (a concurrency slot opened)
-    await asyncio.gather(*tasks)
+    await asyncio.gather(*jobs)
     assert control.claimed == ["s2", "s3"] and claims.busy_retries == 0
     claims.close()
 

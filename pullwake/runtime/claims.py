@@ -19,22 +19,25 @@ Owns the claim tasks of one runner. A wake is a hint; the claim decides.
 - :meth:`close` (stop began) stops all dispatching: a claim that completes
   afterwards is not dispatched. :meth:`settle` gives in-flight claims a
   grace period, then cancels them.
+- Claims (and awaitables a runtime's dispatch returns) are jobs of the
+  runner's :class:`~pullwake.runtime.jobs.Jobs`: their grace, cancellation and
+  failures go through it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pullwake.errors import ControlPlaneError, RequestTimeout
-from pullwake.io.clock import Clock, TimerHandle, deadline
+from pullwake.io.clock import Clock, TimerHandle
 from pullwake.io.http import HttpClient
 from pullwake.runtime.control import ControlPlane, WakeEvent
 from pullwake.runtime.health import Stats
+from pullwake.runtime.jobs import Jobs
 
 __all__ = ["ClaimScheduler", "failure_reason"]
 
@@ -72,7 +75,7 @@ class ClaimScheduler:
         claim_token_header: str | None,
         report_error: Callable[[BaseException], None],
         notify: Callable[[], None],
-        spawn: Callable[[Awaitable[Any], str], asyncio.Task[Any]],
+        jobs: Jobs,
         notified: bool = False,
         max_keys: int = MAX_CLAIM_KEYS,
     ) -> None:
@@ -90,7 +93,7 @@ class ClaimScheduler:
         self._claim_token_header = claim_token_header
         self._report_error = report_error
         self._notify = notify
-        self._spawn = spawn
+        self._jobs = jobs
         self._in_flight: dict[str, asyncio.Task[Any]] = {}
         self._waiting: dict[str, TimerHandle] = {}
         self._deferred: dict[str, WakeEvent] = {}
@@ -166,20 +169,10 @@ class ClaimScheduler:
 
         The grace runs on the injectable clock, like every other timeout.
         """
-        tasks = list(self._in_flight.values())
-        if not tasks:
-            return
-        if grace > 0:
-            with contextlib.suppress(TimeoutError):
-                async with deadline(self._clock, grace):
-                    await asyncio.wait(tasks)
-        pending = [t for t in tasks if not t.done()]
-        for t in pending:
-            t.cancel()
+        pending = await self._jobs.settle(grace, jobs=list(self._in_flight.values()))
         if pending:
             log.warning("abandoned %d claim(s) still unanswered after the %.3gs grace",
                         len(pending), grace)
-            await asyncio.gather(*pending, return_exceptions=True)
 
     # ---------------------------------------------------------------- internals
 
@@ -192,7 +185,8 @@ class ClaimScheduler:
         self._spawn_claim(key, wake)
 
     def _spawn_claim(self, key: str, wake: WakeEvent) -> None:
-        self._in_flight[key] = self._spawn(self._claim(key, wake), f"pullwake-claim:{key[:64]}")
+        self._in_flight[key] = self._jobs.spawn(self._claim(key, wake),
+                                                f"pullwake-claim:{key[:64]}")
 
     def _take_held(self, key: str) -> WakeEvent:
         """The latest wake for a waiting key (a deferred one is newer than the held one)."""
@@ -264,8 +258,8 @@ class ClaimScheduler:
         except Exception as exc:  # noqa: BLE001 - a runtime bug must not kill the runner
             self._report_error(exc)
             return
-        if inspect.isawaitable(result):
-            self._spawn(_await(result), "pullwake-dispatch")
+        if inspect.isawaitable(result):  # the runtime's work: a job of its own
+            self._jobs.spawn(_await(result), "pullwake-dispatch")
         self.dispatched += 1
         self._stats.last_dispatch_at = self._clock.time()
         self._notify()

@@ -15,20 +15,23 @@ What each state owns (started on entry, cancelled on exit by the machine):
   give claims their grace, drain wakes, close the HTTP session).
 
 Claims (:mod:`pullwake.runtime.claims`) outlive reconnects and are settled by the
-shutdown sequence. Every task the runner creates is tracked; after ``stop()``
-none is left. Results of cancelled work are dropped by the machine's tickets.
+shutdown sequence. Every task the runner starts is a job of its
+:class:`~pullwake.runtime.jobs.Jobs` (``runner.jobs``): a failed one is
+reported like any runner error, and after ``stop()`` none is left. Results
+of cancelled work are dropped by the machine's tickets.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
 from pullwake.errors import (
     ConnectError,
+    JobError,
     MessageError,
     OffsetsWentBack,
     PullwakeError,
@@ -52,6 +55,7 @@ from pullwake.runtime.config import RunnerConfig
 from pullwake.runtime.control import ControlPlane, ElectricControlPlane, WakeEvent
 from pullwake.runtime.health import Health, Stats
 from pullwake.runtime.heartbeat import Heartbeater
+from pullwake.runtime.jobs import Jobs
 from pullwake.runtime.logs import OutageLog, log_context
 
 __all__ = ["PullWakeRunner", "Runtime"]
@@ -113,7 +117,8 @@ class PullWakeRunner:
         #: run of liveness failures began (proof of life, see _on_heartbeat_reset).
         self._messages_read = 0
         self._messages_at_failure = 0
-        self._tasks: set[asyncio.Task[Any]] = set()
+        #: Every task this runner starts (claims have their own, see ClaimScheduler).
+        self.jobs = Jobs(clock=self._clock, label=self._label, on_error=self._job_failed)
         self._cycle: _StopCycle | None = None
         self._stopped = asyncio.Event()
         self._stopped.set()
@@ -135,14 +140,14 @@ class PullWakeRunner:
             interval=config.heartbeat_interval, throttle=config.event_heartbeat_throttle,
             failures_before_reset=config.heartbeat_failures_before_reset,
             on_result=self._on_heartbeat_result, on_reset=self._on_heartbeat_reset,
-            spawn=self._spawn,
+            jobs=self.jobs,
         )
         self.claims = ClaimScheduler(
             control=self.control, http=self.http, runtime=runtime, clock=self._clock,
             stats=self._stats, busy_retry=config.runtime_busy_retry,
             claim_headers=self._resolve_claim_headers,
             claim_token_header=config.claim_token_header,
-            report_error=self._report_error, notify=self._heartbeat.notify, spawn=self._spawn,
+            report_error=self._report_error, notify=self._heartbeat.notify, jobs=self.jobs,
             notified=bool(getattr(runtime, "notifies_wake_free", False)),
         )
         spec = load_spec(config.spec_path) if config.spec_path else None
@@ -275,7 +280,7 @@ class PullWakeRunner:
         return self._heartbeat.start()
 
     def start_connect_attempt(self, ticket: WorkTicket) -> asyncio.Task[Any]:
-        return self._spawn(self._connect(ticket), "pullwake-connect")
+        return self.jobs.spawn(self._connect(ticket), "pullwake-connect")
 
     def start_stream_consumer(self, ticket: WorkTicket) -> asyncio.Task[Any]:
         stats = self._stats
@@ -283,10 +288,10 @@ class PullWakeRunner:
         stats.stream_connected_since = self._clock.time()
         self._heartbeat.notify()
         log.info("[%s] wake stream connected at offset %s", self._label, self._offset or "-1")
-        task = self._spawn(self._consume(ticket), "pullwake-consume")
+        task = self.jobs.spawn(self._consume(ticket), "pullwake-consume")
         hook = getattr(self.control, "on_connected", None)
         if hook is not None:
-            self._spawn(self._call_connected_hook(hook), "pullwake-on-connected")
+            self.jobs.spawn(self._call_connected_hook(hook), "pullwake-on-connected")
 
         def ended(t: asyncio.Task[Any]) -> None:
             ticket.payload["stream"].close()  # also when cancelled before it ever ran
@@ -310,7 +315,7 @@ class PullWakeRunner:
     def start_shutdown(self, ticket: WorkTicket) -> asyncio.Task[Any]:
         self._cycle = _StopCycle()
         self.claims.close()
-        return self._spawn(self._shutdown(ticket), "pullwake-shutdown")
+        return self.jobs.spawn(self._shutdown(ticket), "pullwake-shutdown")
 
     def claim_wake(self, payload: Mapping[str, Any]) -> None:
         wake: WakeEvent = payload["wake"]
@@ -580,27 +585,13 @@ class PullWakeRunner:
             headers["electric-runner-id"] = self.config.runner_id
         return headers
 
-    def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
-        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
-        task.set_name(f"{name}[{self._label}]")
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            exc = task.exception()
-            log.error("[%s] internal task %s failed: %r", self._label, task.get_name(), exc)
+    def _job_failed(self, error: JobError) -> None:
+        """A runner job raised (a bug, or a custom stream's or hook's): reported, never lost."""
+        self._report_error(error, where="internal")
 
     async def _reap(self) -> None:
         """After stop: cancel and await anything still running (nothing should be)."""
-        current = asyncio.current_task()
-        leftover = [t for t in self._tasks if t is not current and not t.done()]
-        for t in leftover:
-            t.cancel()
-        if leftover:
-            await asyncio.gather(*leftover, return_exceptions=True)
+        await self.jobs.cancel()
 
     def _text(self, error: object) -> str:
         if error is None:
