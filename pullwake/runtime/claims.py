@@ -19,9 +19,10 @@ Owns the claim tasks of one runner. A wake is a hint; the claim decides.
 - :meth:`close` (stop began) stops all dispatching: a claim that completes
   afterwards is not dispatched. :meth:`settle` gives in-flight claims a
   grace period, then cancels them.
-- Claims (and awaitables a runtime's dispatch returns) are jobs of the
-  runner's :class:`~pullwake.runtime.jobs.Jobs`: their grace, cancellation and
-  failures go through it.
+- Each claim is one job of the runner's :class:`~pullwake.runtime.jobs.Jobs`
+  (its grace, cancellation and failure go through it). An awaitable that the
+  runtime's ``dispatch_wake`` returns runs on in that same job once the claim
+  is settled: one task per wake, however the runtime does its work.
 """
 
 from __future__ import annotations
@@ -220,6 +221,7 @@ class ClaimScheduler:
 
     async def _claim(self, key: str, wake: WakeEvent) -> None:
         stats = self._stats
+        work: Awaitable[Any] | None = None
         try:
             stats.last_claim_at = self._clock.time()
             try:
@@ -240,15 +242,20 @@ class ClaimScheduler:
                 log.info("claim for %r completed after stop began: not dispatched", key)
                 self._notify()
                 return
-            self._dispatch(outcome.notification or {})
+            work = self._dispatch(outcome.notification or {})
         finally:
             if self._in_flight.get(key) is asyncio.current_task():
                 del self._in_flight[key]
             deferred = self._deferred.pop(key, None)
             if deferred is not None and self._open:
                 self._start(key, deferred)
+        if work is not None:
+            # The runtime's work for this wake runs on in this job (one task per
+            # wake, not one more). The claim is settled: the key is the runtime's
+            # now (``is_wake_active``), and stop drains it (``drain_wakes``).
+            await work
 
-    def _dispatch(self, notification: Any) -> None:
+    def _dispatch(self, notification: Any) -> Awaitable[Any] | None:
         try:
             result = self._runtime.dispatch_wake(
                 notification,
@@ -257,13 +264,8 @@ class ClaimScheduler:
             )
         except Exception as exc:  # noqa: BLE001 - a runtime bug must not kill the runner
             self._report_error(exc)
-            return
-        if inspect.isawaitable(result):  # the runtime's work: a job of its own
-            self._jobs.spawn(_await(result), "pullwake-dispatch")
+            return None
         self.dispatched += 1
         self._stats.last_dispatch_at = self._clock.time()
         self._notify()
-
-
-async def _await(aw: Awaitable[Any]) -> None:
-    await aw
+        return result if inspect.isawaitable(result) else None
