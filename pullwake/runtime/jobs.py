@@ -84,14 +84,15 @@ class Jobs:
 
     def __len__(self) -> int:
         """Jobs not yet ended."""
-        return len(self._tasks)
+        return sum(1 for t in self._tasks if not t.done())
 
     def __iter__(self) -> Iterator[asyncio.Task[Any]]:
         """The jobs not yet ended (a snapshot: spawning meanwhile is safe)."""
-        return iter(list(self._tasks))
+        return iter([t for t in self._tasks if not t.done()])
 
     def __contains__(self, task: object) -> bool:
-        return task in self._tasks
+        """``task`` is one of these jobs and has not ended."""
+        return isinstance(task, asyncio.Task) and task in self._tasks and not task.done()
 
     def _ended(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
