@@ -261,6 +261,7 @@ async def test_a_held_back_wake_is_claimed_when_the_runtime_frees_the_key() -> N
     claims.submit(WakeEvent(stream="s1", subscription_id="sub1"))
     claims.submit(WakeEvent(stream="s2", subscription_id="sub1"))  # the latest is kept
     assert claims.in_flight == 1 and not control.claimed
+    assert clock.pending == []  # held without a timer: never polled, only the event frees it
     claims.runtime_free("sub1")  # still busy: nothing happens yet
     assert not control.claimed
     runtime.busy.clear()

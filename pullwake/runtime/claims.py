@@ -9,9 +9,10 @@ Owns the claim tasks of one runner. A wake is a hint; the claim decides.
 - If the runtime reports that key as still active, the wake is held back
   (the latest one per key) and claimed the moment the runtime says the key
   is free (:meth:`ClaimScheduler.runtime_free`, an event). A runtime that
-  never says so (``notified=False``) is asked again every ``busy_retry``
-  seconds (on the injectable clock); one that does is still asked every
-  :data:`NOTIFIED_FALLBACK_S`, a safety net that normal operation never uses.
+  says so (``notified=True``, the Worker) is never polled: a held wake costs
+  no timer and waits for that event. Only a runtime that cannot say so is
+  asked again every ``busy_retry`` seconds (on the injectable clock), as the
+  original runner does.
 - Claims run concurrently with reading the stream and with each other.
 - Every per-key table is bounded: at most ``max_keys`` keys have a claim in
   flight or a wake held back; a wake for one more key is dropped with a
@@ -44,8 +45,6 @@ __all__ = ["ClaimScheduler", "failure_reason"]
 
 log = logging.getLogger("pullwake.claims")
 
-#: Re-check interval for a held-back wake when the runtime announces free keys.
-NOTIFIED_FALLBACK_S = 1.0
 #: Distinct keys with a claim in flight or held back, at most (every per-key
 #: table here is a subset of those keys, so each is bounded by it).
 MAX_CLAIM_KEYS = 10_000
@@ -89,16 +88,17 @@ class ClaimScheduler:
         self._is_active: Callable[[str], Any] | None = getattr(runtime, "is_wake_active", None)
         self._clock = clock
         self._stats = stats
-        self._busy_retry = max(busy_retry, NOTIFIED_FALLBACK_S) if notified else busy_retry
+        #: How often a held wake re-asks a runtime that never announces free keys.
+        self._busy_retry: float | None = None if notified else busy_retry
         self._claim_headers = claim_headers
         self._claim_token_header = claim_token_header
         self._report_error = report_error
         self._notify = notify
         self._jobs = jobs
         self._in_flight: dict[str, asyncio.Task[Any]] = {}
-        self._waiting: dict[str, TimerHandle] = {}
+        self._held: dict[str, WakeEvent] = {}  # keys waiting for the runtime, each's wake
+        self._retries: dict[str, TimerHandle] = {}  # their re-ask timers (busy_retry only)
         self._deferred: dict[str, WakeEvent] = {}
-        self._held: dict[str, WakeEvent] = {}  # the wake each waiting key waits with
         self._open = False
         self.dispatched = 0
         #: Held-back wakes re-checked because the retry timer fired (not an event).
@@ -113,27 +113,27 @@ class ClaimScheduler:
     def close(self) -> None:
         """Stop began: nothing is dispatched any more; pending retries are dropped."""
         self._open = False
-        for handle in self._waiting.values():
+        for handle in self._retries.values():
             handle.cancel()
-        self._waiting.clear()
+        self._retries.clear()
         self._held.clear()
         self._deferred.clear()
 
     @property
     def in_flight(self) -> int:
-        return len(self._in_flight) + len(self._waiting)
+        return len(self._in_flight) + len(self._held)
 
     def submit(self, wake: WakeEvent) -> None:
         """Claim ``wake`` now, or defer it behind the claim already running for its key."""
         if not self._open:
             return
         key = self._control.claim_key(wake)
-        if key in self._in_flight or key in self._waiting:
+        if key in self._in_flight or key in self._held:
             self._stats.count_skip("in_flight")
             self._deferred[key] = wake
             self._notify()
             return
-        if len(self._in_flight) + len(self._waiting) >= self.max_keys:
+        if len(self._in_flight) + len(self._held) >= self.max_keys:
             # A flood of distinct keys (thousands of never-seen stream names)
             # must not grow memory without bound: this hint is dropped, with a
             # record. The server keeps the work; its next wake is claimed.
@@ -148,14 +148,14 @@ class ClaimScheduler:
     def runtime_free(self, key: str | None = None) -> None:
         """The runtime finished with ``key`` (None: any key may be free): claim what
         was held back for it now, instead of at the next retry."""
-        if not self._open or not self._waiting:
+        if not self._open or not self._held:
             return
-        for k in [key] if key is not None else list(self._waiting):
-            handle = self._waiting.get(k)
-            if handle is None or self._runtime_busy(k):
+        for k in [key] if key is not None else list(self._held):
+            if k not in self._held or self._runtime_busy(k):
                 continue
-            handle.cancel()
-            del self._waiting[k]
+            handle = self._retries.pop(k, None)
+            if handle is not None:
+                handle.cancel()
             self._spawn_claim(k, self._take_held(k))
 
     def record_failure(self, error: BaseException) -> None:
@@ -206,11 +206,12 @@ class ClaimScheduler:
 
     def _wait_for_runtime(self, key: str, wake: WakeEvent) -> None:
         self._held[key] = wake
-        self._waiting[key] = self._clock.call_later(self._busy_retry, self._retry, key)
+        if self._busy_retry is not None:  # a runtime that never says: ask again later
+            self._retries[key] = self._clock.call_later(self._busy_retry, self._retry, key)
 
     def _retry(self, key: str) -> None:
-        """The retry timer fired before the runtime said ``key`` is free."""
-        if self._waiting.pop(key, None) is None or not self._open:
+        """The re-ask timer fired (a runtime that does not announce free keys)."""
+        if self._retries.pop(key, None) is None or not self._open:
             return
         self.busy_retries += 1
         wake = self._take_held(key)
