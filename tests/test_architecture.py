@@ -85,7 +85,7 @@ CYCLES_ALLOWED = {
 #: The one backoff.
 BACKOFF_OWNER = "pullwake.lifecycle.backoff"
 #: Modules that still keep backoff constants of their own (to be emptied).
-BACKOFF_ALLOWED = {"pullwake.lifecycle.spec", "pullwake.runtime.claims", "pullwake.runtime.control"}
+BACKOFF_ALLOWED = {"pullwake.lifecycle.spec", "pullwake.runtime.control"}
 
 
 def module_name(path: Path) -> str:
