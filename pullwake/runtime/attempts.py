@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pullwake.errors import HandlerTimeout
 from pullwake.io.clock import Clock
+from pullwake.runtime.jobs import Jobs
 
 if TYPE_CHECKING:
     from pullwake.runtime.health import WorkerStats
@@ -70,8 +71,9 @@ class HandlerAttempts:
 
     def __init__(self, handler: Callable[[Wake], Any], *, max_concurrency: int, clock: Clock,
                  handler_timeout: float | None, label: str, stats: WorkerStats,
-                 freed: Callable[[], None]) -> None:
+                 freed: Callable[[], None], jobs: Jobs) -> None:
         self.handler = handler
+        self._jobs = jobs
         self._is_async = inspect.iscoroutinefunction(handler)
         self._clock = clock
         self._timeout = handler_timeout
@@ -104,7 +106,9 @@ class HandlerAttempts:
         await self._slots.acquire()  # the lease is kept while a job waits for a slot
         ex = _Execution()
         start = self._clock.monotonic()
-        run = asyncio.ensure_future(self._invoke(wake, ex))
+        # The handler's own task (a job): one that ignores its cancellation can be
+        # abandoned while the wake's job goes on to release its claim.
+        run = self._jobs.spawn(self._invoke(wake, ex), f"pullwake-handler[{wake.subscription_id}]")
         run.add_done_callback(lambda _t: self._part_ended(ex))
         outcome = "cancelled"
         try:

@@ -26,6 +26,9 @@ Rules:
   no task of its own; it never waits for the task that calls it.
 - **Cheap on the per-wake path**: a spawn is one task and one done callback;
   a settle is one future and at most one timer.
+- A thread that needs a coroutine's answer (a sync handler resolving the
+  worker's credentials) uses :func:`run_from_thread`: the thread waits for it,
+  so that task is the thread's call, not a background job.
 
 Why not aiojobs (the shape this follows: spawn, a close timeout, an exception
 handler that only reports): its timeouts run on the loop's real clock, not on
@@ -35,6 +38,7 @@ an injected one, and its per-job wrapper costs an object per wake.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
 import logging
 from collections.abc import Callable, Coroutine, Iterable, Iterator
@@ -43,7 +47,7 @@ from typing import Any, TypeVar
 from pullwake.errors import JobError
 from pullwake.io.clock import Clock, TimerHandle
 
-__all__ = ["Jobs"]
+__all__ = ["Jobs", "run_from_thread"]
 
 log = logging.getLogger("pullwake.jobs")
 
@@ -197,3 +201,13 @@ class Jobs:
                 handle.cancel()
             for t in tasks:
                 t.remove_done_callback(one_done)
+
+
+def run_from_thread(coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop
+                    ) -> concurrent.futures.Future[T]:
+    """Run ``coro`` on ``loop`` for a thread that waits for its result (``.result(timeout)``).
+
+    Call it from a thread other than the loop's; the caller owns the answer
+    (and its error), so this is a call, not a job of any group.
+    """
+    return asyncio.run_coroutine_threadsafe(coro, loop)
