@@ -118,8 +118,8 @@ async def per_wake_costs(quick: bool) -> None:
             st.wake_seen(float(i))
             st.claimed(float(i), i, ("s",))
             await loop.create_task(observed(), context=job_context(subscription="sub1", wake=i))
-            st.acked()
-            st.ended()
+            st.acked(i)
+            st.ended(i)
         return (time.perf_counter() - t) / n
 
     bare, obs = [], []
