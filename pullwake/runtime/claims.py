@@ -9,10 +9,10 @@ Owns the claim tasks of one runner. A wake is a hint; the claim decides.
 - If the runtime reports that key as still active, the wake is held back
   (the latest one per key) and claimed the moment the runtime says the key
   is free (:meth:`ClaimScheduler.runtime_free`, an event). A runtime that
-  says so (``notified=True``, the Worker) is never polled: a held wake costs
-  no timer and waits for that event. Only a runtime that cannot say so is
-  asked again every ``busy_retry`` seconds (on the injectable clock), as the
-  original runner does.
+  says so (``notifies_wake_free``, the Worker) is never polled: a held wake
+  costs no timer and waits for that event. Only a runtime that cannot say so
+  is asked again every ``busy_retry`` seconds (on the injectable clock), as
+  the original runner does.
 - Claims run concurrently with reading the stream and with each other.
 - Every per-key table is bounded: at most ``max_keys`` keys have a claim in
   flight or a wake held back; a wake for one more key is dropped with a
@@ -31,8 +31,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, Protocol
 
 from pullwake.errors import ControlPlaneError, RequestTimeout
 from pullwake.io.clock import Clock, TimerHandle
@@ -40,8 +40,10 @@ from pullwake.io.http import HttpClient
 from pullwake.runtime.control import ControlPlane, WakeEvent
 from pullwake.runtime.health import Stats
 from pullwake.runtime.jobs import Jobs
+from pullwake.runtime.logs import LabelledLog
+from pullwake.runtime.ports import RuntimeHooks
 
-__all__ = ["ClaimScheduler", "failure_reason"]
+__all__ = ["ClaimOwner", "ClaimScheduler", "failure_reason"]
 
 log = logging.getLogger("pullwake.claims")
 
@@ -61,46 +63,72 @@ def failure_reason(error: BaseException) -> str:
     return "other"
 
 
+class ClaimOwner(Protocol):
+    """What a :class:`ClaimScheduler` needs of the runner that owns it (the runner is one).
+
+    ``report`` records an error (health, log, ``on_error``); ``activity``
+    says something a heartbeat reports has changed; ``jobs`` owns the
+    runner's tasks (each claim is one); ``claim_headers``/``claim_token_header`` go with each
+    dispatched wake; ``log`` carries the runner's id.
+    """
+
+    @property
+    def http(self) -> HttpClient: ...
+
+    @property
+    def claim_token_header(self) -> str | None: ...
+
+    @property
+    def log(self) -> LabelledLog: ...
+
+    async def claim_headers(self) -> dict[str, str]: ...
+
+    def report(self, error: object, *, where: str = ..., quiet: bool = ...) -> None: ...
+
+    def activity(self) -> None: ...
+
+    @property
+    def jobs(self) -> Jobs: ...
+
+
 class ClaimScheduler:
+    """The claims of one runner (see the module docstring).
+
+    ``owner`` is the runner (:class:`ClaimOwner`); ``runtime`` the runtime's
+    resolved hooks (:class:`~pullwake.runtime.ports.RuntimeHooks`). Results go
+    to ``stats`` and, through the owner, to health and the log.
+    """
+
     def __init__(
         self,
+        owner: ClaimOwner,
         *,
         control: ControlPlane,
-        http: HttpClient,
-        runtime: Any,
+        runtime: RuntimeHooks,
         clock: Clock,
         stats: Stats,
         busy_retry: float,
-        claim_headers: Callable[[], Awaitable[dict[str, str]]],
-        claim_token_header: str | None,
-        report_error: Callable[[BaseException], None],
-        notify: Callable[[], None],
-        jobs: Jobs,
-        notified: bool = False,
         max_keys: int = MAX_CLAIM_KEYS,
     ) -> None:
         self.max_keys = max_keys
         #: Wakes dropped because ``max_keys`` keys were already busy (each reported).
         self.dropped = 0
+        self._owner = owner
         self._control = control
-        self._http = http
-        self._runtime = runtime
-        self._is_active: Callable[[str], Any] | None = getattr(runtime, "is_wake_active", None)
+        self._runtime = runtime.runtime
+        self._is_active = runtime.is_wake_active
         self._clock = clock
         self._stats = stats
         #: How often a held wake re-asks a runtime that never announces free keys.
-        self._busy_retry: float | None = None if notified else busy_retry
-        self._claim_headers = claim_headers
-        self._claim_token_header = claim_token_header
-        self._report_error = report_error
-        self._notify = notify
-        self._jobs = jobs
+        self._busy_retry: float | None = None if runtime.notifies_wake_free else busy_retry
+        self._log = LabelledLog(log, owner.log.label)  # the runner's id, this module's logger
+        self._notify = owner.activity
+        self._jobs = owner.jobs
         self._in_flight: dict[str, asyncio.Task[Any]] = {}
         self._held: dict[str, WakeEvent] = {}  # keys waiting for the runtime, each's wake
         self._retries: dict[str, TimerHandle] = {}  # their re-ask timers (busy_retry only)
         self._deferred: dict[str, WakeEvent] = {}
         self._open = False
-        self.dispatched = 0
         #: Held-back wakes re-checked because the retry timer fired (not an event).
         self.busy_retries = 0
 
@@ -163,7 +191,7 @@ class ClaimScheduler:
         self._stats.count_claim_failure(failure_reason(error))
         self._stats.last_claim_result = "error"
         self._notify()
-        self._report_error(error)
+        self._owner.report(error)
 
     async def settle(self, grace: float) -> None:
         """Wait up to ``grace`` seconds for in-flight claims, then cancel the rest.
@@ -172,7 +200,7 @@ class ClaimScheduler:
         """
         pending = await self._jobs.settle(grace, jobs=list(self._in_flight.values()))
         if pending:
-            log.warning("abandoned %d claim(s) still unanswered after the %.3gs grace",
+            self._log.warning("abandoned %d claim(s) still unanswered after the %.3gs grace",
                         len(pending), grace)
 
     # ---------------------------------------------------------------- internals
@@ -200,8 +228,8 @@ class ClaimScheduler:
             return False
         try:
             return bool(check(key))
-        except Exception:
-            log.exception("runtime.is_wake_active raised; treating %r as free", key)
+        except Exception:  # noqa: BLE001 - logged with its traceback; the key counts as free
+            self._log.exception("runtime.is_wake_active raised; treating %r as free", key)
             return False
 
     def _wait_for_runtime(self, key: str, wake: WakeEvent) -> None:
@@ -226,7 +254,7 @@ class ClaimScheduler:
         try:
             stats.last_claim_at = self._clock.time()
             try:
-                outcome = await self._control.claim(self._http, wake)
+                outcome = await self._control.claim(self._owner.http, wake)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - reported, never raised
@@ -240,7 +268,7 @@ class ClaimScheduler:
             stats.claims_succeeded += 1
             stats.last_claim_result = "claimed"
             if not self._open:
-                log.info("claim for %r completed after stop began: not dispatched", key)
+                self._log.info("claim for %r completed after stop began: not dispatched", key)
                 self._notify()
                 return
             work = self._dispatch(outcome.notification or {})
@@ -260,13 +288,12 @@ class ClaimScheduler:
         try:
             result = self._runtime.dispatch_wake(
                 notification,
-                claim_headers=self._claim_headers,
-                claim_token_header=self._claim_token_header,
+                claim_headers=self._owner.claim_headers,
+                claim_token_header=self._owner.claim_token_header,
             )
         except Exception as exc:  # noqa: BLE001 - a runtime bug must not kill the runner
-            self._report_error(exc)
+            self._owner.report(exc)
             return None
-        self.dispatched += 1
         self._stats.last_dispatch_at = self._clock.time()
         self._notify()
         return result if inspect.isawaitable(result) else None

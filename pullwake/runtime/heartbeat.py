@@ -18,7 +18,6 @@ and the in-flight request. The send function bounds each request itself
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,8 +25,6 @@ from pullwake.io.clock import Clock, TimerHandle
 from pullwake.runtime.jobs import Jobs
 
 __all__ = ["Heartbeater"]
-
-log = logging.getLogger("pullwake.heartbeat")
 
 
 class Heartbeater:
