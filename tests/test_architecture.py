@@ -79,7 +79,6 @@ CYCLES_ALLOWED = {
     ("pullwake.lifecycle.backoff", "pullwake.lifecycle.machine", "pullwake.lifecycle.spec"),
     ("pullwake.lifecycle.machine", "pullwake.lifecycle.spec"),
     ("pullwake.io.cache", "pullwake.io.cache_stores", "pullwake.io.fetchcache"),
-    ("pullwake.cli.run", "pullwake.cli.subscriptions"),
 }
 
 #: The one backoff.

@@ -26,6 +26,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from pullwake.cli.credentials import request_headers
 from pullwake.cli.options import RunOptions, add_arguments, misspelled_variables, resolve
 
 __all__ = ["add_run_commands", "configure_logging", "load_handler"]
@@ -74,22 +75,7 @@ def load_handler(spec: str) -> Callable[..., Any]:
 
 
 def _headers(opts: RunOptions) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for raw in opts.header:
-        name, _, value = raw.partition(":")
-        headers[name.strip()] = value.strip()
-    for raw in opts.header_env:
-        name, _, var = raw.partition("=")
-        secret = os.environ.get(var)
-        if not secret:
-            raise ValueError(f"--header-env {name}={var}: the variable is not set")
-        headers[name] = secret
-    if opts.token_env:
-        token = os.environ.get(opts.token_env)
-        if not token:
-            raise ValueError(f"--token-env {opts.token_env}: the variable is not set")
-        headers["Authorization"] = f"Bearer {token}"
-    return headers
+    return request_headers(opts.header, opts.header_env, opts.token_env)
 
 
 def _retryable_at_start(exc: BaseException) -> bool:
@@ -335,7 +321,3 @@ def add_run_commands(sub: Any) -> None:
                                     "(embedded server, no node needed)")
     p.add_argument("-v", "--verbose", action="store_true", help="also show debug logs")
     p.set_defaults(func=cmd_demo)
-
-    from pullwake.cli.subscriptions import add_subscription_commands
-
-    add_subscription_commands(sub)

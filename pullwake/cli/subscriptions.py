@@ -22,6 +22,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from pullwake.cli.credentials import request_headers
 from pullwake.cli.options import RunOptions, SubscriptionOptions, add_arguments, resolve
 
 __all__ = ["add_subscription_commands"]
@@ -107,14 +108,14 @@ Action = Callable[[Any, Any, RunOptions, argparse.Namespace], Awaitable[int]]
 
 async def _with_client(opts: RunOptions, first_id: str, action: Action,
                        args: argparse.Namespace) -> int:
-    from pullwake.cli.run import _headers
     from pullwake.errors import PullwakeError, ServerRootError
     from pullwake.io.clock import LoopClock
     from pullwake.io.http import HttpClient
     from pullwake.runtime.subscriptions import SubscriptionClient
 
     try:
-        headers = _headers(opts)  # the same credentials as `pullwake run`
+        # the same credentials as `pullwake run`
+        headers = request_headers(opts.header, opts.header_env, opts.token_env)
     except ValueError as exc:
         print(f"pullwake subscriptions: error: {exc}", file=sys.stderr)
         return 2
