@@ -298,7 +298,7 @@ class Worker:
         if subscription is not None:
             subs.insert(0, SubscriptionConfig(id=subscription, wake_stream=wake_stream,
                                               pattern=pattern, streams=tuple(streams),
-                                              lease_ttl_ms=lease_ms))
+                                              claim_lease=lease_ms / 1000))
         if not subs:
             raise ConfigError("a worker needs a subscription (id plus pattern or streams)")
         wake_streams = {s.wake_stream.strip("/") for s in subs}

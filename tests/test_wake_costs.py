@@ -331,7 +331,7 @@ async def test_a_wake_held_back_by_max_concurrency_goes_when_a_slot_frees(
 
     from pullwake.runtime.subscriptions import SubscriptionConfig
 
-    subs = [SubscriptionConfig(id=k, wake_stream="wake/pool", streams=(p,), lease_ttl_ms=5000)
+    subs = [SubscriptionConfig(id=k, wake_stream="wake/pool", streams=(p,), claim_lease=5.0)
             for k, p in paths.items()]
     worker = Worker(server=ds_server.stream_root, subscriptions=subs, handler=handle,
                     worker_name="w1", max_concurrency=1,

@@ -674,7 +674,7 @@ async def test_max_concurrency_across_three_subscriptions(
         handled[wake.subscription_id] = handled.get(wake.subscription_id, 0) + 1
 
     subs = [SubscriptionConfig(id=f"sub{i}", wake_stream=WAKE_STREAM, pattern=PATTERN,
-                               lease_ttl_ms=LEASE_MS) for i in range(1, 4)]
+                               claim_lease=LEASE_MS / 1000) for i in range(1, 4)]
     opts = {k: v for k, v in FAST.items() if k != "lease_ms"}
     worker = Worker(server=ds_server.stream_root, subscriptions=subs, worker_name="w1",
                     handler=handle, max_concurrency=2, **opts)

@@ -18,16 +18,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import importlib
 import logging
 import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pullwake.cli.credentials import request_headers
 from pullwake.cli.options import RunOptions, add_arguments, misspelled_variables, resolve
+
+if TYPE_CHECKING:
+    from pullwake.runtime.worker_config import WorkerConfig
 
 __all__ = ["add_run_commands", "configure_logging", "load_handler"]
 
@@ -72,10 +75,6 @@ def load_handler(spec: str) -> Callable[..., Any]:
     if not callable(target):
         raise ValueError(f"handler {spec!r} is not callable")
     return target  # type: ignore[no-any-return]
-
-
-def _headers(opts: RunOptions) -> dict[str, str]:
-    return request_headers(opts.header, opts.header_env, opts.token_env)
 
 
 def _retryable_at_start(exc: BaseException) -> bool:
@@ -158,22 +157,35 @@ class _StartTimeout(Exception):
     pass
 
 
-async def _run(opts: RunOptions, handler: Callable[..., Any], headers: dict[str, str]) -> int:
-    from pullwake.errors import PullwakeError
-    from pullwake.runtime.subscriptions import SubscriptionConfig
+def _config(opts: RunOptions) -> WorkerConfig:
+    if opts.config is None:  # pragma: no cover - `run` always declares subscriptions
+        raise ValueError("no worker configuration")
+    return opts.config
+
+
+def _worker(config: WorkerConfig, handler: Callable[..., Any]) -> Any:
+    """The Worker of ``config``."""
+    from pullwake.runtime.worker_config import DERIVED_RUNNER_FIELDS
     from pullwake.worker import Worker
 
+    runner = {f.name: getattr(config.runner, f.name) for f in dataclasses.fields(config.runner)
+              if f.name not in DERIVED_RUNNER_FIELDS}
+    policy = config.failure_policy
+    return Worker(
+        server=config.server, worker_name=config.worker_name, handler=handler,
+        subscriptions=config.subscriptions, max_concurrency=config.max_concurrency,
+        stop_grace=config.stop_grace, max_claim_streams=config.max_claim_streams,
+        max_tracked_streams=config.max_tracked_streams, max_item_bytes=config.max_item_bytes,
+        fetch_cache=config.fetch_cache, handler_timeout=policy.handler_timeout,
+        max_attempts=policy.max_attempts, dead_letter_stream=policy.dead_letter_stream,
+        cooldown=policy.cooldown, cooldown_cap=policy.cooldown_cap, runner_options=runner)
+
+
+async def _run(opts: RunOptions, handler: Callable[..., Any]) -> int:
+    from pullwake.errors import PullwakeError
+
     try:
-        subs = [SubscriptionConfig(id=s.id, wake_stream=opts.wake_stream, pattern=s.pattern,
-                                   streams=s.streams, lease_ttl_ms=round(s.claim_lease * 1000))
-                for s in opts.subscriptions]
-        worker = Worker(
-            server=opts.server, subscriptions=subs, wake_stream=opts.wake_stream,
-            worker_name=opts.worker, handler=handler, headers=headers or None,
-            max_concurrency=opts.max_concurrency, live=opts.live, stop_grace=opts.stop_grace,
-            handler_timeout=opts.handler_timeout, max_attempts=opts.max_attempts,
-            dead_letter_stream=opts.dead_letter_stream,
-        )
+        worker = _worker(_config(opts), handler)
     except (ValueError, PullwakeError) as exc:
         print(f"pullwake run: error: {exc}", file=sys.stderr)
         return 2
@@ -223,10 +235,11 @@ async def _serve(opts: RunOptions, worker: Any) -> int:
         by_signal = not await signals.wait_or(stopped)
         if by_signal:
             running = int(worker.health()["worker"]["jobs_active"])
-            if running and opts.stop_grace > 0:
+            stop_grace = _config(opts).stop_grace
+            if running and stop_grace > 0:
                 log.info("stopping (signal) %s: waiting up to %g s for %d running handler(s) "
                          "to finish; signal again to stop them now",
-                         signals.received[0], opts.stop_grace, running)
+                         signals.received[0], stop_grace, running)
             else:
                 log.info("stopping (signal) %s", signals.received[0])
 
@@ -273,14 +286,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.claim_lease = args.lease_ms / 1000  # the old flag, in milliseconds
     try:
         opts = resolve(args)
-        handler = load_handler(opts.handler)
-        headers = _headers(opts)
-    except ValueError as exc:  # UsageError, or the handler / token cannot be loaded
+        handler = load_handler(opts.handler or "")
+    except ValueError as exc:  # UsageError (a token not set, too), or the handler cannot load
         parser.error(str(exc))
-    configure_logging(opts.log_level, opts.log_format, worker=opts.worker)
+    configure_logging(opts.log_level, opts.log_format, worker=_config(opts).worker_name)
     for warning in misspelled_variables():
         log.warning("%s", warning)
-    return asyncio.run(_run(opts, handler, headers))
+    return asyncio.run(_run(opts, handler))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
