@@ -158,7 +158,7 @@ class WorkerConfig:
         return self.subscriptions[0].wake_stream.strip("/")
 
     @classmethod
-    def from_keywords(cls, **keywords: Any) -> WorkerConfig:
+    def from_keywords(cls, *, _stacklevel: int = 0, **keywords: Any) -> WorkerConfig:
         """The config of ``Worker(server=..., ...)``: the keywords of :class:`WorkerKeywords`.
 
         Defaults are the dataclasses' own. ``lease_ms`` (the claim lease in
@@ -166,7 +166,7 @@ class WorkerConfig:
         are deprecated spellings, still accepted: ``runner_options`` keys are
         checked against RunnerConfig's fields.
         """
-        return _from_keywords(cls, dict(keywords))
+        return _from_keywords(cls, dict(keywords), 4 + _stacklevel)
 
 
 class WorkerKeywords(TypedDict, total=False):
@@ -231,11 +231,11 @@ def _names(cls: type) -> set[str]:
     return {f.name for f in fields(cls)}
 
 
-def _deprecated(message: str) -> None:
-    warnings.warn(message, DeprecationWarning, stacklevel=4)
+def _from_keywords(cls: type[WorkerConfig], kw: dict[str, Any],
+                   stacklevel: int) -> WorkerConfig:
+    def _deprecated(message: str) -> None:  # reported at the caller's line
+        warnings.warn(message, DeprecationWarning, stacklevel=stacklevel)
 
-
-def _from_keywords(cls: type[WorkerConfig], kw: dict[str, Any]) -> WorkerConfig:
     known = set(WorkerKeywords.__annotations__)
     unknown = sorted(set(kw) - known)
     if unknown:
