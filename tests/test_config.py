@@ -305,3 +305,43 @@ def test_unknown_keyword_and_missing_server() -> None:
         WorkerConfig.from_keywords(server=SERVER, subscription="s", pattern="p", lease=3)
     with pytest.raises(ConfigError, match="needs server"):
         WorkerConfig.from_keywords(subscription="s", pattern="p")
+
+
+async def _handle(wake: Any) -> None:
+    return None
+
+
+def test_worker_is_built_from_one_config_or_the_keywords_that_build_it() -> None:
+    from pullwake import Worker
+
+    config = WorkerConfig(runner=RunnerConfig(base_url=SERVER, runner_id="w1", live="long-poll"),
+                          subscriptions=(SubscriptionConfig(id="s", pattern="e/*",
+                                                            claim_lease=12),),
+                          max_concurrency=2)
+    worker = Worker(config=config, handler=_handle)
+    assert worker.config is config and worker.runner.config is config.runner
+    assert (worker.server, worker.worker_name, worker.wake_stream) == (SERVER, "w1", "wake/pool")
+    assert worker.max_concurrency == 2 and worker.runner.config.live == "long-poll"
+    same = Worker(server=SERVER, worker_name="w1", live="long-poll", subscription="s",
+                  pattern="e/*", claim_lease=12, max_concurrency=2, handler=_handle)
+    assert same.config == config
+    with pytest.raises(ConfigError, match="not both"):
+        Worker(config=config, handler=_handle, max_concurrency=3)  # type: ignore[call-arg]
+    with pytest.raises(ConfigError, match="config must be a WorkerConfig"):
+        Worker(config={"server": SERVER}, handler=_handle)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="handler must be callable"):
+        Worker(config=config, handler="mod:f")  # type: ignore[arg-type]
+
+
+def test_worker_keeps_the_old_keywords_working() -> None:
+    from pullwake import Worker
+
+    with pytest.warns(DeprecationWarning, match="claim_lease") as caught:
+        worker = Worker(server=SERVER, subscription="s", pattern="e/*", lease_ms=4000,
+                        handler=_handle)
+    assert caught[0].filename == __file__  # reported at the caller's line
+    assert worker.subscriptions["s"].claim_lease == 4.0
+    with pytest.warns(DeprecationWarning, match="runner_options"):
+        worker = Worker(server=SERVER, subscription="s", pattern="e/*", handler=_handle,
+                        runner_options={"heartbeat_failures_before_reset": 3})
+    assert worker.runner.config.heartbeat_failures_before_reset == 3

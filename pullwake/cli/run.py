@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import importlib
 import logging
 import os
@@ -163,29 +162,12 @@ def _config(opts: RunOptions) -> WorkerConfig:
     return opts.config
 
 
-def _worker(config: WorkerConfig, handler: Callable[..., Any]) -> Any:
-    """The Worker of ``config``."""
-    from pullwake.runtime.worker_config import DERIVED_RUNNER_FIELDS
-    from pullwake.worker import Worker
-
-    runner = {f.name: getattr(config.runner, f.name) for f in dataclasses.fields(config.runner)
-              if f.name not in DERIVED_RUNNER_FIELDS}
-    policy = config.failure_policy
-    return Worker(
-        server=config.server, worker_name=config.worker_name, handler=handler,
-        subscriptions=config.subscriptions, max_concurrency=config.max_concurrency,
-        stop_grace=config.stop_grace, max_claim_streams=config.max_claim_streams,
-        max_tracked_streams=config.max_tracked_streams, max_item_bytes=config.max_item_bytes,
-        fetch_cache=config.fetch_cache, handler_timeout=policy.handler_timeout,
-        max_attempts=policy.max_attempts, dead_letter_stream=policy.dead_letter_stream,
-        cooldown=policy.cooldown, cooldown_cap=policy.cooldown_cap, runner_options=runner)
-
-
 async def _run(opts: RunOptions, handler: Callable[..., Any]) -> int:
     from pullwake.errors import PullwakeError
+    from pullwake.worker import Worker
 
     try:
-        worker = _worker(_config(opts), handler)
+        worker = Worker(config=_config(opts), handler=handler)
     except (ValueError, PullwakeError) as exc:
         print(f"pullwake run: error: {exc}", file=sys.stderr)
         return 2
