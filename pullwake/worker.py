@@ -52,15 +52,14 @@ from typing import Any, Unpack
 from pullwake.errors import ConfigError
 from pullwake.io.clock import Clock, LoopClock
 from pullwake.io.http import HttpClient
+from pullwake.lifecycle.spec import load_spec
 from pullwake.ops.metrics import WorkerMetrics
 from pullwake.runtime.attempts import CANCEL_GRACE_S
 from pullwake.runtime.dispatch import WorkerRuntime
-from pullwake.runtime.health import WorkerStats
+from pullwake.runtime.health import Health, WorkerStats
+from pullwake.runtime.logs import LabelledLog
 from pullwake.runtime.runner import PullWakeRunner, http_client
-from pullwake.runtime.subscriptions import (
-    SubscriptionClient,
-    SubscriptionControlPlane,
-)
+from pullwake.runtime.subscriptions import SubscriptionClient, SubscriptionControlPlane
 from pullwake.runtime.wake import HandlerReads, Wake
 from pullwake.runtime.worker_config import WorkerConfig, WorkerKeywords
 
@@ -99,50 +98,52 @@ class Worker:
             raise ConfigError(f"config must be a WorkerConfig, got {type(config).__name__}")
         if not callable(handler):
             raise ConfigError("handler must be callable")
+        #: The worker's configuration (its runner's is ``config.runner``).
         self.config = config
-        runner_config = config.runner
         self.server = config.server
         self.subscriptions = {s.id: s for s in config.subscriptions}
         self.wake_stream = config.wake_stream
         self.worker_name = config.worker_name
         self.handler = handler
-        self.max_concurrency = config.max_concurrency
-        self.stop_grace = config.stop_grace
+        self.max_concurrency = max_concurrency = config.max_concurrency
+        self.stop_grace = stop_grace = config.stop_grace
         self.failure_policy = config.failure_policy
         self.stats = WorkerStats()
-        clock = runner_config.clock
+        clock = config.runner.clock
         self._clock: Clock = clock or LoopClock()
-        request_timeout, on_error = runner_config.request_timeout, runner_config.on_error
+        request_timeout, on_error = config.runner.request_timeout, config.runner.on_error
+        max_item_bytes, fetch_cache = config.max_item_bytes, config.fetch_cache
+        max_tracked_streams = config.max_tracked_streams
         self._client = SubscriptionClient(self.server,
                                           max_claim_streams=config.max_claim_streams)
+        runner_config = config.runner
+        spec = load_spec(runner_config.spec_path) if runner_config.spec_path else load_spec()
+        #: This worker's Prometheus registry (``metrics.registry``), read off health().
+        self.metrics = WorkerMetrics(self.health, clock=self._clock, states=[
+            spec.leaf_name(p) for p in spec.leaf_states])
         self._http: HttpClient = http_client(runner_config)
+        #: This worker's log: every line carries its name (``[name] ``, ``worker``).
+        self._log = LabelledLog(log, self.worker_name)
         self._reads = HandlerReads(
             http=self._http, stream_url=self._client.stream_url, clock=self._clock,
-            max_item_bytes=config.max_item_bytes, request_timeout=request_timeout,
-            label=self.worker_name, fetch_cache=config.fetch_cache)
+            max_item_bytes=max_item_bytes, request_timeout=request_timeout,
+            log=self._log, fetch_cache=fetch_cache)
         #: The runtime the runner drives (private: jobs, attempts, leases, recovery).
         self._runtime = WorkerRuntime(
             handler, client=self._client, http=self._http, reader=self._reads,
             subscriptions=self.subscriptions, wake_stream=self.wake_stream,
-            label=self.worker_name, max_concurrency=config.max_concurrency,
-            stop_grace=config.stop_grace,
+            log=self._log, max_concurrency=max_concurrency, stop_grace=stop_grace,
             failure_policy=self.failure_policy, stats=self.stats, clock=self._clock,
             request_timeout=request_timeout, on_error=on_error,
-            max_tracked_streams=config.max_tracked_streams)
-        recovery = self._runtime.recovery
+            max_tracked_streams=max_tracked_streams, timer=self.metrics)
+        # What the server forgets, the runtime's recovery re-creates (mid-claim too).
         control = SubscriptionControlPlane(
             self._client, worker=self.worker_name, subscriptions=self.subscriptions,
-            wake_stream_url=runner_config.wake_stream_url, on_missing=recovery.recreate,
-            on_connected=recovery.on_connected,
-            on_retry=lambda exc: self.runner.claims.record_failure(exc), clock=clock,
-            on_wake_stream_missing=recovery.recreate_wake_stream)
+            wake_stream_url=runner_config.wake_stream_url, keeper=self._runtime.recovery,
+            clock=clock)
+        #: The runner: it attaches itself to the runtime and the control plane.
         self.runner = PullWakeRunner(runner_config, self._runtime, control_plane=control,
                                      http=self._http)
-        spec = self.runner.lifecycle.spec
-        #: This worker's Prometheus registry (``metrics.registry``), read off health().
-        self.metrics = WorkerMetrics(self.health, clock=self._clock, states=[
-            spec.leaf_name(p) for p in spec.leaf_states])
-        self._runtime.bind(self.runner, self.metrics)
 
     # ================================================================ public
 
@@ -195,9 +196,9 @@ class Worker:
             self._reads.close()
             stuck = self.abandoned_handlers()
             if stuck:
-                log.warning("[%s] stopped with %d handler(s) still running (a sync thread "
-                            "cannot be interrupted, or an async handler ignored "
-                            "cancellation): not waiting for them", self.worker_name, stuck)
+                self._log.warning("stopped with %d handler(s) still running (a sync thread "
+                                  "cannot be interrupted, or an async handler ignored "
+                                  "cancellation): not waiting for them", stuck)
 
     def abandoned_handlers(self) -> int:
         """Handler executions still running that nothing waits for (stuck threads, tasks)."""
@@ -227,11 +228,14 @@ class Worker:
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         await self.stop()
 
+    def snapshot(self) -> Health:
+        """The typed health snapshot: the runner's, with ``worker`` counters and
+        per-``subscriptions`` state (the same :class:`~pullwake.runtime.health.Health`
+        as ``worker.runner.health()``)."""
+        return self.runner.health()
+
     def health(self) -> dict[str, Any]:
-        """The runner's snapshot, ``worker`` counters and per-``subscriptions`` state."""
-        out = self.runner.health().to_dict()
-        out["worker"] = {**self.stats.__dict__, "jobs_active": self._runtime.jobs_active,
-                         "handlers_stuck": self.abandoned_handlers()}
-        out["subscriptions"] = self._runtime.subscriptions_health()
-        return out
+        """:meth:`snapshot` as a mapping (its JSON form, what the health server,
+        metrics and status page read)."""
+        return self.runner.health().to_dict()
 
