@@ -51,6 +51,7 @@ from pullwake.runtime.failures import FailurePolicy
 from pullwake.runtime.health import Health
 from pullwake.runtime.runner import PullWakeRunner, Runtime
 from pullwake.runtime.subscriptions import ClaimedStream, SubscriptionConfig
+from pullwake.runtime.worker_config import WorkerConfig
 from pullwake.worker import Wake, Worker, WorkerStats
 
 __all__ = [
@@ -111,6 +112,7 @@ __all__ = [
     "WakeStream",
     "WorkTicket",
     "Worker",
+    "WorkerConfig",
     "WorkerStats",
     "__version__",
     "aiter_chunks",

@@ -64,9 +64,7 @@ TASK_OWNER = "pullwake.runtime.jobs"
 SPAWNS_ALLOWED: set[str] = set()
 
 #: Import cycles still to break (issue 10 in progress; to be emptied), each a sorted tuple.
-CYCLES_ALLOWED = {
-    ("pullwake.cli.run", "pullwake.cli.subscriptions"),
-}
+CYCLES_ALLOWED: set[tuple[str, ...]] = set()
 
 #: The one backoff.
 BACKOFF_OWNER = "pullwake.lifecycle.backoff"
