@@ -89,6 +89,7 @@ class BodyReader:
         self._clock = clock
         self.item_limit = item_limit
         self._operation = operation
+        self._unread = b""  # taken by small_body() from the buffer, not yet handed out
         self.since_mark = 0
         self.total = 0
 
@@ -106,7 +107,43 @@ class BodyReader:
                 f"one item of the answer is larger than {self.item_limit} bytes",
                 operation=self._operation, limit=self.item_limit, status=self._resp.status,
                 url=str(self._resp.url))
-        data = await _chunk(self._resp, self._idle, self._clock, n if n > 0 else -1)
+        data = self._unread
+        if data:
+            self._unread = b""
+            if 0 < n < len(data):
+                data, self._unread = data[:n], data[n:]
+        else:
+            data = await _chunk(self._resp, self._idle, self._clock, n if n > 0 else -1)
         self.since_mark += len(data)
         self.total += len(data)
         return data
+
+    async def small_body(self) -> bytes | None:
+        """The whole body if it is known to be no larger than one item, else None.
+
+        Known: its ``Content-Length`` says so (it is read whole), or all of it
+        is already buffered (a small chunked answer arrives with its head).
+        No item of such a body can exceed ``item_limit``, so a parser may
+        decode it in one go: the per-item bound holds at no cost per item.
+        Call it before any :meth:`read`; after None, :meth:`read` hands out
+        the body from its start.
+        """
+        if self.total or self._unread:
+            return None
+        resp = self._resp
+        length = resp.content_length
+        if length is not None and length <= self.item_limit \
+                and "Content-Encoding" not in resp.headers:  # else the decoded size is unknown
+            body = await self.read()
+            while True:
+                more = await self.read()
+                if not more:
+                    return body
+                body += more  # rare: the answer arrived in pieces
+        content = resp.content
+        data = content.read_nowait()
+        if content.is_eof() and len(data) <= self.item_limit:
+            self.total += len(data)
+            return data
+        self._unread = data
+        return None

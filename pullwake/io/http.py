@@ -74,6 +74,8 @@ HeadersSource = (
 #: Control-plane answers larger than this are an error (they are small JSON).
 MAX_CONTROL_BODY = 1024 * 1024
 _NO_SCOPE = contextlib.nullcontext()
+#: ``json.dumps(value, separators=(",", ":"))`` without building an encoder per call.
+_compact = json.JSONEncoder(separators=(",", ":")).encode
 
 
 @functools.lru_cache(maxsize=1024)
@@ -377,12 +379,18 @@ class HttpClient:
         with scoped, translate("request", url=url, operation=operation,
                                secrets=self._secrets):
             async with deadline(self._clock, limit):
-                hdrs = await self.resolve_headers()
+                src = self._headers
+                if src is None:
+                    hdrs: dict[str, str] = {}
+                elif not callable(src) and self._static is not None:
+                    hdrs = dict(self._static)  # a fixed mapping, validated once
+                else:
+                    hdrs = await self.resolve_headers()
                 if headers:
                     hdrs.update(headers)
                 data = None
                 if json_body is not None:
-                    data = json.dumps(json_body, separators=(",", ":")).encode()
+                    data = _compact(json_body).encode()
                     hdrs.setdefault("content-type", "application/json")
                 resp = await self.session.request(method, to_url(url), data=data,
                                                   headers=hdrs, allow_redirects=False)

@@ -35,6 +35,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import quote
 
 from pullwake.errors import (
     ConfigError,
@@ -74,6 +75,8 @@ _CALLER_OFFSET_RE = re.compile(r"^[A-Za-z0-9._~:+-]{1,256}$")
 #: and bounded, so one can never smuggle a query parameter into the next request.
 _SERVER_OFFSET_RE = re.compile(r"^[\x21-\x25\x27-\x2b\x2d\x2e\x30-\x3c\x3e\x40-\x7e]{1,256}$")
 _CODE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+#: Query values ``quote`` would leave as they are (offsets usually are).
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*\Z")
 #: Codes pullwake assigns when the server's error body carries none.
 _FALLBACK_CODES = {400: "BAD_REQUEST", 404: "STREAM_NOT_FOUND", 409: "CONFLICT",
                    410: "OFFSET_GONE", 429: "RATE_LIMITED"}
@@ -134,10 +137,9 @@ class Request:
     live: Live
 
     def url(self, base: str) -> str:
-        from urllib.parse import quote
-
         sep = "&" if "?" in base else "?"
-        return base + sep + "&".join(f"{k}={quote(v, safe='')}" for k, v in self.params)
+        return base + sep + "&".join(
+            f"{k}={v if _UNRESERVED.match(v) else quote(v, safe='')}" for k, v in self.params)
 
 
 @dataclass(frozen=True, slots=True)
