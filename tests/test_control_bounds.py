@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,7 +29,7 @@ from pullwake.errors import AnswerTooLarge, ControlPlaneError, RequestTimeout
 from pullwake.io.clock import LoopClock
 from pullwake.io.http import HttpClient
 from pullwake.protocol.answers import NESTED, read_items_answer
-from pullwake.runtime.subscriptions import SubscriptionClient
+from pullwake.runtime.subscriptions import Claim, SubscriptionClient
 from pullwake.testing.clock import ManualClock
 from pullwake.testing.interface import DurableStreamsServer
 from pullwake.testing.server import EmbeddedServer
@@ -147,6 +148,35 @@ async def test_small_answers_decoded_at_once_read_like_incremental_ones(
     # A small answer arrives in one piece: what the incremental parser made of it
     # in one chunk (some malformed bodies read differently when cut up smaller).
     assert await parse(_Small(body)) == await parse(_Chunks(body, size=max(1, len(body))))
+
+
+_CLAIM = {"wake_id": "w1", "generation": 3, "token": "tok", "lease_ttl_ms": 5000,
+          "streams": [{"path": "a", "acked_offset": "0", "tail_offset": "1",
+                       "has_pending": True}, {"path": "b", "acked_offset": "1",
+                                              "tail_offset": "1", "has_pending": False},
+                      {"path": "c", "acked_offset": "0", "tail_offset": "2"}]}
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    ({}, None), ({"lease_ttl_ms": None}, "lease_ttl_ms"), ({"streams": []}, None),
+    ({"generation": True}, "generation"), ({"generation": "3"}, "generation"),
+    ({"token": 5}, "token"), ({"wake_id": None}, "wake_id"), ({"streams": {}}, "streams"),
+    ({"streams": [1]}, "streams[0]"), ({"streams": [{"path": "a"}]}, "streams[0].acked_offset"),
+    ({"streams": [{**_CLAIM["streams"][0], "has_pending": 1}]}, "streams[0].has_pending"),
+    ({"streams": [{**_CLAIM["streams"][0], "tail_offset": ["1"]}]}, "streams[0].tail_offset"),
+])
+def test_claim_parse_fast_path_agrees_with_the_field_by_field_one(
+        change: dict[str, Any], named: str | None) -> None:
+    body: dict[str, Any] = {**_CLAIM, **change}
+    if change == {"lease_ttl_ms": None}:
+        del body["lease_ttl_ms"]  # missing: the default
+        named = None
+    if named is None:
+        assert Claim.parse("s", body, deferred_streams=2) == Claim._parse_fields(
+            "s", body, status=None, deferred_streams=2)
+        return
+    with pytest.raises(ControlPlaneError, match=re.escape(f"'{named}")):
+        Claim.parse("s", body, status=200)
 
 
 # ------------------------------------------------------------------ over real HTTP

@@ -157,6 +157,16 @@ class Claim:
 
         ``status`` (of the answer) goes on the error: the server did answer.
         """
+        fast = _fast_claim(subscription_id, body, deferred_streams)
+        if fast is not None:
+            return fast
+        return cls._parse_fields(subscription_id, body, status=status,
+                                 deferred_streams=deferred_streams)
+
+    @classmethod
+    def _parse_fields(cls, subscription_id: str, body: Mapping[str, Any], *,
+                      status: int | None, deferred_streams: int) -> Claim:
+        """Field by field, naming the first one that is wrong."""
         streams = []
         for i, s in enumerate(_field(body, "streams", list, default=[], status=status)):
             if not isinstance(s, Mapping):
@@ -180,6 +190,31 @@ class Claim:
 
     def fence(self) -> dict[str, Any]:
         return {"wake_id": self.wake_id, "generation": self.generation}
+
+
+def _fast_claim(subscription_id: str, body: Mapping[str, Any],
+                deferred_streams: int) -> Claim | None:
+    """:meth:`Claim.parse` of a well-formed answer (every field of its exact type), or
+    None: then the field-by-field path names what is wrong."""
+    raw = body.get("streams", [])
+    wake_id, gen, token = body.get("wake_id"), body.get("generation"), body.get("token")
+    ttl = body.get("lease_ttl_ms", 30_000)
+    if type(raw) is not list or type(wake_id) is not str or type(gen) is not int \
+            or type(token) is not str or type(ttl) is not int:
+        return None
+    streams = []
+    for s in raw:
+        if type(s) is not dict:
+            return None
+        path, acked, tail = s.get("path"), s.get("acked_offset"), s.get("tail_offset")
+        pending = s.get("has_pending", True)
+        if type(path) is not str or type(acked) is not str or type(tail) is not str \
+                or type(pending) is not bool:
+            return None
+        streams.append(ClaimedStream(path, acked, tail, pending))
+    return Claim(subscription_id=subscription_id, wake_id=wake_id, generation=gen,
+                 token=token, streams=tuple(streams), lease_ttl_ms=ttl,
+                 deferred_streams=deferred_streams)
 
 
 class SubscriptionClient:
@@ -329,8 +364,11 @@ class SubscriptionClient:
 
     async def ack(self, http: HttpClient, claim: Claim, *,
                   acks: Sequence[tuple[str, str]] = (), done: bool = False,
-                  timeout: float | None = None) -> dict[str, Any]:
-        """Extend the lease (no acks, not done), move acked offsets, or finish."""
+                  timeout: float | None = None) -> None:
+        """Extend the lease (no acks, not done), move acked offsets, or finish.
+
+        A 2xx answer's body is not decoded: nothing in it is needed.
+        """
         url = self.subscription_url(claim.subscription_id, "ack")
         body: dict[str, Any] = claim.fence()
         if acks:
@@ -343,8 +381,6 @@ class SubscriptionClient:
                                         headers={"Authorization": f"Bearer {claim.token}"},
                                         timeout=timeout)
             self._raise(answer, op, url, http)
-        out = answer.json()
-        return out if isinstance(out, dict) else {}
 
     async def release(self, http: HttpClient, claim: Claim, *,
                       timeout: float | None = None) -> None:
