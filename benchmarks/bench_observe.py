@@ -69,7 +69,7 @@ async def snapshot_costs(quick: bool) -> None:
     for n in (1, 16, 64):
         w = _worker(n)
         for i in range(n):  # some history, so every per-subscription sample exists
-            w._sub_stats[f"sub{i}"].wake_seen(0.0)
+            w._runtime.sub_stats[f"sub{i}"].wake_seen(0.0)
         reps = 50 if quick else 300
         h = _per_call(w.health, reps)
         r = _per_call(w.metrics.render, reps // 3)
@@ -118,8 +118,8 @@ async def per_wake_costs(quick: bool) -> None:
             st.wake_seen(float(i))
             st.claimed(float(i), i, ("s",))
             await loop.create_task(observed(), context=job_context(subscription="sub1", wake=i))
-            st.acked()
-            st.ended()
+            st.acked(i)
+            st.ended(i)
         return (time.perf_counter() - t) / n
 
     bare, obs = [], []

@@ -48,3 +48,13 @@ def test_a_benchmark_prints_by_default_and_leaves_docs_alone() -> None:
     assert "parse + validate" in done.stdout
     assert "wrote the" not in done.stdout
     assert _digests() == before
+
+
+@pytest.mark.timeout(120)
+def test_the_observability_benchmark_runs_on_the_current_api() -> None:
+    """bench_observe drives health/metrics/log APIs directly: it must follow their changes."""
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_observe.py"),
+                           "--quick"], cwd=REPO, capture_output=True, text=True, timeout=110,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "/metrics" in done.stdout

@@ -43,6 +43,7 @@ from pullwake.io.cache import (
     is_cacheable_response,
     uninstall_fetch_cache,
 )
+from pullwake.io.cache_layers import layers_in
 from pullwake.io.reader import read_stream
 
 ORIGINAL_SESSION = requests.Session
@@ -51,7 +52,7 @@ ORIGINAL_MODULE_SESSION = requests.sessions.Session
 
 def layers() -> int:
     """pullwake cache layers currently composed into requests.Session."""
-    return cache_mod._layers_in(requests.sessions.Session)
+    return layers_in(requests.sessions.Session)
 
 
 def open_handles(path: Path) -> int:
@@ -404,7 +405,7 @@ def test_a_foreign_requests_cache_install_is_not_stacked_on() -> None:
             install_fetch_cache()
         assert fetch_cache_installed() is False
         with cached_session() as session:  # the scoped cache composes on what it wraps
-            assert cache_mod._layers_in(type(session)) == 1
+            assert layers_in(type(session)) == 1
             assert not isinstance(session, requests_cache.CachedSession)
     finally:
         requests_cache.uninstall_cache()  # type: ignore[no-untyped-call]
@@ -909,7 +910,7 @@ def test_a_forgotten_cached_session_releases_its_file(
 def test_cached_session_next_to_the_global_cache_does_not_stack(fake: FakeStreamServer) -> None:
     install_fetch_cache()
     with cached_session() as session:
-        assert cache_mod._layers_in(type(session)) == 1
+        assert layers_in(type(session)) == 1
         assert (
             type(session).__dict__["_pullwake_state"]
             is not (requests.Session.__dict__["_pullwake_state"])

@@ -295,11 +295,12 @@ async def test_recovery_ledger_is_bounded_however_many_stream_names_claims_list(
     seen = Seen()
     worker = make_worker(embedded_ds_server, reading_handler(seen, "w1"),
                          max_tracked_streams=100)
+    recovery = worker._runtime.recovery
     for round_ in range(30):  # 30 claims, each listing 200 never-seen names
-        worker._learn("sub1", [ClaimedStream(path=f"r{round_}/s{i}", acked_offset=f"{i:04d}",
-                                             tail_offset=f"{i:04d}") for i in range(200)])
-        assert len(worker._ledger["sub1"]) <= 100
-    ledger = worker._ledger["sub1"]
+        recovery.learn("sub1", [ClaimedStream(path=f"r{round_}/s{i}", acked_offset=f"{i:04d}",
+                                              tail_offset=f"{i:04d}") for i in range(200)])
+        assert len(recovery.ledger["sub1"]) <= 100
+    ledger = recovery.ledger["sub1"]
     assert len(ledger) == 100 and ledger.evicted == 30 * 200 - 100
     assert "r29/s199" in ledger  # the newest are kept
-    await worker._http.close()
+    await worker.runner.http.close()

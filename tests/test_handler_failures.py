@@ -408,10 +408,10 @@ async def test_handler_raising_cancelled_error_cools_down_like_any_failure(
             await wait_until(lambda n=n: worker.stats.wakes_released == n and
                              worker.runner.health().events_received >= n + 1, timeout=10,
                              what="the released wake was read back")
-            assert len(calls) == n and worker.is_wake_active(SUB)
+            assert len(calls) == n and worker.runner.runtime.is_wake_active(SUB)
             assert worker.runner.health().claims_succeeded == n
             await clock.advance(0.5 * 2 ** (n - 1) - 0.01)  # below the shortest jittered delay
-            assert len(calls) == n and worker.is_wake_active(SUB)
+            assert len(calls) == n and worker.runner.runtime.is_wake_active(SUB)
             await clock.advance(2 ** (n - 1))  # past the longest
         await settle(srv, seen, ["events/a"], expected(["events/a"], 3))
         assert not task.done()

@@ -37,7 +37,8 @@ from pullwake.errors import (
     StreamStatusError,
     TransportError,
 )
-from pullwake.io.reader import ReadResult, _translate, read_stream
+from pullwake.io.reader import ReadResult, read_stream
+from pullwake.io.sync_http import translate_exception
 
 # --------------------------------------------------------------------------- fake server
 
@@ -759,7 +760,7 @@ def test_the_translation_table_covers_each_phase() -> None:
         (rexc.RetryError(), False, TransportError),
     ]
     for exc, body, expected in cases:
-        mapped = _translate(exc, url, reading_body=body)  # type: ignore[arg-type]
+        mapped = translate_exception(exc, url, reading_body=body)  # type: ignore[arg-type]
         assert type(mapped) is expected, (exc, mapped)
         assert "pw" not in str(mapped) and "s3cr3t" not in str(mapped)
 

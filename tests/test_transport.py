@@ -34,7 +34,7 @@ from pullwake import (
     TransportError,
 )
 from pullwake.testing import EmbeddedServer
-from pullwake.testing import server as server_module
+from pullwake.testing import _stream_routes as stream_routes
 from pullwake.testing._streams import js_stringify
 from pullwake.testing.clock import ManualClock
 
@@ -60,7 +60,7 @@ def cursors(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         issued.append(f"c{next(counter)}")
         return issued[-1]
 
-    monkeypatch.setattr(server_module, "response_cursor", fake)
+    monkeypatch.setattr(stream_routes, "response_cursor", fake)
     return issued
 
 

@@ -6,9 +6,9 @@ This layer owns the boundaries to the outside world, one per library:
   translation of aiohttp's exceptions into :mod:`pullwake.errors`);
   :mod:`.areader` (handler reads) and :mod:`.transport` (the wake stream) are
   thin async shells that move bytes through :mod:`pullwake.protocol`.
-- :mod:`.reader` is the sync shell on ``requests``; :mod:`.cache`,
-  :mod:`.cache_stores` and :mod:`.fetchcache` are its fetch cache
-  (requests-cache).
+- :mod:`.reader` is the sync shell on ``requests``; :mod:`.cache` (install),
+  :mod:`.cache_layers` (the session layer), :mod:`.cache_stores` (the stores)
+  and :mod:`.fetchcache` (the settings) are its fetch cache (requests-cache).
 - :mod:`.clock` is the injectable clock every timer and deadline goes through.
 
 It may import :mod:`pullwake.protocol`, :mod:`pullwake.lifecycle` and

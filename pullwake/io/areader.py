@@ -42,6 +42,13 @@ from pullwake.protocol import (
     ReadResult,
     RetryPolicy,
 )
+from pullwake.protocol.calls import (
+    Collector,
+    check_headers,
+    check_positive_int,
+    check_url,
+    start_core,
+)
 from pullwake.protocol.read import ERROR_BODY_LIMIT, ProgressWindow
 from pullwake.protocol.retry import Retrying
 
@@ -111,8 +118,6 @@ class AsyncShell:
         self.bytes_read = 0
 
     async def _headers(self) -> dict[str, str]:
-        from pullwake.io.reader import check_headers
-
         source: Any = self.headers
         value = source() if callable(source) else source
         if inspect.isawaitable(value):
@@ -244,10 +249,8 @@ class AsyncShell:
 
 def _core(url: str, offset: str, live: object, *, cursor: str | None, until: str | None,
           max_message_bytes: int, params: Mapping[str, str] | None) -> ReadCore:
-    from pullwake.io.reader import _check_url, _start
-
-    return _start(_check_url(url), offset, live, cursor=cursor, until=until,
-                  max_message_bytes=max_message_bytes, params=params)
+    return start_core(check_url(url), offset, live, cursor=cursor, until=until,
+                      max_message_bytes=max_message_bytes, params=params)
 
 
 async def aiter_chunks(
@@ -317,11 +320,9 @@ async def aread_stream(
         for item in result.items:
             print(item.offset, item.data)
     """
-    from pullwake.io.reader import Collector, _check_positive_int
-
     core = _core(url, offset, live, cursor=cursor, until=until,
                  max_message_bytes=max_message_bytes, params=params)
-    limit = _check_positive_int(max_bytes, "max_bytes")
+    limit = check_positive_int(max_bytes, "max_bytes")
     if session is not None and not isinstance(session, aiohttp.ClientSession):
         raise ConfigError("session must be an aiohttp.ClientSession")
     if core.done:

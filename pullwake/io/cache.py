@@ -19,7 +19,6 @@ import threading
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,14 @@ import requests.sessions
 from requests_cache import CacheMixin
 
 from pullwake.errors import CacheError
+from pullwake.io.cache_layers import (
+    CacheState,
+    cache_layer,
+    is_cacheable_response,
+    is_catchup_request,
+    layers_in,
+    scoped_session,
+)
 from pullwake.io.cache_stores import default_sqlite_path, open_store
 from pullwake.io.fetchcache import (
     DEFAULT_EXPIRE_AFTER_S,
@@ -36,11 +43,6 @@ from pullwake.io.fetchcache import (
     DEFAULT_MAX_MEMORY_BYTES,
     FetchCache,
     Store,
-)
-from pullwake.protocol.caching import (
-    cache_key,
-    is_cacheable,
-    is_catchup,
 )
 
 __all__ = [
@@ -72,99 +74,13 @@ class FetchCacheInfo:
     layers: int
 
 
-# --------------------------------------------------------------------------- policy
-
-
-def is_catchup_request(request: Any) -> bool:
-    """A ``GET`` with exactly one ``offset`` (not ``now``) and no ``live``: a catch-up read."""
-    return is_catchup(getattr(request, "method", None) or "GET", str(request.url))
-
-
-def is_cacheable_response(response: Any, max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES) -> bool:
-    """A data-bearing catch-up chunk (:func:`pullwake.protocol.caching.is_cacheable`)."""
-    request = getattr(response, "request", None)
-    return request is not None and is_cacheable(
-        request.method or "GET", str(request.url), response.status_code, response.headers,
-        response.content or b"", max_entry_bytes)
-
-
-def _settings(config: FetchCache) -> dict[str, Any]:
-    """The requests-cache options of every layer (all public ``CacheMixin`` arguments)."""
-    seconds, limit = config.expire_after, config.max_entry_bytes
-    extra = frozenset(h.lower() for h in config.auth_headers)
-    return {
-        # None: NEVER_EXPIRE (-1); 0: EXPIRE_IMMEDIATELY (store, revalidate every time)
-        "expire_after": -1 if seconds is None else (0 if seconds == 0 else timedelta(
-            seconds=seconds)),
-        "cache_control": True, "allowable_codes": (200,), "allowable_methods": ("GET",),
-        "match_headers": False,
-        "key_fn": lambda request, **_: cache_key(request.method or "GET", str(request.url),
-                                                 request.headers or {}, extra),
-        "filter_fn": lambda response: is_cacheable_response(response, limit),
-    }
-
-
-# ------------------------------------------------------------------- session layer
-
-
-class _State:
-    def __init__(self, backend: Any, config: FetchCache) -> None:
-        self.backend, self.config, self.active = backend, config, True
-
-    def close(self) -> None:
-        self.active = False
-        self.backend.close()
-
-
-def _layer(previous: type[Any], state: _State, *, scoped: bool) -> type[Any]:
-    """``CacheMixin`` composed onto ``previous`` (its ``__init__``, verbs, adapters and
-    hooks keep working), on ``state.backend``, shared by every session of the layer."""
-
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        CacheMixin.__init__(self, backend=state.backend, autoclose=scoped,
-                            **_settings(state.config), **kwargs)
-
-    def send(self: Any, request: Any, **kwargs: Any) -> Any:
-        # Only catch-up reads meet the cache; live reads and the rest go straight by
-        # (no key, no lookup), as everything does once uninstalled.
-        if state.active and is_catchup_request(request):
-            return CacheMixin.send(self, request, **kwargs)
-        return previous.send(self, request, **kwargs)
-
-    def close(self: Any) -> None:
-        previous.close(self)
-        if scoped and state.active:
-            state.close()
-
-    ns: dict[str, Any] = {"__init__": __init__, "send": send, "close": close,
-                          "__module__": __name__,
-                          "_pullwake_state": state, "_pullwake_previous": previous}
-    for name in ("get", "options", "head", "post", "put", "patch", "delete", "request",
-                 "__repr__"):  # CacheMixin redefines these; keep the previous class's own
-        ns[name] = getattr(previous, name)
-    return type("PullwakeCachedSession", (CacheMixin, previous), ns)
-
-
-def _layers_in(cls: type[Any]) -> int:
-    return sum(1 for k in cls.__mro__ if "_pullwake_state" in k.__dict__)
-
-
-def _uncached_base() -> type[Any]:
-    cls: Any = requests.sessions.Session
-    while "_pullwake_state" in cls.__dict__:
-        cls = cls.__dict__["_pullwake_previous"]
-    if issubclass(cls, CacheMixin):  # someone else's requests-cache: use what it wraps
-        cls = next(k for k in cls.__mro__ if not issubclass(k, CacheMixin) and hasattr(k, "send"))
-    base: type[Any] = cls
-    return base
-
-
 # --------------------------------------------------------------- process-wide API
 
 
 @dataclass
 class _Installed:
-    state: _State
+    state: CacheState
+    config: FetchCache
     patched: dict[str, tuple[type[Any], type[Any]]]  # label -> (previous, layer)
 
 
@@ -204,7 +120,7 @@ def install_fetch_cache(
                         max_memory_bytes=max_memory_bytes, lock_timeout=lock_timeout)
     with _install_lock:
         if _installed is not None:
-            current = _installed.state.config
+            current = _installed.config
             detail = "" if current == config else " (its different settings are ignored)"
             message = (f"pullwake fetch cache is already installed (store={current.store!r}); "
                        f"this call changes nothing{detail}. Call uninstall_fetch_cache() "
@@ -217,13 +133,13 @@ def install_fetch_cache(
                 raise CacheError(f"{label} is already a requests-cache session installed by "
                                  "other code; pullwake does not stack a second cache layer "
                                  "(uninstall it, or use pullwake.io.cache.cached_session())")
-        state = _State(open_store(config), config)
+        state = CacheState(open_store(config), config)
         patched: dict[str, tuple[type[Any], type[Any]]] = {}
         layers: dict[int, type[Any]] = {}
         try:
             for module, attr, label in _TARGETS:
                 previous = getattr(module, attr)
-                layer = layers.setdefault(id(previous), _layer(previous, state, scoped=False))
+                layer = layers.setdefault(id(previous), cache_layer(previous, state, scoped=False))
                 patched[label] = (previous, layer)
             for module, attr, label in _TARGETS:
                 setattr(module, attr, patched[label][1])
@@ -233,7 +149,7 @@ def install_fetch_cache(
                     setattr(module, attr, patched[label][0])
             state.close()
             raise
-        _installed = _Installed(state=state, patched=patched)
+        _installed = _Installed(state=state, config=config, patched=patched)
     logger.info("fetch cache installed (store=%s)", config.store)
     return True
 
@@ -268,7 +184,7 @@ def fetch_cache_info() -> FetchCacheInfo | None:
     installed = _installed
     if installed is None:
         return None
-    config, backend = installed.state.config, installed.state.backend
+    config, backend = installed.config, installed.state.backend
     try:
         entries = len(backend.responses)
     except (sqlite3.Error, OSError):
@@ -277,7 +193,7 @@ def fetch_cache_info() -> FetchCacheInfo | None:
         store=config.store, path=Path(backend.db_path) if config.store == "sqlite" else None,
         expire_after_s=config.expire_after, auth_headers=config.auth_headers,
         max_entry_bytes=config.max_entry_bytes, entries=entries, degraded=backend.degraded,
-        layers=_layers_in(requests.sessions.Session))
+        layers=layers_in(requests.sessions.Session))
 
 
 def cached_session(store: Store = "memory", path: str | os.PathLike[str] | None = None,
@@ -287,16 +203,4 @@ def cached_session(store: Store = "memory", path: str | os.PathLike[str] | None 
     The options of :func:`install_fetch_cache`. ``close()`` (or leaving ``with``)
     closes its store. Composed onto ``requests.Session`` minus any cache layer.
     """
-    return _scoped(FetchCache(store=store, path=path, **options))  # type: ignore[arg-type]
-
-
-def _scoped(config: FetchCache) -> requests.Session:
-    state = _State(open_store(config), config)
-    try:
-        session: requests.Session = _layer(_uncached_base(), state, scoped=True)()
-    except BaseException:
-        state.close()
-        raise
-    return session
-
-
+    return scoped_session(FetchCache(store=store, path=path, **options))  # type: ignore[arg-type]

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from requests.cookies import RequestsCookieJar
 from requests.structures import CaseInsensitiveDict
@@ -31,14 +31,37 @@ from requests_cache.backends.sqlite import SQLiteCache
 from requests_cache.models.response import CachedResponse
 
 from pullwake.errors import CacheError
-from pullwake.io.fetchcache import FetchCache
 from pullwake.protocol.caching import MOMENT_HEADERS, is_credential, redact_url
 
-__all__ = ["STORE_RETRY_AFTER_S", "default_sqlite_path", "open_store"]
+__all__ = ["STORE_RETRY_AFTER_S", "CacheSettings", "default_sqlite_path", "open_store"]
 
 logger = logging.getLogger("pullwake.cache")
 
 STORE_RETRY_AFTER_S = 5.0  #: a failed store is bypassed this long before it is tried again
+
+
+class CacheSettings(Protocol):
+    """What the stores and the session layer read of a fetch-cache choice.
+
+    :class:`pullwake.io.fetchcache.FetchCache` is the one implementation; it is
+    named structurally here because ``FetchCache.session()`` builds a session
+    through these modules, which therefore must not import it.
+    """
+
+    @property
+    def store(self) -> str: ...
+    @property
+    def path(self) -> Path | None: ...
+    @property
+    def expire_after(self) -> float | None: ...
+    @property
+    def auth_headers(self) -> tuple[str, ...]: ...
+    @property
+    def max_entry_bytes(self) -> int: ...
+    @property
+    def max_memory_bytes(self) -> int: ...
+    @property
+    def lock_timeout(self) -> float: ...
 
 
 class _MemoryStorage(DictStorage):
@@ -142,13 +165,13 @@ class _Safe:
 
 
 class _MemoryCache(_Safe, BaseCache):
-    def __init__(self, config: FetchCache, extra: frozenset[str]) -> None:
+    def __init__(self, config: CacheSettings, extra: frozenset[str]) -> None:
         super().__init__(cache_name="memory")
         self.responses, self._extra = _MemoryStorage(config.max_memory_bytes), extra
 
 
 class _SQLiteCache(_Safe, SQLiteCache):
-    def __init__(self, config: FetchCache, path: Path, extra: frozenset[str]) -> None:
+    def __init__(self, config: CacheSettings, path: Path, extra: frozenset[str]) -> None:
         # WAL: readers never wait on a writer (or on another process's write lock).
         # requests-cache's JSON serializer, not its default pickle: a cache file is
         # shared between processes, and unpickling a tampered one would run its code.
@@ -190,7 +213,7 @@ def default_sqlite_path() -> Path:
     return Path(root) / "pullwake" / "fetch-cache.sqlite"
 
 
-def open_store(config: FetchCache) -> Any:
+def open_store(config: CacheSettings) -> Any:
     """Open (and probe) the store named by ``config``; any failure is a :class:`CacheError`."""
     extra = frozenset(h.lower() for h in config.auth_headers)
     if config.store == "memory":

@@ -4,7 +4,8 @@
 :func:`pullwake.io.cache.install_fetch_cache` builds from its arguments; it is
 validated when built, so a bad value is refused where it is written. Building
 one imports nothing heavy; :meth:`FetchCache.session` opens the store (see
-:mod:`pullwake.io.cache`).
+:mod:`pullwake.io.cache_layers`, which reads these fields without importing
+this module, so nothing here is imported back).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pullwake.errors import ConfigError
+from pullwake.protocol.caching import DEFAULT_MAX_ENTRY_BYTES
 
 if TYPE_CHECKING:
     import requests
@@ -27,7 +29,6 @@ __all__ = ["DEFAULT_EXPIRE_AFTER_S", "DEFAULT_LOCK_TIMEOUT_S", "DEFAULT_MAX_ENTR
 
 Store = Literal["memory", "sqlite"]
 DEFAULT_EXPIRE_AFTER_S = 300.0  #: a cached chunk is revalidated (``If-None-Match``) after this
-DEFAULT_MAX_ENTRY_BYTES = 32 * 1024 * 1024  #: a larger response is passed through, never stored
 DEFAULT_MAX_MEMORY_BYTES = 128 * 1024 * 1024  #: the memory store evicts LRU chunks beyond this
 DEFAULT_LOCK_TIMEOUT_S = 1.0  #: one SQLite operation waits this long for another's lock
 _HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -88,6 +89,6 @@ class FetchCache:
 
     def session(self) -> requests.Session:
         """A new ``requests.Session`` with its own cache of this kind."""
-        from pullwake.io.cache import _scoped
+        from pullwake.io.cache_layers import scoped_session
 
-        return _scoped(self)
+        return scoped_session(self)

@@ -4,9 +4,10 @@ This module owns :func:`read_stream` and :func:`iter_chunks` for code that is
 not async (sync worker handlers, scripts, notebooks). It only moves bytes:
 every rule (offsets, live modes, cursor, statuses, framing by content type,
 retries) is :class:`pullwake.protocol.ReadCore`'s, the same core the async
-shells use. It is also the one place where ``requests`` (and urllib3)
-exceptions become pullwake errors, raised ``from`` the original, mirroring
-what :mod:`pullwake.io.http` does for aiohttp:
+shells use, and its arguments and result are :mod:`pullwake.protocol.calls`',
+the same as :func:`pullwake.aread_stream`'s. ``requests`` (and urllib3)
+exceptions become pullwake errors in :mod:`pullwake.io.sync_http`, raised
+``from`` the original, as :mod:`pullwake.io.http` does for aiohttp:
 
 =================================================  ===================================
 ``requests`` / server                              pullwake
@@ -42,37 +43,31 @@ import math
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 import requests
 import requests.exceptions as rexc
 import requests.sessions
-import urllib3.exceptions as uexc
 from requests.structures import CaseInsensitiveDict
-from urllib3.exceptions import ReadTimeoutError
 
-from pullwake.errors import (
-    ConfigError,
-    ConnectError,
-    ConnectTimeout,
-    IdleTimeout,
-    OversizedMessage,
-    ProtocolError,
-    PullwakeError,
-    TransportError,
-    redact_url,
-)
+from pullwake.errors import ConfigError, IdleTimeout, PullwakeError
+from pullwake.io.sync_http import body_pieces, transient, translate_exception
 from pullwake.protocol import (
     DEFAULT_RETRY,
     Assembler,
     Chunk,
     Item,
     Live,
-    ReadCore,
     ReadResult,
     RetryPolicy,
 )
-from pullwake.protocol.read import ERROR_BODY_LIMIT, ProgressWindow
+from pullwake.protocol.calls import (
+    Collector,
+    check_headers,
+    check_positive_int,
+    check_url,
+    start_core,
+)
+from pullwake.protocol.read import ERROR_BODY_LIMIT, ProgressWindow, ReadCore
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -97,52 +92,8 @@ DEFAULT_TIMEOUT_S: tuple[float, float] = (5.0, 30.0)
 #: open up to the server's timeout: 30 s on the reference server).
 LIVE_READ_TIMEOUT_S = 45.0
 
-_RESERVED_PARAMS = frozenset({"offset", "live", "cursor"})
-_READ_CHUNK = 256 * 1024
-
 Timeout = float | tuple[float, float] | None
 HeadersArg = Mapping[str, str] | Callable[[], Mapping[str, str]] | None
-
-
-# ------------------------------------------------------------------ validation
-
-
-def _check_url(url: object) -> str:
-    if not isinstance(url, str):
-        raise ConfigError("url must be a string")
-    try:
-        parts = urlsplit(url)
-        params = parse_qsl(parts.query, keep_blank_values=True)
-    except ValueError:
-        raise ConfigError(f"url is not a valid URL: {redact_url(url)}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"url must be an absolute http(s) URL: {redact_url(url)}")
-    if parts.fragment:
-        raise ConfigError(f"url must not have a fragment: {redact_url(url)}")
-    reserved = sorted({k for k, _ in params} & _RESERVED_PARAMS)
-    if reserved:
-        raise ConfigError(
-            f"url must not carry the {', '.join(reserved)} parameter(s); "
-            "pass offset= / until= instead"
-        )
-    return url
-
-
-def check_headers(headers: object) -> dict[str, str]:
-    """A validated copy of a header mapping (str to str, no line breaks)."""
-    if headers is None:
-        return {}
-    if not isinstance(headers, Mapping):
-        raise ConfigError("headers must be a mapping of header names to values "
-                          "(or a callable returning one)")
-    checked: dict[str, str] = {}
-    for name, value in headers.items():
-        if not isinstance(name, str) or not isinstance(value, str):
-            raise ConfigError("headers must map str names to str values")
-        if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
-            raise ConfigError(f"header {name!r} contains a line break")
-        checked[name] = value
-    return checked
 
 
 def _check_timeout(timeout: object) -> Timeout:
@@ -160,88 +111,11 @@ def _check_timeout(timeout: object) -> Timeout:
     raise ConfigError("timeout must be None, seconds > 0, or a (connect, read) pair of them")
 
 
-def _check_positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{name} must be a positive int")
-    return value
-
-
 def _check_session(session: object) -> None:
     # Not isinstance(requests.Session): that name is rebound by cache layers, so a
     # session made before an install would fail it. Every session has this base.
     if session is not None and not isinstance(session, requests.sessions.SessionRedirectMixin):
         raise ConfigError("session must be a requests.Session")
-
-
-# ---------------------------------------------------- the requests -> pullwake boundary
-
-
-def _translate(exc: BaseException, url: str, *, reading_body: bool) -> PullwakeError:
-    """Map one ``requests`` / urllib3 exception to pullwake's tree (the only such mapping)."""
-    if isinstance(exc, rexc.ConnectTimeout):
-        return ConnectTimeout("no response headers within the connect timeout", url=url)
-    if isinstance(exc, (rexc.ReadTimeout, ReadTimeoutError)) or (
-        isinstance(exc, rexc.ConnectionError)
-        and any(isinstance(arg, ReadTimeoutError) for arg in exc.args)
-    ):
-        return IdleTimeout("the server sent nothing within the read timeout", url=url)
-    if isinstance(
-        exc,
-        (
-            rexc.InvalidURL,
-            rexc.MissingSchema,
-            rexc.InvalidSchema,
-            rexc.InvalidHeader,
-            rexc.URLRequired,
-            rexc.InvalidJSONError,
-        ),
-    ):
-        return ConfigError(f"invalid request ({type(exc).__name__}) for {redact_url(url)}")
-    if isinstance(exc, (rexc.ChunkedEncodingError, rexc.ContentDecodingError, uexc.DecodeError,
-                        uexc.ProtocolError)):
-        return ProtocolError(f"response body truncated or corrupt ({type(exc).__name__})", url=url)
-    if isinstance(exc, rexc.TooManyRedirects):
-        return ProtocolError("too many redirects", url=url)
-    if isinstance(exc, rexc.ConnectionError) or (
-            isinstance(exc, OSError) and not isinstance(exc, rexc.RequestException)):
-        if reading_body:
-            return ProtocolError("connection lost while reading the response body", url=url)
-        return ConnectError(f"cannot connect ({type(exc).__name__})", url=url)
-    return TransportError(f"request failed ({type(exc).__name__})", url=url)
-
-
-def _transient(error: PullwakeError) -> bool:
-    """Connection-level failures worth another try (statuses are the core's call)."""
-    return isinstance(error, (ConnectError, IdleTimeout)) or (
-        isinstance(error, ProtocolError) and getattr(error, "_io", False))
-
-
-def _pieces(response: requests.Response, *, url: str) -> Iterator[bytes]:
-    """The body as it arrives (``read1``: whatever is there, never waiting for a full chunk)."""
-    if getattr(response, "_content_consumed", False):  # cached, or already read by a layer
-        if response.content:
-            yield response.content
-        return
-    raw = response.raw
-    read = getattr(raw, "read1", None)
-    while True:
-        try:
-            piece = (read(_READ_CHUNK, decode_content=True) if read is not None
-                     else raw.read(_READ_CHUNK, decode_content=True))
-        except (uexc.HTTPError, rexc.RequestException, OSError) as exc:
-            wrapped: BaseException = exc
-            if isinstance(exc, uexc.ProtocolError):
-                wrapped = rexc.ChunkedEncodingError(exc)
-            elif isinstance(exc, uexc.DecodeError):
-                wrapped = rexc.ContentDecodingError(exc)
-            elif isinstance(exc, ReadTimeoutError):
-                wrapped = rexc.ConnectionError(exc)
-            error = _translate(wrapped, url, reading_body=True)
-            error._io = True  # type: ignore[attr-defined]
-            raise error from wrapped
-        if not piece:
-            return
-        yield piece
 
 
 class _SyncShell:
@@ -309,8 +183,8 @@ class _SyncShell:
                                             timeout=self._timeout(req.live), stream=True,
                                             allow_redirects=False)
             except rexc.RequestException as exc:
-                error = _translate(exc, self.url, reading_body=False)
-                if not _transient(error):
+                error = translate_exception(exc, self.url, reading_body=False)
+                if not transient(error):
                     raise error from exc
                 self._fail(error, retrying, cause=exc)
                 continue
@@ -348,7 +222,7 @@ class _SyncShell:
                     continue
                 window = ProgressWindow(self._idle())
                 try:
-                    for piece in _pieces(response, url=self.url):
+                    for piece in body_pieces(response, url=self.url):
                         self.bytes_read += len(piece)
                         out = core.feed(piece)
                         if window.update(self.monotonic(), len(piece), bool(out)):
@@ -359,7 +233,7 @@ class _SyncShell:
                         yield from out
                     out = core.end()
                 except PullwakeError as error:
-                    if not _transient(error):
+                    if not transient(error):
                         raise
                     core.broken()
                     self._fail(error, retrying, cause=error.__cause__)
@@ -368,27 +242,6 @@ class _SyncShell:
                 response.close()
             retrying.progressed()
             yield from out
-
-
-def _start(url: str, offset: str, live: object, *, cursor: str | None, until: str | None,
-           max_message_bytes: int, kind: Any = None, params: Mapping[str, str] | None = None,
-           use_etag: bool = False) -> ReadCore:
-    if live in (None, False, "catch-up"):
-        mode: Live = "catch-up"
-    elif live is True:
-        mode = "long-poll"
-    elif live in ("long-poll", "sse"):
-        mode = live
-    else:
-        raise ConfigError(f"live must be None, 'long-poll' or 'sse', got {live!r}")
-    extra: tuple[tuple[str, str], ...] = ()
-    if params:
-        checked = check_headers(params)
-        extra = tuple(checked.items())
-    return ReadCore(offset=offset, live=mode, cursor=cursor, until=until,
-                    max_message_bytes=_check_positive_int(max_message_bytes,
-                                                          "max_message_bytes"),
-                    url=url, kind=kind, extra_params=extra, use_etag=use_etag)
 
 
 def iter_chunks(
@@ -413,8 +266,8 @@ def iter_chunks(
     closed (§4.1) or you stop iterating. ``headers`` may be a mapping or a
     callable returning one, called before every request.
     """
-    url = _check_url(url)
-    core = _start(url, offset, live, cursor=cursor, until=until,
+    url = check_url(url)
+    core = start_core(url, offset, live, cursor=cursor, until=until,
                   max_message_bytes=max_message_bytes, params=params)
     _check_session(session)
     checked_timeout = _check_timeout(timeout)
@@ -494,10 +347,10 @@ def read_stream(
             cannot be decoded (unless ``skip_bad``).
         OversizedMessage: more than ``max_bytes`` were read.
     """
-    url = _check_url(url)
-    core = _start(url, offset, live, cursor=cursor, until=until,
+    url = check_url(url)
+    core = start_core(url, offset, live, cursor=cursor, until=until,
                   max_message_bytes=max_message_bytes, params=params)
-    limit = _check_positive_int(max_bytes, "max_bytes")
+    limit = check_positive_int(max_bytes, "max_bytes")
     checked_timeout = _check_timeout(timeout)
     if not callable(headers):
         headers = check_headers(headers)
@@ -519,63 +372,3 @@ def read_stream(
         events.close()
         if own:
             active.close()
-
-
-class Collector:
-    """Gather a read's events into a :class:`ReadResult` (both shells use it).
-
-    ``add()`` returns True when the read is complete: for catch-up when the
-    core is done; for a live read once it caught up with something new, or
-    after one live answer (long-poll) / the first live data (SSE), or closed.
-    """
-
-    def __init__(self, core: ReadCore, *, limit: int, skip_bad: bool, url: str) -> None:
-        self.core = core
-        self.limit = limit
-        self.skip_bad = skip_bad
-        self.url = url
-        self.items: list[Item] = []
-        self._assembler = Assembler(core)
-        self._live = core.live != "catch-up"
-        self._fresh = False
-
-    def add(self, event: Any, bytes_read: int) -> bool:
-        chunk = self._assembler.add(event)
-        if chunk is None:
-            return False
-        if not self.skip_bad:
-            for item in chunk.items:
-                if item.error is not None:
-                    if item.error.offset is None:
-                        item.error.offset = item.start
-                    raise item.error
-        self.items.extend(chunk.items)
-        if bytes_read > self.limit:
-            raise OversizedMessage(f"read of {redact_url(self.url)} exceeded "
-                                   f"max_bytes={self.limit}", offset=chunk.start,
-                                   size=bytes_read)
-        if not self._live or chunk.closed:
-            return chunk.closed
-        if self._fresh:  # a live answer: long-poll data or timeout; SSE once data came
-            return self.core.live == "long-poll" or bool(chunk.items)
-        if chunk.up_to_date:
-            if self.items:
-                return True  # caught up with something new: done
-            self._fresh = True  # caught up with nothing new: wait live for the next data
-        return False
-
-    def result(self, stats: Any) -> ReadResult:
-        core, items = self.core, self.items
-        return ReadResult(
-            messages=tuple(i.value for i in items if i.error is None),
-            next_offset=core.offset,
-            up_to_date=core.up_to_date,
-            closed=core.closed,
-            items=tuple(items),
-            kind=core.kind,
-            content_type=core.content_type,
-            cursor=core.cursor,
-            responses=stats.responses,
-            cached_responses=stats.cached,
-            bytes_read=stats.bytes_read,
-        )

@@ -238,6 +238,10 @@ class WorkerMetrics:
             "Handler run time (from getting a concurrency slot to return or raise), by outcome",
             ("subscription", "outcome"), buckets=HANDLER_BUCKETS, registry=self.registry)
 
+    def observe_handler(self, subscription: str, outcome: str, seconds: float) -> None:
+        """One handler run of ``seconds`` with ``outcome`` (``ok``, ``error``, ``cancelled``)."""
+        self.handler_duration.labels(subscription, outcome).observe(seconds)
+
     @contextlib.contextmanager
     def time_handler(self, subscription: str) -> Iterator[None]:
         """Observe the body's duration: outcome ``ok``, ``error`` or ``cancelled``."""

@@ -16,6 +16,9 @@ rules cannot drift.
 - :mod:`.sse` — the incremental SSE parser (linear in the bytes fed).
 - :mod:`.items` — :class:`Item`, :class:`Chunk`, :class:`ReadResult`.
 - :mod:`.retry` — :class:`RetryPolicy`: what is transient, how long to wait.
+- :mod:`.calls` — what the sync and async read functions share: their
+  argument checks, the core built from them, and :class:`~.calls.Collector`
+  (events into a :class:`ReadResult`).
 """
 
 from pullwake.protocol.framing import Kind, Rejected, kind_of

@@ -15,7 +15,11 @@ import re
 from collections.abc import Iterable, Mapping
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-__all__ = ["cache_key", "is_cacheable", "is_catchup", "is_credential", "redact_url"]
+__all__ = ["DEFAULT_MAX_ENTRY_BYTES", "cache_key", "is_cacheable", "is_catchup",
+           "is_credential", "redact_url"]
+
+#: A larger response is passed through, never stored.
+DEFAULT_MAX_ENTRY_BYTES = 32 * 1024 * 1024
 
 #: Always credentials (lower case); any header whose name matches the pattern too.
 CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key",

@@ -4,7 +4,10 @@ This layer owns what happens between a wake on the wire and a handler's
 ack: :mod:`.runner` drives the lifecycle machine and implements its effects;
 :mod:`.control` and :mod:`.subscriptions` are the control planes (claim,
 ack, release, heartbeat); :mod:`.claims` schedules one claim per key;
-:mod:`.heartbeat` keeps the runner's lease; :mod:`.failures` holds the
+:mod:`.heartbeat` keeps the runner's lease; the worker's runtime is
+:mod:`.dispatch` (jobs, acks, releases) with :mod:`.attempts` (handler
+runs), :mod:`.leases` (claim leases), :mod:`.recovery` (what a restarted
+server forgot) and :mod:`.wake` (a wake and its stream reads); :mod:`.failures` holds the
 handler-failure policy and dead-letter records; :mod:`.health` is the one
 health model; :mod:`.config` the runner's configuration; :mod:`.logs` the
 log context and formats.

@@ -22,7 +22,8 @@ from typing import Any
 
 from pullwake.io.clock import iso
 
-__all__ = ["RECENT_ERRORS", "RECENT_TRANSITIONS", "Health", "Stats", "SubscriptionStats"]
+__all__ = ["RECENT_ERRORS", "RECENT_TRANSITIONS", "Health", "Stats", "SubscriptionStats",
+           "WorkerStats"]
 
 #: How many recent lifecycle transitions and errors a snapshot keeps.
 RECENT_TRANSITIONS = 40
@@ -168,6 +169,27 @@ class Health:
         for key in ("running", "offset", "recent_transitions", "recent_errors"):
             d.pop(key)
         return d
+
+
+@dataclass
+class WorkerStats:
+    """A worker's counters (``health()["worker"]``), cumulative across restarts."""
+
+    wakes_claimed: int = 0
+    wakes_handled: int = 0
+    wakes_acked: int = 0
+    wakes_released: int = 0
+    handler_errors: int = 0
+    handler_timeouts: int = 0
+    handlers_abandoned: int = 0
+    dead_lettered: int = 0
+    dead_letter_failures: int = 0
+    leases_lost: int = 0
+    lease_extensions: int = 0
+    recovered_wakes: int = 0
+    subscriptions_recreated: int = 0
+    wake_streams_recreated: int = 0
+    jobs_active: int = 0
 
 
 @dataclass

@@ -54,7 +54,7 @@ from pullwake.runtime.health import Health, Stats
 from pullwake.runtime.heartbeat import Heartbeater
 from pullwake.runtime.logs import OutageLog, log_context
 
-__all__ = ["PullWakeRunner", "Runtime"]
+__all__ = ["PullWakeRunner", "Runtime", "http_client"]
 
 log = logging.getLogger("pullwake.runner")
 
@@ -84,6 +84,14 @@ class Runtime(Protocol):
     def abort_wakes(self) -> None: ...
 
 
+def http_client(config: RunnerConfig) -> HttpClient:
+    """The HTTP client a runner with ``config`` uses (built by whoever shares it)."""
+    clock = config.clock if config.clock is not None else LoopClock()
+    return HttpClient(headers=config.headers, clock=clock,
+                      request_timeout=config.request_timeout, verify_tls=config.verify_tls,
+                      connect_timeout=config.connect_timeout, session=config.session)
+
+
 class _StopCycle:
     """One stop: every concurrent ``stop()`` awaits the same event and error."""
 
@@ -101,7 +109,8 @@ class PullWakeRunner:
     """
 
     def __init__(self, config: RunnerConfig, runtime: Runtime, *,
-                 control_plane: ControlPlane | None = None) -> None:
+                 control_plane: ControlPlane | None = None,
+                 http: HttpClient | None = None) -> None:
         self.config = config
         self.runtime = runtime
         self._clock: Clock = config.clock if config.clock is not None else LoopClock()
@@ -121,10 +130,11 @@ class PullWakeRunner:
         self._backoff_note: tuple[float, int] | None = None
         self._heartbeat_outage = OutageLog(log, "heartbeat", self._clock,
                                            prefix=f"[{self._label}] ")
-        self.http = HttpClient(headers=config.headers, clock=self._clock,
-                               request_timeout=config.request_timeout,
-                               verify_tls=config.verify_tls,
-                               connect_timeout=config.connect_timeout, session=config.session)
+        #: The runner's HTTP client (``http``: one its runtime shares, or its own).
+        self.http = http if http is not None else HttpClient(
+            headers=config.headers, clock=self._clock, request_timeout=config.request_timeout,
+            verify_tls=config.verify_tls, connect_timeout=config.connect_timeout,
+            session=config.session)
         self.control: ControlPlane = control_plane or ElectricControlPlane(
             claim_url=config.claim_url, heartbeat_url=config.heartbeat_url, clock=self._clock,
             on_retry=lambda exc: self.claims.record_failure(exc))

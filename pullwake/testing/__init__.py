@@ -1,9 +1,15 @@
 """Test servers for pullwake: the Durable Streams reference server and an embedded one.
 
 * :mod:`pullwake.testing.realserver` installs and runs ``@durable-streams/server``
-  (node) on 127.0.0.1: :class:`RealServer`, :func:`ensure_installed`.
+  (node) on 127.0.0.1: :class:`RealServer`, :func:`ensure_installed` (the
+  install itself in :mod:`._install`).
 * :mod:`pullwake.testing.server` is an in-process aiohttp server speaking the
   subset of the protocol pullwake uses, with fault switches: :class:`EmbeddedServer`.
+  Its parts: routes in :mod:`._stream_routes`, :mod:`._control_routes` and
+  :mod:`._fault_routes`; storage in :mod:`._streams`; subscriptions in
+  :mod:`._subscriptions` and :mod:`._subscription_model`; fault selection in
+  :mod:`._faults`; answer plumbing in :mod:`._http`.
+* :mod:`pullwake.testing.clock` is :class:`ManualClock`, a clock tests drive.
 
 Importing this package needs neither node nor npm, and imports the submodules
 lazily (so ``python -m pullwake.testing.realserver`` runs without a warning).

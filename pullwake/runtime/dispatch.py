@@ -1,0 +1,451 @@
+"""The worker's runtime: what the runner drives for each claimed wake.
+
+This module owns :class:`WorkerRuntime`, the :class:`~pullwake.runtime.runner.Runtime`
+a :class:`~pullwake.worker.Worker` gives its runner (a private object of the
+worker, not its public surface): each claimed wake becomes a job, one per
+subscription at a time, that keeps the lease (:mod:`.leases`), runs the
+handler (:mod:`.attempts`), and acks ``done`` or releases; failures follow the
+retry policy (:mod:`.failures`: cool-down, dead letter after
+``max_attempts``); ranges a re-created subscription skipped are handed over by
+:mod:`.recovery`; at stop running jobs get ``stop_grace``, then are cancelled
+and release their claims. The runtime tells the runner when a key is free
+(:meth:`~pullwake.runtime.runner.PullWakeRunner.wake_free`), so held-back
+wakes are claimed then, never polled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from pullwake.errors import (
+    ControlPlaneError,
+    DeadLetterError,
+    HandlerError,
+    HandlerTimeout,
+    LeaseLost,
+    PullwakeError,
+    SubscriptionError,
+)
+from pullwake.io.clock import Clock, deadline
+from pullwake.io.http import HttpClient, raise_for_answer
+from pullwake.runtime.attempts import HandlerAttempts, HandlerTimer, describe
+from pullwake.runtime.failures import FailureLog, FailurePolicy, WakeFailures, dead_letter_record
+from pullwake.runtime.health import SubscriptionStats, WorkerStats
+from pullwake.runtime.leases import LeaseKeeper
+from pullwake.runtime.logs import job_context
+from pullwake.runtime.recovery import Recovery
+from pullwake.runtime.subscriptions import (
+    INVALID_OFFSET,
+    Claim,
+    SubscriptionClient,
+    SubscriptionConfig,
+)
+from pullwake.runtime.wake import Wake, WakeReader
+
+if TYPE_CHECKING:
+    from pullwake.runtime.runner import PullWakeRunner
+
+__all__ = ["WorkerRuntime"]
+
+log = logging.getLogger("pullwake.worker")
+
+
+class WorkerRuntime:
+    """Jobs, attempts, acks and releases of one worker (see the module docstring).
+
+    ``bind(runner, timer)`` once the runner exists (the runner is told of free
+    keys, liveness and errors); ``begin()`` at each start; ``close()`` at stop.
+    """
+
+    #: The runtime calls ``runner.wake_free`` when a job ends or a cool-down
+    #: runs out, so a held-back wake is claimed then, never by polling.
+    notifies_wake_free = True
+
+    def __init__(self, handler: Callable[[Wake], Any], *, client: SubscriptionClient,
+                 http: HttpClient, reader: WakeReader,
+                 subscriptions: Mapping[str, SubscriptionConfig], wake_stream: str,
+                 label: str, max_concurrency: int, stop_grace: float,
+                 failure_policy: FailurePolicy, stats: WorkerStats, clock: Clock,
+                 request_timeout: float, on_error: Callable[[BaseException], Any] | None,
+                 max_tracked_streams: int) -> None:
+        self._client = client
+        self._http = http
+        self._reader = reader
+        self._label = label
+        self.max_concurrency = max_concurrency
+        self.stop_grace = stop_grace
+        self.failure_policy = failure_policy
+        self.stats = stats
+        self._clock = clock
+        self._request_timeout = request_timeout
+        self._on_error = on_error
+        self._runner: PullWakeRunner | None = None
+        self._jobs: dict[str, asyncio.Task[Any]] = {}
+        #: Per subscription: the current wake's failures and the cool-down.
+        self._failures: dict[str, WakeFailures] = {}
+        self._failure_log = FailureLog(log, failure_policy.log_interval)
+        self._grace_over = asyncio.Event()
+        self.sub_stats = {s: SubscriptionStats() for s in subscriptions}
+        self.attempts = HandlerAttempts(
+            handler, max_concurrency=max_concurrency, clock=clock,
+            handler_timeout=failure_policy.handler_timeout, label=label, stats=stats,
+            freed=self._slot_freed)
+        self.leases = LeaseKeeper(client, http, clock=clock, request_timeout=request_timeout,
+                                  stats=stats, liveness=self._liveness)
+        self.recovery = Recovery(
+            self, client, subscriptions=subscriptions, wake_stream=wake_stream, reader=reader,
+            failure_policy=failure_policy, clock=clock, stats=stats, label=label,
+            max_tracked_streams=max_tracked_streams)
+
+    def bind(self, runner: PullWakeRunner, timer: HandlerTimer | None = None) -> None:
+        self._runner = runner
+        self.attempts.timer = timer
+
+    @property
+    def runner(self) -> PullWakeRunner:
+        if self._runner is None:  # pragma: no cover - the worker binds it at construction
+            raise RuntimeError("the runtime is not bound to a runner")
+        return self._runner
+
+    def begin(self) -> None:
+        """A new run: the stop grace of an earlier stop is forgotten."""
+        self._grace_over.clear()
+
+    def end_grace(self) -> None:
+        self._grace_over.set()
+
+    async def close(self) -> None:
+        """After the runner stopped: recoveries cancelled, cut-short extensions awaited."""
+        await self.recovery.cancel()
+        await self.leases.wait()
+
+    def abandoned(self) -> int:
+        return self.attempts.abandoned()
+
+    @property
+    def jobs_active(self) -> int:
+        return len(self._jobs)
+
+    def subscriptions_health(self) -> dict[str, Any]:
+        now = self._clock.monotonic()
+        subs: dict[str, Any] = {}
+        for sub_id, st in self.sub_stats.items():
+            fails = self._failures.get(sub_id)
+            until = fails.cooldown_until if fails is not None else None
+            subs[sub_id] = st.snapshot(
+                now, cooling_down_s=0.0 if until is None else max(0.0, until - now),
+                consecutive_failures=fails.backoff.attempt if fails is not None else 0,
+                failed_attempts=fails.attempts if fails is not None else 0)
+        return subs
+
+    # ============================================== Runtime (for the runner)
+
+    def wake_received(self, wake: Any) -> None:
+        st = self.sub_stats.get(getattr(wake, "subscription_id", None) or "")
+        if st is not None:
+            st.wake_seen(self._clock.monotonic())
+
+    def is_wake_active(self, key: str) -> bool:
+        if key in self._jobs or \
+                len(self._jobs) + self.attempts.outliving >= self.max_concurrency:
+            return True
+        fails = self._failures.get(key)
+        until = fails.cooldown_until if fails is not None else None
+        return until is not None and self._clock.monotonic() < until
+
+    def dispatch_wake(self, notification: Any, *, claim_headers: Any,
+                      claim_token_header: str | None) -> None:
+        claim: Claim = notification["claim"]
+        self.stats.wakes_claimed += 1
+        key = claim.subscription_id
+        self._sub(claim).claimed(self._clock.monotonic(), claim.generation,
+                                 (s.path for s in claim.streams if s.tail_offset > s.acked_offset))
+        # The claim token is scrubbed from any text while, and only while, its job runs.
+        scope = self._http.hold_secrets(claim.token)
+        scope.__enter__()
+        task = asyncio.get_running_loop().create_task(
+            self._job(claim), context=job_context(subscription=key, wake=claim.generation))
+        task.set_name(f"pullwake-job[{key}#{claim.generation}]")
+        self._jobs[key] = task
+        self.stats.jobs_active = len(self._jobs)
+
+        def over(t: asyncio.Future[Any]) -> None:
+            scope.__exit__(None, None, None)
+            self._sub(claim).ended(claim.generation)
+            self._job_over(key, t)
+
+        task.add_done_callback(over)
+
+    def _job_over(self, key: str, task: asyncio.Future[Any]) -> None:
+        """``key`` is free once its job acked (or ended): tell the runner at once."""
+        if self._jobs.get(key) is not task:
+            return
+        full = len(self._jobs) >= self.max_concurrency
+        del self._jobs[key]
+        self.stats.jobs_active = len(self._jobs)
+        self.runner.wake_free(None if full else key)  # a full worker frees any key
+
+    def abort_wakes(self) -> None:
+        """Stop began: nothing to do here (claims stop dispatching; jobs get their grace)."""
+
+    async def drain_wakes(self) -> None:
+        # Recovered wakes get the same grace: nothing else would hand them over.
+        jobs = [*self._jobs.values(), *self.recovery.tasks]
+        if not jobs:
+            return
+        if self.stop_grace > 0 and not self._grace_over.is_set():
+            finished = asyncio.ensure_future(asyncio.wait(jobs))
+            cut = asyncio.ensure_future(self._grace_over.wait())
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with deadline(self._clock, self.stop_grace):
+                        await asyncio.wait({finished, cut}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                finished.cancel()
+                cut.cancel()
+        pending = [t for t in jobs if not t.done()]
+        for t in pending:
+            t.cancel()  # a job releases its claim on the way out
+        if pending:
+            log.warning("[%s] %d handler(s) still running after %.3gs: released",
+                        self._label, len(pending), self.stop_grace)
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    # ================================================================= jobs
+
+    async def _job(self, claim: Claim) -> None:
+        sub = claim.subscription_id
+        self.recovery.learn(sub, claim.streams)
+        fails = self._failures_of(sub)
+        fails.begin(claim.streams)
+        wake = Wake(subscription_id=sub, wake_id=claim.wake_id,
+                    generation=claim.generation, streams=claim.streams, _reader=self._reader)
+        keeper = self.leases.keep(claim)
+        attempt: asyncio.Future[BaseException | None] | None = None
+        try:
+            if fails.dead:
+                # Given up on earlier (attempts exhausted) but its record or ack
+                # did not get through: do not run the handler again.
+                error = fails.last_error
+            else:
+                attempt = asyncio.ensure_future(self.attempt(wake))
+                await asyncio.wait((keeper, attempt), return_when=asyncio.FIRST_COMPLETED)
+                if not attempt.done():  # the keeper ended: the lease is gone
+                    attempt.cancel()
+                    await asyncio.gather(attempt, return_exceptions=True)
+                    lost = keeper.exception() if not keeper.cancelled() else None
+                    self.stats.leases_lost += 1
+                    self._sub(claim).leases_lost += 1
+                    self.report(lost or LeaseLost("lease lost", operation="extend lease"))
+                    return
+                error = attempt.result()
+                if error is None:
+                    await self._stop_keeper(keeper)
+                    self.stats.wakes_handled += 1
+                    self._sub(claim).wakes_handled += 1
+                    fails.succeeded()
+                    await self._finish(claim, wake)
+                    return
+                self.handler_failed(wake, fails, error)
+                if self.failure_policy.exhausted(fails.attempts):
+                    fails.dead = True
+            if fails.dead and (fails.recorded is not None
+                               or await self.dead_letter(wake, fails, reason="max_attempts")):
+                await self._stop_keeper(keeper)
+                recorded = fails.recorded or claim.streams
+                if await self._finish(claim, wake, acks=[
+                        (s.path, s.tail_offset) for s in recorded
+                        if s.tail_offset > s.acked_offset]):
+                    fails.succeeded()
+                return
+            if fails.dead:  # the record could not be written: retry it after a cool-down
+                self._free_after(fails.cool(self._clock.monotonic()), sub)
+            await self._stop_keeper(keeper)
+            await self._release(claim, why="handler failed")
+        except asyncio.CancelledError:
+            if attempt is not None:  # the lease is kept while the handler winds down
+                attempt.cancel()
+                await asyncio.gather(attempt, return_exceptions=True)
+            await self._stop_keeper(keeper)
+            await self._release(claim, why="stopped")
+            raise
+
+    @staticmethod
+    async def _stop_keeper(keeper: asyncio.Future[Any]) -> None:
+        keeper.cancel()
+        await asyncio.gather(keeper, return_exceptions=True)
+
+    async def attempt(self, wake: Wake) -> BaseException | None:
+        """Run the handler once (:meth:`HandlerAttempts.attempt`)."""
+        return await self.attempts.attempt(wake)
+
+    async def _finish(self, claim: Claim, wake: Wake,
+                      acks: list[tuple[str, str]] | None = None) -> bool:
+        """Ack ``done`` (default: what was handed over or read); True if the server took it."""
+        if acks is None:
+            acks = []
+            for s in claim.streams:
+                end = max(s.tail_offset, wake._read.get(s.path, ""))
+                if end > s.acked_offset:
+                    acks.append((s.path, end))
+        try:
+            try:
+                await self._client.ack(self._http, claim, acks=acks, done=True)
+            except ControlPlaneError as exc:
+                # A file-backed server can serve a read past the tail it checks
+                # acks against (the append is on disk, its offset not yet
+                # committed): ack what the claim handed over instead. Messages
+                # read past it come again in the next wake.
+                clamped = [(p, min(o, self._tail_of(claim, p))) for p, o in acks]
+                if exc.code != INVALID_OFFSET or clamped == acks:
+                    raise
+                acks = clamped
+                await self._client.ack(self._http, claim, acks=acks, done=True)
+        except (LeaseLost, SubscriptionError) as exc:
+            self.stats.leases_lost += 1
+            self.report(exc)
+            return False
+        except PullwakeError as exc:
+            self.report(exc)  # not acked: the lease expires and the wake comes back
+            return False
+        self.stats.wakes_acked += 1
+        self._sub(claim).acked(claim.generation)
+        self.recovery.acked(claim.subscription_id, acks)
+        task = asyncio.current_task()
+        if task is not None:  # acked: the next wake may be claimed before this task ends
+            self._job_over(claim.subscription_id, task)
+        return True
+
+    @staticmethod
+    def _tail_of(claim: Claim, path: str) -> str:
+        return next(s.tail_offset for s in claim.streams if s.path == path)
+
+    async def _release(self, claim: Claim, *, why: str) -> None:
+        try:
+            await asyncio.shield(self._client.release(self._http, claim,
+                                                      timeout=min(self._request_timeout, 5.0)))
+        except (PullwakeError, asyncio.CancelledError) as exc:
+            log.info("[%s] release of %s#%d (%s) failed: %s", self._label,
+                     claim.subscription_id, claim.generation, why, exc)
+            return
+        self.stats.wakes_released += 1
+        self._sub(claim).wakes_released += 1
+
+    def _sub(self, claim: Claim) -> SubscriptionStats:
+        return self._sub_of(claim.subscription_id)
+
+    def _sub_of(self, sub_id: str) -> SubscriptionStats:
+        return self.sub_stats.setdefault(sub_id, SubscriptionStats())
+
+    # ============================================================ failures
+
+    def _slot_freed(self) -> None:
+        self.runner.wake_free(None)
+
+    def _free_after(self, delay: float, sub_id: str) -> None:
+        """A cool-down: tell the runner when it ends (held-back wakes are not polled)."""
+        self._clock.call_later(delay, self.runner.wake_free, sub_id)
+
+    def handler_failed(self, wake: Wake, fails: WakeFailures, error: BaseException) -> float:
+        """Count, log (traceback, rate-limited) and report one failed attempt; the cool-down."""
+        now, wall = self._clock.monotonic(), self._clock.time()
+        delay = fails.failed(error, now, wall)
+        self._free_after(delay, wake.subscription_id)
+        self.stats.handler_errors += 1
+        errs = self._sub_of(wake.subscription_id)
+        errs.handler_errors += 1
+        if isinstance(error, HandlerTimeout):
+            self.stats.handler_timeouts += 1
+            errs.handler_timeouts += 1
+        text = f"{type(error).__name__}: {self._http.scrub(str(error))}"
+        errs.last_error, errs.last_error_at = text, wall
+        limit = self.failure_policy.max_attempts
+        of = f"/{limit}" if limit is not None else ""
+        then = ("giving up: dead-lettering it" if self.failure_policy.exhausted(fails.attempts)
+                else f"retried after a {delay:.3g}s cool-down")
+        self._failure_log.log(
+            wake.subscription_id, first=fails.attempts == 1, now=now, error=error,
+            scrub=self._http.scrub,
+            message=f"[{self._label}] handler failed on {describe(wake)} (attempt "
+                    f"{fails.attempts}{of}): {text}; {then}")
+        if isinstance(error, HandlerTimeout):
+            herr: HandlerError = error
+        else:
+            herr = HandlerError(f"handler failed on {describe(wake)}: {text}")
+            herr.__cause__ = error
+        self._notify(herr, "handler")
+        return delay
+
+    def _failures_of(self, sub_id: str) -> WakeFailures:
+        fails = self._failures.get(sub_id)
+        if fails is None:
+            fails = self._failures[sub_id] = WakeFailures(backoff=self.failure_policy.backoff())
+        return fails
+
+    async def dead_letter(self, wake: Wake, fails: WakeFailures, *, reason: str) -> bool:
+        """Append the wake's record to the dead-letter stream; True once it is written."""
+        stream = self.failure_policy.dead_letter_stream
+        errs = self._sub_of(wake.subscription_id)
+        if stream is None:  # pragma: no cover - FailurePolicy never exhausts without one
+            return False
+        record = dead_letter_record(
+            subscription=wake.subscription_id, worker=self._label, streams=wake.streams,
+            attempts=fails.attempts, error=fails.last_error, scrub=self._http.scrub,
+            reason=reason, wake_id=wake.wake_id, generation=wake.generation,
+            recovered=wake.recovered, first_failed_at=fails.first_failed_at,
+            now=self._clock.time())
+        try:
+            await asyncio.shield(self._append_record(stream, record))
+        except PullwakeError as exc:
+            self.stats.dead_letter_failures += 1
+            errs.dead_letter_failures += 1
+            err = exc if isinstance(exc, DeadLetterError) else DeadLetterError(
+                f"cannot append to {stream!r}: {self._http.scrub(str(exc))}",
+                operation="dead-letter append", status=getattr(exc, "status", None))
+            if err is not exc:
+                err.__cause__ = exc
+            log.warning("[%s] dead-letter record of %s not written, so it is not acked "
+                        "(released, retried later): %s", self._label, describe(wake),
+                        self._http.scrub(str(err)))
+            self._notify(err)
+            return False
+        fails.recorded = tuple(wake.streams)
+        self.stats.dead_lettered += 1
+        errs.dead_lettered += 1
+        log.warning("[%s] %s dead-lettered to %s after %d attempt(s) (%s)", self._label,
+                    describe(wake), stream, fails.attempts, reason)
+        return True
+
+    async def _append_record(self, stream: str, record: Mapping[str, Any]) -> None:
+        url = self._client.stream_url(stream)
+        answer = await self._http.request("POST", url, operation="dead-letter append",
+                                          json_body=record)
+        if answer.status == 404:  # an in-memory server forgot it: re-create, once
+            await self._client.ensure_stream(self._http, stream)
+            answer = await self._http.request("POST", url, operation="dead-letter append",
+                                              json_body=record)
+        raise_for_answer(answer, operation="dead-letter append", url=url,
+                         scrub=self._http.scrub, cls=DeadLetterError)
+
+    # ============================================================ reporting
+
+    def _liveness(self, ok: bool, error: BaseException | None) -> None:
+        self.runner.record_liveness(ok, error)
+
+    def report(self, error: BaseException) -> None:
+        log.warning("[%s] %s: %s", self._label, type(error).__name__,
+                    self._http.scrub(str(error)))
+        self._notify(error)
+
+    def _notify(self, error: BaseException, where: str = "worker") -> None:
+        """Record ``error`` in health and hand it to ``on_error`` (which only reports)."""
+        self.runner.note_error(where, error)
+        if self._on_error is not None:
+            try:
+                self._on_error(error)
+            except Exception:
+                log.exception("[%s] on_error raised; ignoring", self._label)
