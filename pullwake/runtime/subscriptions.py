@@ -160,14 +160,7 @@ class Claim:
         fast = _fast_claim(subscription_id, body, deferred_streams)
         if fast is not None:
             return fast
-        return cls._parse_fields(subscription_id, body, status=status,
-                                 deferred_streams=deferred_streams)
-
-    @classmethod
-    def _parse_fields(cls, subscription_id: str, body: Mapping[str, Any], *,
-                      status: int | None, deferred_streams: int) -> Claim:
-        """Field by field, naming the first one that is wrong."""
-        streams = []
+        streams = []  # field by field, naming the first one that is wrong
         for i, s in enumerate(_field(body, "streams", list, default=[], status=status)):
             if not isinstance(s, Mapping):
                 raise ControlPlaneError(f"claim answer field 'streams[{i}]' must be an "
