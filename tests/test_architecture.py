@@ -60,7 +60,6 @@ LONG_MODULES: dict[str, str] = {
     "pullwake.lifecycle.machine": "to split",
     "pullwake.lifecycle.review": "to split",
     "pullwake.lifecycle.spec": "to split",
-    "pullwake.runtime.runner": "to split",
 }
 
 #: The one owner of spawned tasks: nothing else creates an asyncio task.

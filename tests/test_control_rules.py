@@ -125,13 +125,9 @@ def _plane(root: str, clock: ManualClock) -> SubscriptionControlPlane:
     sub = SubscriptionConfig(id="sub1", wake_stream="wake/pool", pattern="e/*",
                              lease_ttl_ms=2000)
 
-    async def missing(http: HttpClient, s: SubscriptionConfig) -> None:
-        raise AssertionError("not expected")
-
     return SubscriptionControlPlane(SubscriptionClient(root), worker="w1",
                                     subscriptions={"sub1": sub},
-                                    wake_stream_url=f"{root}/wake/pool", on_missing=missing,
-                                    clock=clock)
+                                    wake_stream_url=f"{root}/wake/pool", clock=clock)
 
 
 async def test_retried_claim_recognises_its_own_earlier_success(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -240,26 +241,45 @@ class _BusyRuntime:
         self.dispatched.append(notification)
 
 
+class _Owner:
+    """The claims' owner seam (a runner's ClaimOwner), spawning plain tasks."""
+
+    http: Any = None
+    claim_token_header = None
+
+    def __init__(self) -> None:
+        from pullwake.runtime.logs import LabelledLog
+
+        self.log = LabelledLog(logging.getLogger("pullwake.test.claims"), "t1")
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.reported: list[object] = []
+
+    async def claim_headers(self) -> dict[str, str]:
+        return {}
+
+    def report(self, error: object, *, where: str = "runner", quiet: bool = False) -> None:
+        self.reported.append(error)
+
+    def activity(self) -> None:
+        pass
+
+    def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        return task
+
+
 async def test_a_held_back_wake_is_claimed_when_the_runtime_frees_the_key() -> None:
     from pullwake.runtime.claims import ClaimScheduler
     from pullwake.runtime.health import Stats
+    from pullwake.runtime.ports import RuntimeHooks
 
     clock = ManualClock()
-    control, runtime = _Control(), _BusyRuntime()
-    tasks: set[asyncio.Task[Any]] = set()
-
-    def spawn(coro: Any, name: str) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
-        tasks.add(task)
-        return task
-
-    async def no_headers() -> dict[str, str]:
-        return {}
-
-    claims = ClaimScheduler(control=control, http=None, runtime=runtime, clock=clock,  # type: ignore[arg-type]
-                            stats=Stats(), busy_retry=0.025, claim_headers=no_headers,
-                            claim_token_header=None, report_error=lambda e: None,
-                            notify=lambda: None, spawn=spawn, notified=True)
+    control, runtime, owner = _Control(), _BusyRuntime(), _Owner()
+    tasks = owner.tasks
+    claims = ClaimScheduler(owner, control=control,
+                            runtime=RuntimeHooks.of(runtime),  # type: ignore[arg-type]
+                            clock=clock, stats=Stats(), busy_retry=0.025)
     claims.open()
     runtime.busy.add("sub1")
     claims.submit(WakeEvent(stream="s1", subscription_id="sub1"))

@@ -27,16 +27,18 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, Protocol
 
 from pullwake.errors import ControlPlaneError, RequestTimeout
 from pullwake.io.clock import Clock, TimerHandle, deadline
 from pullwake.io.http import HttpClient
 from pullwake.runtime.control import ControlPlane, WakeEvent
 from pullwake.runtime.health import Stats
+from pullwake.runtime.logs import LabelledLog
+from pullwake.runtime.ports import RuntimeHooks
 
-__all__ = ["ClaimScheduler", "failure_reason"]
+__all__ = ["ClaimOwner", "ClaimScheduler", "failure_reason"]
 
 log = logging.getLogger("pullwake.claims")
 
@@ -58,45 +60,71 @@ def failure_reason(error: BaseException) -> str:
     return "other"
 
 
+class ClaimOwner(Protocol):
+    """What a :class:`ClaimScheduler` needs of the runner that owns it (the runner is one).
+
+    ``report`` records an error (health, log, ``on_error``); ``activity``
+    says something a heartbeat reports has changed; ``spawn`` starts a task
+    the runner tracks; ``claim_headers``/``claim_token_header`` go with each
+    dispatched wake; ``log`` carries the runner's id.
+    """
+
+    @property
+    def http(self) -> HttpClient: ...
+
+    @property
+    def claim_token_header(self) -> str | None: ...
+
+    @property
+    def log(self) -> LabelledLog: ...
+
+    async def claim_headers(self) -> dict[str, str]: ...
+
+    def report(self, error: object, *, where: str = ..., quiet: bool = ...) -> None: ...
+
+    def activity(self) -> None: ...
+
+    def spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]: ...
+
+
 class ClaimScheduler:
+    """The claims of one runner (see the module docstring).
+
+    ``owner`` is the runner (:class:`ClaimOwner`); ``runtime`` the runtime's
+    resolved hooks (:class:`~pullwake.runtime.ports.RuntimeHooks`). Results go
+    to ``stats`` and, through the owner, to health and the log.
+    """
+
     def __init__(
         self,
+        owner: ClaimOwner,
         *,
         control: ControlPlane,
-        http: HttpClient,
-        runtime: Any,
+        runtime: RuntimeHooks,
         clock: Clock,
         stats: Stats,
         busy_retry: float,
-        claim_headers: Callable[[], Awaitable[dict[str, str]]],
-        claim_token_header: str | None,
-        report_error: Callable[[BaseException], None],
-        notify: Callable[[], None],
-        spawn: Callable[[Awaitable[Any], str], asyncio.Task[Any]],
-        notified: bool = False,
         max_keys: int = MAX_CLAIM_KEYS,
     ) -> None:
         self.max_keys = max_keys
         #: Wakes dropped because ``max_keys`` keys were already busy (each reported).
         self.dropped = 0
+        self._owner = owner
         self._control = control
-        self._http = http
-        self._runtime = runtime
-        self._is_active: Callable[[str], Any] | None = getattr(runtime, "is_wake_active", None)
+        self._runtime = runtime.runtime
+        self._is_active = runtime.is_wake_active
         self._clock = clock
         self._stats = stats
-        self._busy_retry = max(busy_retry, NOTIFIED_FALLBACK_S) if notified else busy_retry
-        self._claim_headers = claim_headers
-        self._claim_token_header = claim_token_header
-        self._report_error = report_error
-        self._notify = notify
-        self._spawn = spawn
+        self._busy_retry = (max(busy_retry, NOTIFIED_FALLBACK_S) if runtime.notifies_wake_free
+                            else busy_retry)
+        self._log = LabelledLog(log, owner.log.label)  # the runner's id, this module's logger
+        self._notify = owner.activity
+        self._spawn = owner.spawn
         self._in_flight: dict[str, asyncio.Task[Any]] = {}
         self._waiting: dict[str, TimerHandle] = {}
         self._deferred: dict[str, WakeEvent] = {}
         self._held: dict[str, WakeEvent] = {}  # the wake each waiting key waits with
         self._open = False
-        self.dispatched = 0
         #: Held-back wakes re-checked because the retry timer fired (not an event).
         self.busy_retries = 0
 
@@ -159,7 +187,7 @@ class ClaimScheduler:
         self._stats.count_claim_failure(failure_reason(error))
         self._stats.last_claim_result = "error"
         self._notify()
-        self._report_error(error)
+        self._owner.report(error)
 
     async def settle(self, grace: float) -> None:
         """Wait up to ``grace`` seconds for in-flight claims, then cancel the rest.
@@ -177,7 +205,7 @@ class ClaimScheduler:
         for t in pending:
             t.cancel()
         if pending:
-            log.warning("abandoned %d claim(s) still unanswered after the %.3gs grace",
+            self._log.warning("abandoned %d claim(s) still unanswered after the %.3gs grace",
                         len(pending), grace)
             await asyncio.gather(*pending, return_exceptions=True)
 
@@ -205,8 +233,8 @@ class ClaimScheduler:
             return False
         try:
             return bool(check(key))
-        except Exception:
-            log.exception("runtime.is_wake_active raised; treating %r as free", key)
+        except Exception:  # noqa: BLE001 - logged with its traceback; the key counts as free
+            self._log.exception("runtime.is_wake_active raised; treating %r as free", key)
             return False
 
     def _wait_for_runtime(self, key: str, wake: WakeEvent) -> None:
@@ -229,7 +257,7 @@ class ClaimScheduler:
         try:
             stats.last_claim_at = self._clock.time()
             try:
-                outcome = await self._control.claim(self._http, wake)
+                outcome = await self._control.claim(self._owner.http, wake)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - reported, never raised
@@ -243,7 +271,7 @@ class ClaimScheduler:
             stats.claims_succeeded += 1
             stats.last_claim_result = "claimed"
             if not self._open:
-                log.info("claim for %r completed after stop began: not dispatched", key)
+                self._log.info("claim for %r completed after stop began: not dispatched", key)
                 self._notify()
                 return
             self._dispatch(outcome.notification or {})
@@ -258,15 +286,14 @@ class ClaimScheduler:
         try:
             result = self._runtime.dispatch_wake(
                 notification,
-                claim_headers=self._claim_headers,
-                claim_token_header=self._claim_token_header,
+                claim_headers=self._owner.claim_headers,
+                claim_token_header=self._owner.claim_token_header,
             )
         except Exception as exc:  # noqa: BLE001 - a runtime bug must not kill the runner
-            self._report_error(exc)
+            self._owner.report(exc)
             return
         if inspect.isawaitable(result):
             self._spawn(_await(result), "pullwake-dispatch")
-        self.dispatched += 1
         self._stats.last_dispatch_at = self._clock.time()
         self._notify()
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -34,9 +33,14 @@ from pullwake.io.clock import Clock, deadline
 from pullwake.io.http import HttpClient, raise_for_answer
 from pullwake.runtime.attempts import HandlerAttempts, HandlerTimer, describe
 from pullwake.runtime.failures import FailureLog, FailurePolicy, WakeFailures, dead_letter_record
-from pullwake.runtime.health import SubscriptionStats, WorkerStats
+from pullwake.runtime.health import (
+    SubscriptionHealth,
+    SubscriptionStats,
+    WorkerHealth,
+    WorkerStats,
+)
 from pullwake.runtime.leases import LeaseKeeper
-from pullwake.runtime.logs import job_context
+from pullwake.runtime.logs import LabelledLog, job_context
 from pullwake.runtime.recovery import Recovery
 from pullwake.runtime.subscriptions import (
     INVALID_OFFSET,
@@ -47,18 +51,20 @@ from pullwake.runtime.subscriptions import (
 from pullwake.runtime.wake import Wake, WakeReader
 
 if TYPE_CHECKING:
-    from pullwake.runtime.runner import PullWakeRunner
+    from pullwake.runtime.ports import RunnerPort
 
 __all__ = ["WorkerRuntime"]
 
-log = logging.getLogger("pullwake.worker")
 
 
 class WorkerRuntime:
     """Jobs, attempts, acks and releases of one worker (see the module docstring).
 
-    ``bind(runner, timer)`` once the runner exists (the runner is told of free
-    keys, liveness and errors); ``begin()`` at each start; ``close()`` at stop.
+    A :class:`~pullwake.runtime.ports.Runtime` with the optional hooks
+    ``attach`` (the runner's port: free keys, liveness and errors go up
+    through it), ``is_wake_active``, ``notifies_wake_free``,
+    ``wake_received`` and ``health_parts``. The worker calls ``begin()`` at each start and
+    ``close()`` after each stop; handler durations go to ``timer``.
     """
 
     #: The runtime calls ``runner.wake_free`` when a job ends or a cool-down
@@ -68,14 +74,16 @@ class WorkerRuntime:
     def __init__(self, handler: Callable[[Wake], Any], *, client: SubscriptionClient,
                  http: HttpClient, reader: WakeReader,
                  subscriptions: Mapping[str, SubscriptionConfig], wake_stream: str,
-                 label: str, max_concurrency: int, stop_grace: float,
+                 log: LabelledLog, max_concurrency: int, stop_grace: float,
                  failure_policy: FailurePolicy, stats: WorkerStats, clock: Clock,
                  request_timeout: float, on_error: Callable[[BaseException], Any] | None,
-                 max_tracked_streams: int) -> None:
+                 max_tracked_streams: int, timer: HandlerTimer | None = None) -> None:
         self._client = client
         self._http = http
         self._reader = reader
-        self._label = label
+        #: The worker's log: every line carries its name (``[name] ``, ``worker``).
+        self.log = log
+        self._label = log.label
         self.max_concurrency = max_concurrency
         self.stop_grace = stop_grace
         self.failure_policy = failure_policy
@@ -83,7 +91,7 @@ class WorkerRuntime:
         self._clock = clock
         self._request_timeout = request_timeout
         self._on_error = on_error
-        self._runner: PullWakeRunner | None = None
+        self._runner: RunnerPort | None = None
         self._jobs: dict[str, asyncio.Task[Any]] = {}
         #: Per subscription: the current wake's failures and the cool-down.
         self._failures: dict[str, WakeFailures] = {}
@@ -92,23 +100,23 @@ class WorkerRuntime:
         self.sub_stats = {s: SubscriptionStats() for s in subscriptions}
         self.attempts = HandlerAttempts(
             handler, max_concurrency=max_concurrency, clock=clock,
-            handler_timeout=failure_policy.handler_timeout, label=label, stats=stats,
-            freed=self._slot_freed)
+            handler_timeout=failure_policy.handler_timeout, log=log, stats=stats,
+            freed=self._slot_freed, timer=timer)
         self.leases = LeaseKeeper(client, http, clock=clock, request_timeout=request_timeout,
                                   stats=stats, liveness=self._liveness)
         self.recovery = Recovery(
             self, client, subscriptions=subscriptions, wake_stream=wake_stream, reader=reader,
-            failure_policy=failure_policy, clock=clock, stats=stats, label=label,
+            failure_policy=failure_policy, clock=clock, stats=stats, log=log,
             max_tracked_streams=max_tracked_streams)
 
-    def bind(self, runner: PullWakeRunner, timer: HandlerTimer | None = None) -> None:
+    def attach(self, runner: RunnerPort) -> None:
+        """The runner this runtime reports to (it attaches itself when it is built)."""
         self._runner = runner
-        self.attempts.timer = timer
 
     @property
-    def runner(self) -> PullWakeRunner:
-        if self._runner is None:  # pragma: no cover - the worker binds it at construction
-            raise RuntimeError("the runtime is not bound to a runner")
+    def runner(self) -> RunnerPort:
+        if self._runner is None:  # pragma: no cover - a runner attaches at its construction
+            raise RuntimeError("no runner is attached to this runtime")
         return self._runner
 
     def begin(self) -> None:
@@ -130,9 +138,11 @@ class WorkerRuntime:
     def jobs_active(self) -> int:
         return len(self._jobs)
 
-    def subscriptions_health(self) -> dict[str, Any]:
+    def health_parts(self) -> tuple[WorkerHealth, dict[str, SubscriptionHealth]]:
+        """The worker's part of the runner's health: its counters and subscriptions."""
+        worker = WorkerHealth.of(self.stats, handlers_stuck=self.abandoned())
         now = self._clock.monotonic()
-        subs: dict[str, Any] = {}
+        subs: dict[str, SubscriptionHealth] = {}
         for sub_id, st in self.sub_stats.items():
             fails = self._failures.get(sub_id)
             until = fails.cooldown_until if fails is not None else None
@@ -140,7 +150,7 @@ class WorkerRuntime:
                 now, cooling_down_s=0.0 if until is None else max(0.0, until - now),
                 consecutive_failures=fails.backoff.attempt if fails is not None else 0,
                 failed_attempts=fails.attempts if fails is not None else 0)
-        return subs
+        return worker, subs
 
     # ============================================== Runtime (for the runner)
 
@@ -211,8 +221,8 @@ class WorkerRuntime:
         for t in pending:
             t.cancel()  # a job releases its claim on the way out
         if pending:
-            log.warning("[%s] %d handler(s) still running after %.3gs: released",
-                        self._label, len(pending), self.stop_grace)
+            self.log.warning("%d handler(s) still running after %.3gs: released",
+                             len(pending), self.stop_grace)
             await asyncio.gather(*pending, return_exceptions=True)
 
     # ================================================================= jobs
@@ -329,8 +339,8 @@ class WorkerRuntime:
             await asyncio.shield(self._client.release(self._http, claim,
                                                       timeout=min(self._request_timeout, 5.0)))
         except (PullwakeError, asyncio.CancelledError) as exc:
-            log.info("[%s] release of %s#%d (%s) failed: %s", self._label,
-                     claim.subscription_id, claim.generation, why, exc)
+            self.log.info("release of %s#%d (%s) failed: %s",
+                          claim.subscription_id, claim.generation, why, exc)
             return
         self.stats.wakes_released += 1
         self._sub(claim).wakes_released += 1
@@ -370,7 +380,7 @@ class WorkerRuntime:
         self._failure_log.log(
             wake.subscription_id, first=fails.attempts == 1, now=now, error=error,
             scrub=self._http.scrub,
-            message=f"[{self._label}] handler failed on {describe(wake)} (attempt "
+            message=f"handler failed on {describe(wake)} (attempt "
                     f"{fails.attempts}{of}): {text}; {then}")
         if isinstance(error, HandlerTimeout):
             herr: HandlerError = error
@@ -408,16 +418,16 @@ class WorkerRuntime:
                 operation="dead-letter append", status=getattr(exc, "status", None))
             if err is not exc:
                 err.__cause__ = exc
-            log.warning("[%s] dead-letter record of %s not written, so it is not acked "
-                        "(released, retried later): %s", self._label, describe(wake),
-                        self._http.scrub(str(err)))
+            self.log.warning("dead-letter record of %s not written, so it is not acked "
+                             "(released, retried later): %s", describe(wake),
+                             self._http.scrub(str(err)))
             self._notify(err)
             return False
         fails.recorded = tuple(wake.streams)
         self.stats.dead_lettered += 1
         errs.dead_lettered += 1
-        log.warning("[%s] %s dead-lettered to %s after %d attempt(s) (%s)", self._label,
-                    describe(wake), stream, fails.attempts, reason)
+        self.log.warning("%s dead-lettered to %s after %d attempt(s) (%s)",
+                         describe(wake), stream, fails.attempts, reason)
         return True
 
     async def _append_record(self, stream: str, record: Mapping[str, Any]) -> None:
@@ -437,8 +447,7 @@ class WorkerRuntime:
         self.runner.record_liveness(ok, error)
 
     def report(self, error: BaseException) -> None:
-        log.warning("[%s] %s: %s", self._label, type(error).__name__,
-                    self._http.scrub(str(error)))
+        self.log.warning("%s: %s", type(error).__name__, self._http.scrub(str(error)))
         self._notify(error)
 
     def _notify(self, error: BaseException, where: str = "worker") -> None:
@@ -448,4 +457,4 @@ class WorkerRuntime:
             try:
                 self._on_error(error)
             except Exception:
-                log.exception("[%s] on_error raised; ignoring", self._label)
+                self.log.exception("on_error raised; ignoring")

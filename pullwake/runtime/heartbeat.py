@@ -18,15 +18,12 @@ and the in-flight request. The send function bounds each request itself
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pullwake.io.clock import Clock, TimerHandle
 
 __all__ = ["Heartbeater"]
-
-log = logging.getLogger("pullwake.heartbeat")
 
 
 class Heartbeater:

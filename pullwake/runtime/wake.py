@@ -13,7 +13,6 @@ what the wake says was handed over or read.
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -24,14 +23,13 @@ from pullwake.io.areader import AsyncShell
 from pullwake.io.clock import Clock
 from pullwake.io.http import HttpClient
 from pullwake.protocol import DEFAULT_RETRY, Assembler, Batch, Checkpoint, ReadCore, Rejected
+from pullwake.runtime.logs import LabelledLog
 from pullwake.runtime.subscriptions import ClaimedStream
 
 if TYPE_CHECKING:
     from pullwake.io.fetchcache import FetchCache
 
 __all__ = ["HandlerReads", "Wake", "WakeReader"]
-
-log = logging.getLogger("pullwake.worker")
 
 
 class WakeReader(Protocol):
@@ -68,14 +66,14 @@ class HandlerReads:
     """
 
     def __init__(self, *, http: HttpClient, stream_url: Any, clock: Clock,
-                 max_item_bytes: int, request_timeout: float, label: str,
+                 max_item_bytes: int, request_timeout: float, log: LabelledLog,
                  fetch_cache: FetchCache | None = None) -> None:
         self.http = http
         self.clock = clock
         self.max_item_bytes = max_item_bytes
         self.request_timeout = request_timeout
         self._stream_url = stream_url
-        self._label = label
+        self._log = log
         self._fetch_cache = fetch_cache
         self._session_sync: Any = None
         self._session_lock = threading.Lock()
@@ -117,8 +115,7 @@ class HandlerReads:
                     try:
                         self._session_sync = self._fetch_cache.session()
                     except (CacheError, ConfigError) as exc:  # never fail handlers
-                        log.warning("[%s] fetch cache unusable, reading uncached: %s",
-                                    self._label, exc)
+                        self._log.warning("fetch cache unusable, reading uncached: %s", exc)
                         self._session_sync = requests.Session()
                 else:
                     self._session_sync = requests.Session()
