@@ -178,6 +178,10 @@ class Head:
     retry_after: float | None = None
 
 
+#: The heads of usable answers (immutable: one each, shared).
+_HEAD_OK = {status: Head(status, True) for status in (200, 204, 304)}
+
+
 class ReadCore:
     """The rules of one read, from ``offset`` on, in one live mode.
 
@@ -200,7 +204,8 @@ class ReadCore:
         if isinstance(max_message_bytes, bool) or not isinstance(max_message_bytes, int) \
                 or max_message_bytes <= 0:
             raise ConfigError("max_message_bytes must be a positive int")
-        reserved = {k for k, _ in extra_params} & {"offset", "live", "cursor"}
+        reserved = {k for k, _ in extra_params} & {"offset", "live", "cursor"} \
+            if extra_params else None
         if reserved:
             raise ConfigError(f"extra params must not set {', '.join(sorted(reserved))}")
         self.offset = offset
@@ -288,7 +293,7 @@ class ReadCore:
                 == "base64"
             self._sse = SSEParser(self.max_message_bytes * 4 // 3 + 1024)
             self._framer = None
-            return Head(status, True)
+            return _HEAD_OK[status]
         if status == 200:
             body_type = headers.get("Content-Type")
             if body_type or self.kind is None:
@@ -297,7 +302,7 @@ class ReadCore:
             self._framer = BodyFramer(self.kind, self.max_message_bytes)
         else:
             self._framer = None
-        return Head(status, True)
+        return _HEAD_OK[status]
 
     def status_error(self, status: int, body: bytes,
                      secrets: tuple[str, ...] = ()) -> StreamStatusError:
