@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pullwake.errors import HandlerTimeout
 from pullwake.io.clock import Clock
+from pullwake.runtime.jobs import Jobs
 from pullwake.runtime.logs import LabelledLog
 
 if TYPE_CHECKING:
@@ -68,8 +69,10 @@ class HandlerAttempts:
 
     def __init__(self, handler: Callable[[Wake], Any], *, max_concurrency: int, clock: Clock,
                  handler_timeout: float | None, log: LabelledLog, stats: WorkerStats,
-                 freed: Callable[[], None], timer: HandlerTimer | None = None) -> None:
+                 freed: Callable[[], None], timer: HandlerTimer | None = None,
+                 jobs: Jobs) -> None:
         self.handler = handler
+        self._jobs = jobs
         self._is_async = inspect.iscoroutinefunction(handler)
         self._clock = clock
         self._timeout = handler_timeout
@@ -102,7 +105,9 @@ class HandlerAttempts:
         await self._slots.acquire()  # the lease is kept while a job waits for a slot
         ex = _Execution()
         start = self._clock.monotonic()
-        run = asyncio.ensure_future(self._invoke(wake, ex))
+        # The handler's own task (a job): one that ignores its cancellation can be
+        # abandoned while the wake's job goes on to release its claim.
+        run = self._jobs.spawn(self._invoke(wake, ex), f"pullwake-handler[{wake.subscription_id}]")
         run.add_done_callback(lambda _t: self._part_ended(ex))
         outcome = "cancelled"
         try:

@@ -4,7 +4,12 @@ This module owns :class:`WorkerRuntime`, the :class:`~pullwake.runtime.runner.Ru
 a :class:`~pullwake.worker.Worker` gives its runner (a private object of the
 worker, not its public surface): each claimed wake becomes a job, one per
 subscription at a time, that keeps the lease (:mod:`.leases`), runs the
-handler (:mod:`.attempts`), and acks ``done`` or releases; failures follow the
+handler (:mod:`.attempts`), and acks ``done`` or releases. The job runs on in
+the claim's own task (``dispatch_wake`` returns it to the runner), so a wake
+costs that task and the handler's; every other task of the worker (handler
+runs, lease extensions, recoveries) is a job of its
+:class:`~pullwake.runtime.jobs.Jobs`, whose failures are reported like any
+worker error. Failures follow the
 retry policy (:mod:`.failures`: cool-down, dead letter after
 ``max_attempts``); ranges a re-created subscription skipped are handed over by
 :mod:`.recovery`; at stop running jobs get ``stop_grace``, then are cancelled
@@ -16,8 +21,7 @@ wakes are claimed then, never polled.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pullwake.errors import (
@@ -25,11 +29,12 @@ from pullwake.errors import (
     DeadLetterError,
     HandlerError,
     HandlerTimeout,
+    JobError,
     LeaseLost,
     PullwakeError,
     SubscriptionError,
 )
-from pullwake.io.clock import Clock, deadline
+from pullwake.io.clock import Clock
 from pullwake.io.http import HttpClient, raise_for_answer
 from pullwake.runtime.attempts import HandlerAttempts, HandlerTimer, describe
 from pullwake.runtime.failures import FailureLog, FailurePolicy, WakeFailures, dead_letter_record
@@ -39,8 +44,9 @@ from pullwake.runtime.health import (
     WorkerHealth,
     WorkerStats,
 )
+from pullwake.runtime.jobs import Jobs
 from pullwake.runtime.leases import LeaseKeeper
-from pullwake.runtime.logs import LabelledLog, job_context
+from pullwake.runtime.logs import LabelledLog, log_context
 from pullwake.runtime.recovery import Recovery
 from pullwake.runtime.subscriptions import (
     INVALID_OFFSET,
@@ -96,18 +102,19 @@ class WorkerRuntime:
         #: Per subscription: the current wake's failures and the cool-down.
         self._failures: dict[str, WakeFailures] = {}
         self._failure_log = FailureLog(log, failure_policy.log_interval)
-        self._grace_over = asyncio.Event()
+        #: Handler runs, lease extensions and recoveries (the wake jobs are the runner's).
+        self.jobs = Jobs(clock=clock, on_error=self._job_failed)
         self.sub_stats = {s: SubscriptionStats() for s in subscriptions}
         self.attempts = HandlerAttempts(
             handler, max_concurrency=max_concurrency, clock=clock,
             handler_timeout=failure_policy.handler_timeout, log=log, stats=stats,
-            freed=self._slot_freed, timer=timer)
+            freed=self._slot_freed, timer=timer, jobs=self.jobs)
         self.leases = LeaseKeeper(client, http, clock=clock, request_timeout=request_timeout,
-                                  stats=stats, liveness=self._liveness)
+                                  stats=stats, liveness=self._liveness, jobs=self.jobs)
         self.recovery = Recovery(
             self, client, subscriptions=subscriptions, wake_stream=wake_stream, reader=reader,
             failure_policy=failure_policy, clock=clock, stats=stats, log=log,
-            max_tracked_streams=max_tracked_streams)
+            max_tracked_streams=max_tracked_streams, jobs=self.jobs)
 
     def attach(self, runner: RunnerPort) -> None:
         """The runner this runtime reports to (it attaches itself when it is built)."""
@@ -121,10 +128,10 @@ class WorkerRuntime:
 
     def begin(self) -> None:
         """A new run: the stop grace of an earlier stop is forgotten."""
-        self._grace_over.clear()
+        self.jobs.reopen()
 
     def end_grace(self) -> None:
-        self._grace_over.set()
+        self.jobs.end_grace()
 
     async def close(self) -> None:
         """After the runner stopped: recoveries cancelled, cut-short extensions awaited."""
@@ -168,8 +175,12 @@ class WorkerRuntime:
         return until is not None and self._clock.monotonic() < until
 
     def dispatch_wake(self, notification: Any, *, claim_headers: Any,
-                      claim_token_header: str | None) -> None:
+                      claim_token_header: str | None) -> Awaitable[None]:
+        """The wake's job, for the runner to run on in the claim's task (no task of its own)."""
         claim: Claim = notification["claim"]
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - the runner calls it from the claim's task
+            raise RuntimeError("dispatch_wake is called from the runner's claim task")
         self.stats.wakes_claimed += 1
         key = claim.subscription_id
         self._sub(claim).claimed(self._clock.monotonic(), claim.generation,
@@ -177,24 +188,26 @@ class WorkerRuntime:
         # The claim token is scrubbed from any text while, and only while, its job runs.
         scope = self._http.hold_secrets(claim.token)
         scope.__enter__()
-        task = asyncio.get_running_loop().create_task(
-            self._job(claim), context=job_context(subscription=key, wake=claim.generation))
-        task.set_name(f"pullwake-job[{key}#{claim.generation}]")
-        self._jobs[key] = task
+        self._jobs[key] = task  # busy from now on (is_wake_active), until acked or ended
         self.stats.jobs_active = len(self._jobs)
+        return self._run_job(claim, task, scope)
 
-        def over(t: asyncio.Future[Any]) -> None:
+    async def _run_job(self, claim: Claim, task: asyncio.Task[Any], scope: Any) -> None:
+        key = claim.subscription_id
+        try:
+            task.set_name(f"pullwake-job[{key}#{claim.generation}]")
+            with log_context(subscription=key, wake=claim.generation):
+                await self._job(claim)
+        finally:
             scope.__exit__(None, None, None)
             self._sub(claim).ended(claim.generation)
-            self._job_over(key, t)
-
-        task.add_done_callback(over)
+            self._job_over(key, task)
 
     def _job_over(self, key: str, task: asyncio.Future[Any]) -> None:
         """``key`` is free once its job acked (or ended): tell the runner at once."""
         if self._jobs.get(key) is not task:
             return
-        full = len(self._jobs) >= self.max_concurrency
+        full = len(self._jobs) + self.attempts.outliving >= self.max_concurrency
         del self._jobs[key]
         self.stats.jobs_active = len(self._jobs)
         self.runner.wake_free(None if full else key)  # a full worker frees any key
@@ -205,25 +218,12 @@ class WorkerRuntime:
     async def drain_wakes(self) -> None:
         # Recovered wakes get the same grace: nothing else would hand them over.
         jobs = [*self._jobs.values(), *self.recovery.tasks]
-        if not jobs:
-            return
-        if self.stop_grace > 0 and not self._grace_over.is_set():
-            finished = asyncio.ensure_future(asyncio.wait(jobs))
-            cut = asyncio.ensure_future(self._grace_over.wait())
-            try:
-                with contextlib.suppress(TimeoutError):
-                    async with deadline(self._clock, self.stop_grace):
-                        await asyncio.wait({finished, cut}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                finished.cancel()
-                cut.cancel()
-        pending = [t for t in jobs if not t.done()]
-        for t in pending:
-            t.cancel()  # a job releases its claim on the way out
+        # The grace (cut short by end_grace), then cancel: a job releases its
+        # claim on the way out; then wait for them.
+        pending = await self.jobs.settle(max(0.0, self.stop_grace), jobs=jobs)
         if pending:
             self.log.warning("%d handler(s) still running after %.3gs: released",
                              len(pending), self.stop_grace)
-            await asyncio.gather(*pending, return_exceptions=True)
 
     # ================================================================= jobs
 
@@ -235,24 +235,36 @@ class WorkerRuntime:
         wake = Wake(subscription_id=sub, wake_id=claim.wake_id,
                     generation=claim.generation, streams=claim.streams, _reader=self._reader)
         keeper = self.leases.keep(claim)
-        attempt: asyncio.Future[BaseException | None] | None = None
+        task = asyncio.current_task()
+        assert task is not None
+        lost: list[BaseException] = []  # the lease ended while the handler ran
+        attempting = False
+
+        def lease_ended(f: asyncio.Future[None]) -> None:
+            if f.cancelled() or not attempting:
+                return  # stopped by the job, or lost after the handler (the ack says so)
+            lost.append(f.exception() or LeaseLost("lease lost", operation="extend lease"))
+            task.cancel()  # the attempt winds the handler down (CANCEL_GRACE_S)
+
+        keeper.add_done_callback(lease_ended)
         try:
             if fails.dead:
                 # Given up on earlier (attempts exhausted) but its record or ack
                 # did not get through: do not run the handler again.
                 error = fails.last_error
             else:
-                attempt = asyncio.ensure_future(self.attempt(wake))
-                await asyncio.wait((keeper, attempt), return_when=asyncio.FIRST_COMPLETED)
-                if not attempt.done():  # the keeper ended: the lease is gone
-                    attempt.cancel()
-                    await asyncio.gather(attempt, return_exceptions=True)
-                    lost = keeper.exception() if not keeper.cancelled() else None
-                    self.stats.leases_lost += 1
+                attempting = True
+                try:
+                    error = await self.attempt(wake)
+                except asyncio.CancelledError:
+                    if not lost or task.uncancel() > 0:
+                        raise  # a stop (too): released below
+                    self.stats.leases_lost += 1  # the lease is gone: nothing to release
                     self._sub(claim).leases_lost += 1
-                    self.report(lost or LeaseLost("lease lost", operation="extend lease"))
+                    self.report(lost[0])
                     return
-                error = attempt.result()
+                finally:
+                    attempting = False
                 if error is None:
                     await self._stop_keeper(keeper)
                     self.stats.wakes_handled += 1
@@ -273,13 +285,11 @@ class WorkerRuntime:
                     fails.succeeded()
                 return
             if fails.dead:  # the record could not be written: retry it after a cool-down
-                self._free_after(fails.cool(self._clock.monotonic()), sub)
+                self._free_after(fails.cool(self._clock.monotonic()), sub, fails)
             await self._stop_keeper(keeper)
             await self._release(claim, why="handler failed")
         except asyncio.CancelledError:
-            if attempt is not None:  # the lease is kept while the handler winds down
-                attempt.cancel()
-                await asyncio.gather(attempt, return_exceptions=True)
+            # (the attempt wound the handler down first, the lease kept meanwhile)
             await self._stop_keeper(keeper)
             await self._release(claim, why="stopped")
             raise
@@ -356,15 +366,26 @@ class WorkerRuntime:
     def _slot_freed(self) -> None:
         self.runner.wake_free(None)
 
-    def _free_after(self, delay: float, sub_id: str) -> None:
-        """A cool-down: tell the runner when it ends (held-back wakes are not polled)."""
-        self._clock.call_later(delay, self.runner.wake_free, sub_id)
+    def _free_after(self, delay: float, sub_id: str, fails: WakeFailures) -> None:
+        """A cool-down of ``fails``: tell the runner when it ends (held wakes are not polled).
+
+        The cool-down ends when its timer fires (not at a later clock reading),
+        so the wake held for it is claimed on that event whatever the clock says.
+        """
+        until = fails.cooldown_until
+
+        def over() -> None:
+            if fails.cooldown_until == until:  # not started again meanwhile
+                fails.cooldown_until = None
+            self.runner.wake_free(sub_id)
+
+        self._clock.call_later(delay, over)
 
     def handler_failed(self, wake: Wake, fails: WakeFailures, error: BaseException) -> float:
         """Count, log (traceback, rate-limited) and report one failed attempt; the cool-down."""
         now, wall = self._clock.monotonic(), self._clock.time()
         delay = fails.failed(error, now, wall)
-        self._free_after(delay, wake.subscription_id)
+        self._free_after(delay, wake.subscription_id, fails)
         self.stats.handler_errors += 1
         errs = self._sub_of(wake.subscription_id)
         errs.handler_errors += 1
@@ -442,6 +463,11 @@ class WorkerRuntime:
                          scrub=self._http.scrub, cls=DeadLetterError)
 
     # ============================================================ reporting
+
+    def _job_failed(self, error: JobError) -> None:
+        """A worker job raised (a bug: handler failures are contained): reported."""
+        self.log.error("%s", self._http.scrub(str(error)), exc_info=error.__cause__)
+        self._notify(error, "internal")
 
     def _liveness(self, ok: bool, error: BaseException | None) -> None:
         self.runner.record_liveness(ok, error)

@@ -89,8 +89,9 @@ class RunnerPort(Protocol):
 class Runtime(Protocol):
     """What the application provides: where claimed wakes go.
 
-    ``dispatch_wake`` must not block (start the work and return; returning an
-    awaitable makes the runner own it as a task). ``drain_wakes`` waits for
+    ``dispatch_wake`` must not block (start the work and return, or return
+    an awaitable: the runner runs it in the claim's own task, right after the
+    claim, and cancels it only at stop, after ``drain_wakes``). ``drain_wakes`` waits for
     dispatched work at stop; ``abort_wakes`` asks it to stop early. The
     optional hooks (module docstring) are :class:`Attaches`,
     :class:`TracksActiveWakes` (``is_wake_active(stream_path)``, the path

@@ -21,6 +21,7 @@ from pullwake.io.clock import Clock, sleep
 from pullwake.io.http import HttpClient
 from pullwake.runtime.bounded import BoundedTable
 from pullwake.runtime.failures import FailurePolicy, WakeFailures
+from pullwake.runtime.jobs import Jobs
 from pullwake.runtime.logs import LabelledLog, job_context
 from pullwake.runtime.subscriptions import ClaimedStream, SubscriptionClient, SubscriptionConfig
 from pullwake.runtime.wake import Wake, WakeReader
@@ -49,8 +50,10 @@ class Recovery:
     def __init__(self, host: RecoveryHost, client: SubscriptionClient, *,
                  subscriptions: Mapping[str, SubscriptionConfig], wake_stream: str,
                  reader: WakeReader, failure_policy: FailurePolicy, clock: Clock,
-                 stats: WorkerStats, log: LabelledLog, max_tracked_streams: int) -> None:
+                 stats: WorkerStats, log: LabelledLog, max_tracked_streams: int,
+                 jobs: Jobs) -> None:
         self._host = host
+        self._jobs = jobs
         self._client = client
         self.subscriptions = subscriptions
         self.wake_stream = wake_stream
@@ -133,18 +136,15 @@ class Recovery:
             self.stats.subscriptions_recreated += 1
             self._log.warning("subscription %r was gone (server restart?): re-created",
                               sub.id)
-            task = asyncio.get_running_loop().create_task(
-                self._recover(http, sub, known), context=job_context(subscription=sub.id))
-            task.set_name(f"pullwake-recover[{sub.id}]")
+            task = self._jobs.spawn(self._recover(http, sub, known), f"pullwake-recover[{sub.id}]",
+                                    context=job_context(subscription=sub.id))
             self._recoveries.add(task)
             task.add_done_callback(self._recoveries.discard)
         self.confirmed.add(sub.id)
 
     async def cancel(self) -> None:
-        for t in list(self._recoveries):
-            t.cancel()
         if self._recoveries:
-            await asyncio.gather(*self._recoveries, return_exceptions=True)
+            await self._jobs.cancel(list(self._recoveries))
 
     # ============================================================== recovery
 

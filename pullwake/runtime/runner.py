@@ -17,8 +17,10 @@ What each state owns (started on entry, cancelled on exit by the machine):
   give claims their grace, drain wakes, close the HTTP session).
 
 Claims (:mod:`pullwake.runtime.claims`) outlive reconnects and are settled by the
-shutdown sequence. Every task the runner creates is tracked; after ``stop()``
-none is left. Results of cancelled work are dropped by the machine's tickets.
+shutdown sequence. Every task the runner starts is a job of its
+:class:`~pullwake.runtime.jobs.Jobs` (``runner.jobs``): a failed one is
+reported like any runner error, and after ``stop()`` none is left. Results
+of cancelled work are dropped by the machine's tickets.
 
 The runner talks to its runtime and control plane through the protocols of
 :mod:`pullwake.runtime.ports` (optional hooks resolved once, at construction)
@@ -31,11 +33,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
-from pullwake.errors import PullwakeError, TransportError, redact_url
+from pullwake.errors import JobError, PullwakeError, TransportError, redact_url
 from pullwake.io.clock import Clock, LoopClock
 from pullwake.io.http import HttpClient
 from pullwake.lifecycle.machine import Lifecycle, WorkTicket
@@ -45,6 +47,7 @@ from pullwake.runtime.config import RunnerConfig
 from pullwake.runtime.control import ControlPlane, ElectricControlPlane, WakeEvent
 from pullwake.runtime.health import Health, Stats, SubscriptionHealth, WorkerHealth, snapshot
 from pullwake.runtime.heartbeat import Heartbeater
+from pullwake.runtime.jobs import Jobs
 from pullwake.runtime.logs import LabelledLog, OutageLog, log_context
 from pullwake.runtime.ports import ControlHooks, Runtime, RuntimeHooks, attach
 from pullwake.runtime.wakestream import WakeStreamSession
@@ -93,7 +96,8 @@ class PullWakeRunner:
         #: Messages read when the current run of liveness failures began
         #: (proof of life, see _on_heartbeat_reset).
         self._messages_at_failure = 0
-        self._tasks: set[asyncio.Task[Any]] = set()
+        #: Every task this runner starts (claims included): the one job owner's.
+        self.jobs = Jobs(clock=self._clock, label=self._label, on_error=self._job_failed)
         self._cycle: _StopCycle | None = None
         self._stopped = asyncio.Event()
         self._stopped.set()
@@ -117,7 +121,7 @@ class PullWakeRunner:
             interval=config.heartbeat_interval, throttle=config.event_heartbeat_throttle,
             failures_before_reset=config.heartbeat_failures_before_reset,
             on_result=self._on_heartbeat_result, on_reset=self._on_heartbeat_reset,
-            spawn=self.spawn,
+            jobs=self.jobs,
         )
         self.claims = ClaimScheduler(
             self, control=self.control, runtime=self._runtime_hooks, clock=self._clock,
@@ -236,13 +240,9 @@ class PullWakeRunner:
         """Something a heartbeat reports changed: send one soon (throttled)."""
         self._heartbeat.notify()
 
-    def spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
-        """Start a task this runner tracks (reaped at stop)."""
-        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
-        task.set_name(f"{name}[{self._label}]")
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
+    def _job_failed(self, error: JobError) -> None:
+        """A runner job raised (a bug, a custom stream's or hook's): reported, never lost."""
+        self.report(error, where="internal")
 
     def report(self, error: object, *, where: str = "runner", quiet: bool = False) -> None:
         """Record ``error`` in health, log it (unless ``quiet``), hand it to ``on_error``."""
@@ -306,7 +306,7 @@ class PullWakeRunner:
         return self._heartbeat.start()
 
     def start_connect_attempt(self, ticket: WorkTicket) -> asyncio.Task[Any]:
-        return self.spawn(self._session.connect(ticket), "pullwake-connect")
+        return self.jobs.spawn(self._session.connect(ticket), "pullwake-connect")
 
     def start_stream_consumer(self, ticket: WorkTicket) -> asyncio.Task[Any]:
         stats = self._stats
@@ -314,10 +314,10 @@ class PullWakeRunner:
         stats.stream_connected_since = self._clock.time()
         self._heartbeat.notify()
         self.log.info("wake stream connected at offset %s", self._session.offset or "-1")
-        task = self.spawn(self._session.consume(ticket), "pullwake-consume")
+        task = self.jobs.spawn(self._session.consume(ticket), "pullwake-consume")
         hook = self._control_hooks.on_connected
         if hook is not None:
-            self.spawn(self._call_connected_hook(hook), "pullwake-on-connected")
+            self.jobs.spawn(self._call_connected_hook(hook), "pullwake-on-connected")
 
         def ended(t: asyncio.Task[Any]) -> None:
             ticket.payload["stream"].close()  # also when cancelled before it ever ran
@@ -341,7 +341,7 @@ class PullWakeRunner:
     def start_shutdown(self, ticket: WorkTicket) -> asyncio.Task[Any]:
         self._cycle = _StopCycle()
         self.claims.close()
-        return self.spawn(self._shutdown(ticket), "pullwake-shutdown")
+        return self.jobs.spawn(self._shutdown(ticket), "pullwake-shutdown")
 
     def claim_wake(self, payload: Mapping[str, Any]) -> None:
         wake: WakeEvent = payload["wake"]
@@ -473,20 +473,9 @@ class PullWakeRunner:
 
     # ================================================================ helpers
 
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            exc = task.exception()
-            self.log.error("internal task %s failed: %r", task.get_name(), exc)
-
     async def _reap(self) -> None:
         """After stop: cancel and await anything still running (nothing should be)."""
-        current = asyncio.current_task()
-        leftover = [t for t in self._tasks if t is not current and not t.done()]
-        for t in leftover:
-            t.cancel()
-        if leftover:
-            await asyncio.gather(*leftover, return_exceptions=True)
+        await self.jobs.cancel()
 
     def _text(self, error: object) -> str:
         if error is None:

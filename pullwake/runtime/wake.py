@@ -23,6 +23,7 @@ from pullwake.io.areader import AsyncShell
 from pullwake.io.clock import Clock
 from pullwake.io.http import HttpClient
 from pullwake.protocol import DEFAULT_RETRY, Assembler, Batch, Checkpoint, ReadCore, Rejected
+from pullwake.runtime.jobs import run_from_thread
 from pullwake.runtime.logs import LabelledLog
 from pullwake.runtime.subscriptions import ClaimedStream
 
@@ -100,7 +101,7 @@ class HandlerReads:
         loop = self._loop
         if loop is None or loop.is_closed():
             raise ConfigError("the worker is not running: no headers for a sync read")
-        future = asyncio.run_coroutine_threadsafe(self.http.resolve_headers(), loop)
+        future = run_from_thread(self.http.resolve_headers(), loop)
         return future.result(timeout=self.request_timeout)
 
     def sync_session(self) -> Any:
