@@ -172,13 +172,20 @@ class RunOptions:
         "text", parse=choice(*LOG_FORMATS), metavar="FORMAT",
         help="text or json: one object per line with worker, subscription, wake and "
              "state fields")
-    server: str = python_only("", why="resolved: the --server value (config.server)")
     headers: Mapping[str, str] = python_only(
         why="resolved from --header, --header-env and --token-env", repr=False,
         default_factory=dict)
+    runner: RunnerConfig | None = python_only(
+        None, why="resolved: the connection options (server, headers, timeouts), for "
+                  "every command")
     config: WorkerConfig | None = python_only(
-        None, why="resolved: the worker's configuration (None for a command that "
-                  "declares no subscription)")
+        None, why="resolved: the worker's configuration, containing `runner` (None for "
+                  "a command that declares no subscription)")
+
+    @property
+    def server(self) -> str:
+        """The ``--server`` value (``runner.base_url``)."""
+        return self.runner.base_url if self.runner is not None else ""
 
 
 @dataclass(frozen=True)
@@ -394,16 +401,18 @@ def _build(opts: Sequence[Option], values: Mapping[str, Any], origin: Mapping[st
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     worker: WorkerConfig | None = None
-    if any(o.path[0] == "subscriptions" and o.path[1] == "id" for o in opts):
-        try:
+    try:
+        runner = _runner(given.get("runner", {}), headers)
+        if any(o.path[0] == "subscriptions" and o.path[1] == "id" for o in opts):
             worker = WorkerConfig(
-                runner=_runner(given.get("runner", {}), headers),
+                runner=runner,
                 subscriptions=_subscriptions(given.get("subscriptions", {}), origin, file_subs),
                 failure_policy=_failure_policy(given.get("failure_policy", {})),
                 **given.get("", {}))
-        except ConfigError as exc:
-            raise UsageError(f"invalid configuration: {exc}") from None
-    return RunOptions(**run, server=values["server"], headers=headers, config=worker)
+            runner = worker.runner
+    except ConfigError as exc:
+        raise UsageError(f"invalid configuration: {exc}") from None
+    return RunOptions(**run, headers=headers, runner=runner, config=worker)
 
 
 def _runner(given: Mapping[str, Any], headers: Mapping[str, str]) -> RunnerConfig:
