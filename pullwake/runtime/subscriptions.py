@@ -10,6 +10,10 @@ This module owns the subscription API calls and their error mapping:
   {"worker": name}``; the runner's own liveness heartbeat is a ``HEAD`` of the
   wake stream, so a hung server is noticed even when no lease is held.
 
+The claim answer's wire shape (:class:`Claim`, :class:`ClaimedStream`) is
+:mod:`pullwake.protocol.claims`'s; its bounded, item-by-item reading
+:mod:`pullwake.protocol.answers`'s.
+
 A claim that fails transiently (no answer, 429, 5xx) is retried with capped
 backoff (``Retry-After`` honoured): the wake event that triggered it was
 already read, and the server writes no new one while that wake is pending,
@@ -26,14 +30,15 @@ from __future__ import annotations
 import logging
 import shlex
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pullwake.errors import ConfigError, ControlPlaneError, LeaseLost, SubscriptionError, redact_url
 from pullwake.io.clock import Clock, LoopClock, sleep
 from pullwake.io.http import BodyReader, HttpAnswer, HttpClient, raise_for_answer
 from pullwake.protocol.answers import read_items_answer
+from pullwake.protocol.claims import Claim, ClaimedStream, SkipCode
 from pullwake.protocol.urls import encode_path, join_url, segment
+from pullwake.runtime.config import SubscriptionConfig
 from pullwake.runtime.control import (
     SKIP_CODES,
     ClaimOutcome,
@@ -71,120 +76,6 @@ INVALID_OFFSET = "INVALID_OFFSET"
 STREAM_CLOSED = "STREAM_CLOSED"
 
 
-@dataclass(frozen=True)
-class SubscriptionConfig:
-    """One pull-wake subscription: which streams wake it, and its lease."""
-
-    id: str
-    wake_stream: str
-    pattern: str | None = None
-    streams: tuple[str, ...] = ()
-    lease_ttl_ms: int = 30_000
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.id, str) or not self.id or len(self.id) > 256:
-            raise ConfigError("subscription id must be a non-empty string of at most 256 chars")
-        if not self.pattern and not self.streams:
-            raise ConfigError(f"subscription {self.id!r} needs a pattern or streams")
-        if not isinstance(self.lease_ttl_ms, int) or not 1000 <= self.lease_ttl_ms <= 600_000:
-            raise ConfigError("lease_ttl_ms must be an int from 1000 to 600000")
-        if not isinstance(self.wake_stream, str) or not self.wake_stream.strip("/"):
-            raise ConfigError("wake_stream must be a stream path")
-
-    def body(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"type": "pull-wake", "wake_stream": self.wake_stream,
-                               "lease_ttl_ms": self.lease_ttl_ms}
-        if self.pattern:
-            out["pattern"] = self.pattern
-        if self.streams:
-            out["streams"] = list(self.streams)
-        return out
-
-
-class SkipCode(str):
-    """A claim's skip code; for ``ALREADY_CLAIMED``, the holder the server named."""
-
-    holder: str | None
-
-    def __new__(cls, code: str, *, holder: str | None = None) -> SkipCode:
-        self = super().__new__(cls, code)
-        self.holder = holder
-        return self
-
-
-@dataclass(frozen=True)
-class ClaimedStream:
-    """A stream of a claimed wake: handle messages in ``(acked_offset, tail_offset]``."""
-
-    path: str
-    acked_offset: str
-    tail_offset: str
-    has_pending: bool = True
-
-
-_REQUIRED: Any = object()
-_KINDS = {str: "a string", int: "an integer", bool: "a boolean", list: "an array"}
-
-
-def _field(obj: Mapping[str, Any], name: str, kind: type, *, where: str = "",
-           default: Any = _REQUIRED, status: int | None = None) -> Any:
-    """``obj[name]`` if it has type ``kind`` (a bool is not an integer), else a named error."""
-    if name not in obj:
-        if default is _REQUIRED:
-            raise ControlPlaneError(f"claim answer field '{where}{name}' is missing",
-                                    operation="claim", status=status)
-        return default
-    value = obj[name]
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise ControlPlaneError(f"claim answer field '{where}{name}' must be {_KINDS[kind]}, "
-                                f"got {type(value).__name__}", operation="claim", status=status)
-    return value
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A granted claim: the token authorises ack and release until the lease ends."""
-
-    subscription_id: str
-    wake_id: str
-    generation: int
-    token: str = field(repr=False)
-    streams: tuple[ClaimedStream, ...]
-    lease_ttl_ms: int
-    #: Streams with pending work the answer listed beyond ``max_claim_streams``:
-    #: not handed over now; their work stays pending for the next wake.
-    deferred_streams: int = 0
-
-    @classmethod
-    def parse(cls, subscription_id: str, body: Mapping[str, Any], *,
-              status: int | None = None, deferred_streams: int = 0) -> Claim:
-        """Read a claim answer, type by type; a field that is wrong is named in the error.
-
-        ``status`` (of the answer) goes on the error: the server did answer.
-        """
-        streams = []
-        for i, s in enumerate(_field(body, "streams", list, default=[], status=status)):
-            if not isinstance(s, Mapping):
-                raise ControlPlaneError(f"claim answer field 'streams[{i}]' must be an "
-                                        f"object, got {type(s).__name__}", operation="claim",
-                                        status=status)
-            where = f"streams[{i}]."
-            streams.append(ClaimedStream(
-                path=_field(s, "path", str, where=where, status=status),
-                acked_offset=_field(s, "acked_offset", str, where=where, status=status),
-                tail_offset=_field(s, "tail_offset", str, where=where, status=status),
-                has_pending=_field(s, "has_pending", bool, where=where, default=True,
-                                   status=status)))
-        return cls(subscription_id=subscription_id,
-                   wake_id=_field(body, "wake_id", str, status=status),
-                   generation=_field(body, "generation", int, status=status),
-                   token=_field(body, "token", str, status=status), streams=tuple(streams),
-                   lease_ttl_ms=_field(body, "lease_ttl_ms", int, default=30_000,
-                                       status=status),
-                   deferred_streams=deferred_streams)
-
-    def fence(self) -> dict[str, Any]:
-        return {"wake_id": self.wake_id, "generation": self.generation}
 
 
 class SubscriptionClient:
@@ -334,8 +225,11 @@ class SubscriptionClient:
 
     async def ack(self, http: HttpClient, claim: Claim, *,
                   acks: Sequence[tuple[str, str]] = (), done: bool = False,
-                  timeout: float | None = None) -> dict[str, Any]:
-        """Extend the lease (no acks, not done), move acked offsets, or finish."""
+                  timeout: float | None = None) -> None:
+        """Extend the lease (no acks, not done), move acked offsets, or finish.
+
+        A 2xx answer's body is not decoded: nothing in it is needed.
+        """
         url = self.subscription_url(claim.subscription_id, "ack")
         body: dict[str, Any] = claim.fence()
         if acks:
@@ -348,8 +242,6 @@ class SubscriptionClient:
                                         headers={"Authorization": f"Bearer {claim.token}"},
                                         timeout=timeout)
             self._raise(answer, op, url, http)
-        out = answer.json()
-        return out if isinstance(out, dict) else {}
 
     async def release(self, http: HttpClient, claim: Claim, *,
                       timeout: float | None = None) -> None:
@@ -459,7 +351,7 @@ class SubscriptionControlPlane:
             # wake is claimed by us, but its token never arrived. It cannot be
             # released; the lease ends in lease_ttl_ms, then it is ours to claim
             # again (issue 14, class 13): never skipped as someone else's.
-            wait = sub.lease_ttl_ms / 1000 + 0.1
+            wait = sub.claim_lease + 0.1
             self._log.warning("claim of %s: an earlier attempt succeeded but its answer was "
                               "lost (%s); claiming again when its lease ends in %.3gs", sub.id,
                               type(failed[-1]).__name__, wait)
