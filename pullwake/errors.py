@@ -31,6 +31,7 @@ library's exceptions lives in exactly one place per library
     │   └── DeadLetterError       a record could not be appended to the dead-letter stream
     ├── HandlerError              a worker's handler failed (raised or timed out)
     │   └── HandlerTimeout        it ran past handler_timeout
+    ├── JobError                  a background job raised (``job`` names it; the cause is chained)
     ├── HealthServerError         the health server cannot serve (e.g. its port is in use)
     └── CacheError                the fetch cache could not be installed or used
 
@@ -57,6 +58,7 @@ __all__ = [
     "HealthServerError",
     "IdleTimeout",
     "InvalidMessage",
+    "JobError",
     "LeaseLost",
     "MalformedMessage",
     "MessageError",
@@ -326,6 +328,17 @@ class HandlerError(PullwakeError):
 
 class HandlerTimeout(HandlerError, TimeoutError):
     """A handler ran past ``handler_timeout``: cancelled (async) or abandoned (sync)."""
+
+
+class JobError(PullwakeError):
+    """A background job raised (``__cause__`` is what it raised); reported, never lost.
+
+    ``job`` is the job's task name (e.g. ``pullwake-claim:/a[runner-1]``).
+    """
+
+    def __init__(self, message: str, *, job: str) -> None:
+        super().__init__(message)
+        self.job = job
 
 
 class HealthServerError(PullwakeError):

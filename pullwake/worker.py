@@ -52,13 +52,15 @@ from typing import TYPE_CHECKING, Any
 from pullwake.errors import ConfigError
 from pullwake.io.clock import Clock, LoopClock
 from pullwake.io.http import HeadersSource, HttpClient
+from pullwake.lifecycle.spec import load_spec
 from pullwake.ops.metrics import WorkerMetrics
 from pullwake.protocol.urls import encode_path, validate_base_url
 from pullwake.runtime.attempts import CANCEL_GRACE_S
 from pullwake.runtime.config import RunnerConfig
 from pullwake.runtime.dispatch import WorkerRuntime
 from pullwake.runtime.failures import FailurePolicy
-from pullwake.runtime.health import WorkerStats
+from pullwake.runtime.health import Health, WorkerStats
+from pullwake.runtime.logs import LabelledLog
 from pullwake.runtime.runner import PullWakeRunner, http_client
 from pullwake.runtime.subscriptions import (
     MAX_CLAIM_STREAMS,
@@ -172,33 +174,32 @@ class Worker:
             opts["read_idle_timeout"] = read_idle_timeout
         opts.update(runner_options or {})
         config = RunnerConfig(**opts)
+        spec = load_spec(config.spec_path) if config.spec_path else load_spec()
+        #: This worker's Prometheus registry (``metrics.registry``), read off health().
+        self.metrics = WorkerMetrics(self.health, clock=self._clock, states=[
+            spec.leaf_name(p) for p in spec.leaf_states])
         self._http: HttpClient = http_client(config)
+        #: This worker's log: every line carries its name (``[name] ``, ``worker``).
+        self._log = LabelledLog(log, self.worker_name)
         self._reads = HandlerReads(
             http=self._http, stream_url=self._client.stream_url, clock=self._clock,
             max_item_bytes=max_item_bytes, request_timeout=request_timeout,
-            label=self.worker_name, fetch_cache=fetch_cache)
+            log=self._log, fetch_cache=fetch_cache)
         #: The runtime the runner drives (private: jobs, attempts, leases, recovery).
         self._runtime = WorkerRuntime(
             handler, client=self._client, http=self._http, reader=self._reads,
             subscriptions=self.subscriptions, wake_stream=self.wake_stream,
-            label=self.worker_name, max_concurrency=max_concurrency, stop_grace=stop_grace,
+            log=self._log, max_concurrency=max_concurrency, stop_grace=stop_grace,
             failure_policy=self.failure_policy, stats=self.stats, clock=self._clock,
             request_timeout=request_timeout, on_error=on_error,
-            max_tracked_streams=max_tracked_streams)
-        recovery = self._runtime.recovery
+            max_tracked_streams=max_tracked_streams, timer=self.metrics)
+        # What the server forgets, the runtime's recovery re-creates (mid-claim too).
         control = SubscriptionControlPlane(
             self._client, worker=self.worker_name, subscriptions=self.subscriptions,
-            wake_stream_url=config.wake_stream_url, on_missing=recovery.recreate,
-            on_connected=recovery.on_connected,
-            on_retry=lambda exc: self.runner.claims.record_failure(exc), clock=clock,
-            on_wake_stream_missing=recovery.recreate_wake_stream)
+            wake_stream_url=config.wake_stream_url, keeper=self._runtime.recovery, clock=clock)
+        #: The runner: it attaches itself to the runtime and the control plane.
         self.runner = PullWakeRunner(config, self._runtime, control_plane=control,
                                      http=self._http)
-        spec = self.runner.lifecycle.spec
-        #: This worker's Prometheus registry (``metrics.registry``), read off health().
-        self.metrics = WorkerMetrics(self.health, clock=self._clock, states=[
-            spec.leaf_name(p) for p in spec.leaf_states])
-        self._runtime.bind(self.runner, self.metrics)
 
     # ================================================================ public
 
@@ -251,9 +252,9 @@ class Worker:
             self._reads.close()
             stuck = self.abandoned_handlers()
             if stuck:
-                log.warning("[%s] stopped with %d handler(s) still running (a sync thread "
-                            "cannot be interrupted, or an async handler ignored "
-                            "cancellation): not waiting for them", self.worker_name, stuck)
+                self._log.warning("stopped with %d handler(s) still running (a sync thread "
+                                  "cannot be interrupted, or an async handler ignored "
+                                  "cancellation): not waiting for them", stuck)
 
     def abandoned_handlers(self) -> int:
         """Handler executions still running that nothing waits for (stuck threads, tasks)."""
@@ -283,13 +284,16 @@ class Worker:
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         await self.stop()
 
+    def snapshot(self) -> Health:
+        """The typed health snapshot: the runner's, with ``worker`` counters and
+        per-``subscriptions`` state (the same :class:`~pullwake.runtime.health.Health`
+        as ``worker.runner.health()``)."""
+        return self.runner.health()
+
     def health(self) -> dict[str, Any]:
-        """The runner's snapshot, ``worker`` counters and per-``subscriptions`` state."""
-        out = self.runner.health().to_dict()
-        out["worker"] = {**self.stats.__dict__, "jobs_active": self._runtime.jobs_active,
-                         "handlers_stuck": self.abandoned_handlers()}
-        out["subscriptions"] = self._runtime.subscriptions_health()
-        return out
+        """:meth:`snapshot` as a mapping (its JSON form, what the health server,
+        metrics and status page read)."""
+        return self.runner.health().to_dict()
 
 
 def _check_fetch_cache(value: object) -> FetchCache | None:

@@ -633,7 +633,7 @@ class RunnerMachine(RuleBasedStateMachine):
         expected = {p: SPEC.states[p].owns for p in SPEC.ancestry(lc.state_path)
                     if SPEC.states[p].owns}
         assert lc.owned_work == expected
-        alive = collections.Counter(_task_kind(t) for t in self.runner._tasks if not t.done())
+        alive = collections.Counter(_task_kind(t) for t in self.runner.jobs if not t.done())
         state = self.state
         assert alive["pullwake-connect"] == (state == "connecting")
         assert alive["pullwake-consume"] == (state == "streaming")
@@ -648,7 +648,7 @@ class RunnerMachine(RuleBasedStateMachine):
                         if getattr(cb, "__self__", None) is self.runner._heartbeat]
         if state == "stopped":
             assert self.clock.pending == []
-            assert not self.runner._tasks
+            assert not self.runner.jobs
 
     @invariant()
     def streams_closed_unless_current(self) -> None:
@@ -716,7 +716,7 @@ class RunnerMachine(RuleBasedStateMachine):
         me = asyncio.current_task()
         left = [t.get_name() for t in asyncio.all_tasks() if t is not me]
         assert left == [], f"tasks left after stop: {left}"
-        assert not self.runner._tasks
+        assert not self.runner.jobs
         assert self.clock.pending == []
         assert self.transport.active == 0
         assert all(s.closed for s in self.transport.streams)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -240,43 +241,60 @@ class _BusyRuntime:
         self.dispatched.append(notification)
 
 
+class _Owner:
+    """The claims' owner seam (a runner's ClaimOwner), with a job owner of its own."""
+
+    http: Any = None
+    claim_token_header = None
+
+    def __init__(self, clock: ManualClock) -> None:
+        from pullwake.runtime.jobs import Jobs
+        from pullwake.runtime.logs import LabelledLog
+
+        self.log = LabelledLog(logging.getLogger("pullwake.test.claims"), "t1")
+        self.jobs = Jobs(clock=clock)
+        self.reported: list[object] = []
+
+    async def claim_headers(self) -> dict[str, str]:
+        return {}
+
+    def report(self, error: object, *, where: str = "runner", quiet: bool = False) -> None:
+        self.reported.append(error)
+
+    def activity(self) -> None:
+        pass
+
+
+
 async def test_a_held_back_wake_is_claimed_when_the_runtime_frees_the_key() -> None:
     from pullwake.runtime.claims import ClaimScheduler
     from pullwake.runtime.health import Stats
+    from pullwake.runtime.ports import RuntimeHooks
 
     clock = ManualClock()
-    control, runtime = _Control(), _BusyRuntime()
-    tasks: set[asyncio.Task[Any]] = set()
-
-    def spawn(coro: Any, name: str) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
-        tasks.add(task)
-        return task
-
-    async def no_headers() -> dict[str, str]:
-        return {}
-
-    claims = ClaimScheduler(control=control, http=None, runtime=runtime, clock=clock,  # type: ignore[arg-type]
-                            stats=Stats(), busy_retry=0.025, claim_headers=no_headers,
-                            claim_token_header=None, report_error=lambda e: None,
-                            notify=lambda: None, spawn=spawn, notified=True)
+    control, runtime, owner = _Control(), _BusyRuntime(), _Owner(clock)
+    jobs = owner.jobs
+    claims = ClaimScheduler(owner, control=control,
+                            runtime=RuntimeHooks.of(runtime),  # type: ignore[arg-type]
+                            clock=clock, stats=Stats(), busy_retry=0.025)
     claims.open()
     runtime.busy.add("sub1")
     claims.submit(WakeEvent(stream="s1", subscription_id="sub1"))
     claims.submit(WakeEvent(stream="s2", subscription_id="sub1"))  # the latest is kept
     assert claims.in_flight == 1 and not control.claimed
+    assert clock.pending == []  # held without a timer: never polled, only the event frees it
     claims.runtime_free("sub1")  # still busy: nothing happens yet
     assert not control.claimed
     runtime.busy.clear()
     claims.runtime_free("sub1")  # the event: claimed now, no clock advance
-    await asyncio.gather(*tasks)
+    await asyncio.gather(*jobs)
     assert control.claimed == ["s2"] and runtime.dispatched == [{"wake": "s2"}]
     assert claims.busy_retries == 0 and claims.in_flight == 0
     runtime.busy.add("sub1")
     claims.submit(WakeEvent(stream="s3", subscription_id="sub1"))
     runtime.busy.clear()
     claims.runtime_free(None)  # "any key may be free" (a concurrency slot opened)
-    await asyncio.gather(*tasks)
+    await asyncio.gather(*jobs)
     assert control.claimed == ["s2", "s3"] and claims.busy_retries == 0
     claims.close()
 

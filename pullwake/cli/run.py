@@ -23,7 +23,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from pullwake.cli.options import RunOptions, add_arguments, misspelled_variables, resolve
@@ -105,10 +105,14 @@ class _Signals:
     """SIGINT/SIGTERM on the loop: counts them and wakes whoever waits."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        from pullwake.io.clock import LoopClock
+        from pullwake.runtime.jobs import Jobs
+
         self.loop = loop
         self.received: list[str] = []
-        self.event = asyncio.Event()
+        self.signalled: asyncio.Future[None] = loop.create_future()
         self.on_again: Callable[[], None] | None = None
+        self.jobs = Jobs(clock=LoopClock(), label="cli")
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._got, sig)
 
@@ -116,26 +120,35 @@ class _Signals:
         self.received.append(sig.name)
         if len(self.received) > 1 and self.on_again is not None:
             self.on_again()
-        self.event.set()
+        if not self.signalled.done():
+            self.signalled.set_result(None)
 
-    async def wait_or(self, aw: Any) -> bool:
-        """Await ``aw`` unless a signal comes first (then cancel it). True if it finished."""
-        task = asyncio.ensure_future(aw)
-        waiter = asyncio.ensure_future(self.event.wait())
-        try:
-            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-        if task.done():
-            task.result()  # re-raise its error
+    async def wait_or(self, aw: Coroutine[Any, Any, Any]) -> bool:
+        """Await ``aw`` unless a signal comes first (then cancel it). True if it finished;
+        its error is raised here."""
+        job = self.jobs.spawn(_outcome(aw), "pullwake-cli-wait")
+        either: set[asyncio.Future[Any]] = {job, self.signalled}
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        if job.done():
+            error = job.result()
+            if error is not None:
+                raise error
             return True
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await self.jobs.cancel([job])
         return False
 
     def close(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.loop.remove_signal_handler(sig)
+
+
+async def _outcome(aw: Coroutine[Any, Any, Any]) -> BaseException | None:
+    """Await ``aw``: None, or the error it raised (handed back to whoever waits for it)."""
+    try:
+        await aw
+    except Exception as exc:  # noqa: BLE001 - re-raised by _Signals.wait_or
+        return exc
+    return None
 
 
 async def _start(worker: Any, opts: RunOptions, signals: _Signals) -> bool:
@@ -233,8 +246,7 @@ async def _serve(opts: RunOptions, worker: Any) -> int:
         if not started:
             log.info("stopped during start-up (signal %s)", signals.received[0])
             return 0
-        stopped = asyncio.ensure_future(worker.runner.wait_for_stopped())
-        by_signal = not await signals.wait_or(stopped)
+        by_signal = not await signals.wait_or(worker.runner.wait_for_stopped())
         if by_signal:
             running = int(worker.health()["worker"]["jobs_active"])
             if running and opts.stop_grace > 0:

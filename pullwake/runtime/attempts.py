@@ -15,21 +15,20 @@ import asyncio
 import contextlib
 import contextvars
 import inspect
-import logging
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pullwake.errors import HandlerTimeout
 from pullwake.io.clock import Clock
+from pullwake.runtime.jobs import Jobs
+from pullwake.runtime.logs import LabelledLog
 
 if TYPE_CHECKING:
     from pullwake.runtime.health import WorkerStats
     from pullwake.runtime.wake import Wake
 
 __all__ = ["CANCEL_GRACE_S", "HandlerAttempts", "HandlerTimer", "describe"]
-
-log = logging.getLogger("pullwake.worker")
 
 #: After a handler is cancelled (lease lost, timeout, stop) it gets this long
 #: (on the worker's clock) to end; then it is abandoned: logged, counted, its
@@ -69,16 +68,18 @@ class HandlerAttempts:
     """
 
     def __init__(self, handler: Callable[[Wake], Any], *, max_concurrency: int, clock: Clock,
-                 handler_timeout: float | None, label: str, stats: WorkerStats,
-                 freed: Callable[[], None]) -> None:
+                 handler_timeout: float | None, log: LabelledLog, stats: WorkerStats,
+                 freed: Callable[[], None], timer: HandlerTimer | None = None,
+                 jobs: Jobs) -> None:
         self.handler = handler
+        self._jobs = jobs
         self._is_async = inspect.iscoroutinefunction(handler)
         self._clock = clock
         self._timeout = handler_timeout
-        self._label = label
+        self._log = log
         self._stats = stats
         self._freed = freed
-        self.timer: HandlerTimer | None = None
+        self._timer = timer
         #: Bounds running handlers even when claims for several subscriptions
         #: complete at once (is_wake_active only holds back *new* claims).
         self._slots = asyncio.Semaphore(max_concurrency)
@@ -104,7 +105,9 @@ class HandlerAttempts:
         await self._slots.acquire()  # the lease is kept while a job waits for a slot
         ex = _Execution()
         start = self._clock.monotonic()
-        run = asyncio.ensure_future(self._invoke(wake, ex))
+        # The handler's own task (a job): one that ignores its cancellation can be
+        # abandoned while the wake's job goes on to release its claim.
+        run = self._jobs.spawn(self._invoke(wake, ex), f"pullwake-handler[{wake.subscription_id}]")
         run.add_done_callback(lambda _t: self._part_ended(ex))
         outcome = "cancelled"
         try:
@@ -123,8 +126,8 @@ class HandlerAttempts:
             await self._wind_down(run, ex, wake, why="was cancelled")
             raise
         finally:
-            if self.timer is not None:
-                self.timer.observe_handler(wake.subscription_id, outcome,
+            if self._timer is not None:
+                self._timer.observe_handler(wake.subscription_id, outcome,
                                            max(0.0, self._clock.monotonic() - start))
 
     async def _invoke(self, wake: Wake, ex: _Execution) -> BaseException | None:
@@ -224,6 +227,5 @@ class HandlerAttempts:
             run.add_done_callback(self._abandoned.discard)
         how = ("its thread cannot be interrupted" if ex.thread is not None
                else "it did not end when cancelled")
-        log.warning("[%s] handler of %s %s and is still running (%s): abandoned; it keeps "
-                    "a concurrency slot until it ends", self._label, describe(wake),
-                    why, how)
+        self._log.warning("handler of %s %s and is still running (%s): abandoned; it keeps "
+                          "a concurrency slot until it ends", describe(wake), why, how)

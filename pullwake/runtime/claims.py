@@ -9,9 +9,10 @@ Owns the claim tasks of one runner. A wake is a hint; the claim decides.
 - If the runtime reports that key as still active, the wake is held back
   (the latest one per key) and claimed the moment the runtime says the key
   is free (:meth:`ClaimScheduler.runtime_free`, an event). A runtime that
-  never says so (``notified=False``) is asked again every ``busy_retry``
-  seconds (on the injectable clock); one that does is still asked every
-  :data:`NOTIFIED_FALLBACK_S`, a safety net that normal operation never uses.
+  says so (``notifies_wake_free``, the Worker) is never polled: a held wake
+  costs no timer and waits for that event. Only a runtime that cannot say so
+  is asked again every ``busy_retry`` seconds (on the injectable clock), as
+  the original runner does.
 - Claims run concurrently with reading the stream and with each other.
 - Every per-key table is bounded: at most ``max_keys`` keys have a claim in
   flight or a wake held back; a wake for one more key is dropped with a
@@ -19,29 +20,33 @@ Owns the claim tasks of one runner. A wake is a hint; the claim decides.
 - :meth:`close` (stop began) stops all dispatching: a claim that completes
   afterwards is not dispatched. :meth:`settle` gives in-flight claims a
   grace period, then cancels them.
+- Each claim is one job of the runner's :class:`~pullwake.runtime.jobs.Jobs`
+  (its grace, cancellation and failure go through it). An awaitable that the
+  runtime's ``dispatch_wake`` returns runs on in that same job once the claim
+  is settled: one task per wake, however the runtime does its work.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, Protocol
 
 from pullwake.errors import ControlPlaneError, RequestTimeout
-from pullwake.io.clock import Clock, TimerHandle, deadline
+from pullwake.io.clock import Clock, TimerHandle
 from pullwake.io.http import HttpClient
 from pullwake.runtime.control import ControlPlane, WakeEvent
 from pullwake.runtime.health import Stats
+from pullwake.runtime.jobs import Jobs
+from pullwake.runtime.logs import LabelledLog
+from pullwake.runtime.ports import RuntimeHooks
 
-__all__ = ["ClaimScheduler", "failure_reason"]
+__all__ = ["ClaimOwner", "ClaimScheduler", "failure_reason"]
 
 log = logging.getLogger("pullwake.claims")
 
-#: Re-check interval for a held-back wake when the runtime announces free keys.
-NOTIFIED_FALLBACK_S = 1.0
 #: Distinct keys with a claim in flight or held back, at most (every per-key
 #: table here is a subset of those keys, so each is bounded by it).
 MAX_CLAIM_KEYS = 10_000
@@ -58,45 +63,72 @@ def failure_reason(error: BaseException) -> str:
     return "other"
 
 
+class ClaimOwner(Protocol):
+    """What a :class:`ClaimScheduler` needs of the runner that owns it (the runner is one).
+
+    ``report`` records an error (health, log, ``on_error``); ``activity``
+    says something a heartbeat reports has changed; ``jobs`` owns the
+    runner's tasks (each claim is one); ``claim_headers``/``claim_token_header`` go with each
+    dispatched wake; ``log`` carries the runner's id.
+    """
+
+    @property
+    def http(self) -> HttpClient: ...
+
+    @property
+    def claim_token_header(self) -> str | None: ...
+
+    @property
+    def log(self) -> LabelledLog: ...
+
+    async def claim_headers(self) -> dict[str, str]: ...
+
+    def report(self, error: object, *, where: str = ..., quiet: bool = ...) -> None: ...
+
+    def activity(self) -> None: ...
+
+    @property
+    def jobs(self) -> Jobs: ...
+
+
 class ClaimScheduler:
+    """The claims of one runner (see the module docstring).
+
+    ``owner`` is the runner (:class:`ClaimOwner`); ``runtime`` the runtime's
+    resolved hooks (:class:`~pullwake.runtime.ports.RuntimeHooks`). Results go
+    to ``stats`` and, through the owner, to health and the log.
+    """
+
     def __init__(
         self,
+        owner: ClaimOwner,
         *,
         control: ControlPlane,
-        http: HttpClient,
-        runtime: Any,
+        runtime: RuntimeHooks,
         clock: Clock,
         stats: Stats,
         busy_retry: float,
-        claim_headers: Callable[[], Awaitable[dict[str, str]]],
-        claim_token_header: str | None,
-        report_error: Callable[[BaseException], None],
-        notify: Callable[[], None],
-        spawn: Callable[[Awaitable[Any], str], asyncio.Task[Any]],
-        notified: bool = False,
         max_keys: int = MAX_CLAIM_KEYS,
     ) -> None:
         self.max_keys = max_keys
         #: Wakes dropped because ``max_keys`` keys were already busy (each reported).
         self.dropped = 0
+        self._owner = owner
         self._control = control
-        self._http = http
-        self._runtime = runtime
-        self._is_active: Callable[[str], Any] | None = getattr(runtime, "is_wake_active", None)
+        self._runtime = runtime.runtime
+        self._is_active = runtime.is_wake_active
         self._clock = clock
         self._stats = stats
-        self._busy_retry = max(busy_retry, NOTIFIED_FALLBACK_S) if notified else busy_retry
-        self._claim_headers = claim_headers
-        self._claim_token_header = claim_token_header
-        self._report_error = report_error
-        self._notify = notify
-        self._spawn = spawn
+        #: How often a held wake re-asks a runtime that never announces free keys.
+        self._busy_retry: float | None = None if runtime.notifies_wake_free else busy_retry
+        self._log = LabelledLog(log, owner.log.label)  # the runner's id, this module's logger
+        self._notify = owner.activity
+        self._jobs = owner.jobs
         self._in_flight: dict[str, asyncio.Task[Any]] = {}
-        self._waiting: dict[str, TimerHandle] = {}
+        self._held: dict[str, WakeEvent] = {}  # keys waiting for the runtime, each's wake
+        self._retries: dict[str, TimerHandle] = {}  # their re-ask timers (busy_retry only)
         self._deferred: dict[str, WakeEvent] = {}
-        self._held: dict[str, WakeEvent] = {}  # the wake each waiting key waits with
         self._open = False
-        self.dispatched = 0
         #: Held-back wakes re-checked because the retry timer fired (not an event).
         self.busy_retries = 0
 
@@ -109,27 +141,27 @@ class ClaimScheduler:
     def close(self) -> None:
         """Stop began: nothing is dispatched any more; pending retries are dropped."""
         self._open = False
-        for handle in self._waiting.values():
+        for handle in self._retries.values():
             handle.cancel()
-        self._waiting.clear()
+        self._retries.clear()
         self._held.clear()
         self._deferred.clear()
 
     @property
     def in_flight(self) -> int:
-        return len(self._in_flight) + len(self._waiting)
+        return len(self._in_flight) + len(self._held)
 
     def submit(self, wake: WakeEvent) -> None:
         """Claim ``wake`` now, or defer it behind the claim already running for its key."""
         if not self._open:
             return
         key = self._control.claim_key(wake)
-        if key in self._in_flight or key in self._waiting:
+        if key in self._in_flight or key in self._held:
             self._stats.count_skip("in_flight")
             self._deferred[key] = wake
             self._notify()
             return
-        if len(self._in_flight) + len(self._waiting) >= self.max_keys:
+        if len(self._in_flight) + len(self._held) >= self.max_keys:
             # A flood of distinct keys (thousands of never-seen stream names)
             # must not grow memory without bound: this hint is dropped, with a
             # record. The server keeps the work; its next wake is claimed.
@@ -144,14 +176,14 @@ class ClaimScheduler:
     def runtime_free(self, key: str | None = None) -> None:
         """The runtime finished with ``key`` (None: any key may be free): claim what
         was held back for it now, instead of at the next retry."""
-        if not self._open or not self._waiting:
+        if not self._open or not self._held:
             return
-        for k in [key] if key is not None else list(self._waiting):
-            handle = self._waiting.get(k)
-            if handle is None or self._runtime_busy(k):
+        for k in [key] if key is not None else list(self._held):
+            if k not in self._held or self._runtime_busy(k):
                 continue
-            handle.cancel()
-            del self._waiting[k]
+            handle = self._retries.pop(k, None)
+            if handle is not None:
+                handle.cancel()
             self._spawn_claim(k, self._take_held(k))
 
     def record_failure(self, error: BaseException) -> None:
@@ -159,27 +191,17 @@ class ClaimScheduler:
         self._stats.count_claim_failure(failure_reason(error))
         self._stats.last_claim_result = "error"
         self._notify()
-        self._report_error(error)
+        self._owner.report(error)
 
     async def settle(self, grace: float) -> None:
         """Wait up to ``grace`` seconds for in-flight claims, then cancel the rest.
 
         The grace runs on the injectable clock, like every other timeout.
         """
-        tasks = list(self._in_flight.values())
-        if not tasks:
-            return
-        if grace > 0:
-            with contextlib.suppress(TimeoutError):
-                async with deadline(self._clock, grace):
-                    await asyncio.wait(tasks)
-        pending = [t for t in tasks if not t.done()]
-        for t in pending:
-            t.cancel()
+        pending = await self._jobs.settle(grace, jobs=list(self._in_flight.values()))
         if pending:
-            log.warning("abandoned %d claim(s) still unanswered after the %.3gs grace",
+            self._log.warning("abandoned %d claim(s) still unanswered after the %.3gs grace",
                         len(pending), grace)
-            await asyncio.gather(*pending, return_exceptions=True)
 
     # ---------------------------------------------------------------- internals
 
@@ -192,7 +214,8 @@ class ClaimScheduler:
         self._spawn_claim(key, wake)
 
     def _spawn_claim(self, key: str, wake: WakeEvent) -> None:
-        self._in_flight[key] = self._spawn(self._claim(key, wake), f"pullwake-claim:{key[:64]}")
+        self._in_flight[key] = self._jobs.spawn(self._claim(key, wake),
+                                                f"pullwake-claim:{key[:64]}")
 
     def _take_held(self, key: str) -> WakeEvent:
         """The latest wake for a waiting key (a deferred one is newer than the held one)."""
@@ -205,17 +228,18 @@ class ClaimScheduler:
             return False
         try:
             return bool(check(key))
-        except Exception:
-            log.exception("runtime.is_wake_active raised; treating %r as free", key)
+        except Exception:  # noqa: BLE001 - logged with its traceback; the key counts as free
+            self._log.exception("runtime.is_wake_active raised; treating %r as free", key)
             return False
 
     def _wait_for_runtime(self, key: str, wake: WakeEvent) -> None:
         self._held[key] = wake
-        self._waiting[key] = self._clock.call_later(self._busy_retry, self._retry, key)
+        if self._busy_retry is not None:  # a runtime that never says: ask again later
+            self._retries[key] = self._clock.call_later(self._busy_retry, self._retry, key)
 
     def _retry(self, key: str) -> None:
-        """The retry timer fired before the runtime said ``key`` is free."""
-        if self._waiting.pop(key, None) is None or not self._open:
+        """The re-ask timer fired (a runtime that does not announce free keys)."""
+        if self._retries.pop(key, None) is None or not self._open:
             return
         self.busy_retries += 1
         wake = self._take_held(key)
@@ -226,10 +250,11 @@ class ClaimScheduler:
 
     async def _claim(self, key: str, wake: WakeEvent) -> None:
         stats = self._stats
+        work: Awaitable[Any] | None = None
         try:
             stats.last_claim_at = self._clock.time()
             try:
-                outcome = await self._control.claim(self._http, wake)
+                outcome = await self._control.claim(self._owner.http, wake)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - reported, never raised
@@ -243,33 +268,32 @@ class ClaimScheduler:
             stats.claims_succeeded += 1
             stats.last_claim_result = "claimed"
             if not self._open:
-                log.info("claim for %r completed after stop began: not dispatched", key)
+                self._log.info("claim for %r completed after stop began: not dispatched", key)
                 self._notify()
                 return
-            self._dispatch(outcome.notification or {})
+            work = self._dispatch(outcome.notification or {})
         finally:
             if self._in_flight.get(key) is asyncio.current_task():
                 del self._in_flight[key]
             deferred = self._deferred.pop(key, None)
             if deferred is not None and self._open:
                 self._start(key, deferred)
+        if work is not None:
+            # The runtime's work for this wake runs on in this job (one task per
+            # wake, not one more). The claim is settled: the key is the runtime's
+            # now (``is_wake_active``), and stop drains it (``drain_wakes``).
+            await work
 
-    def _dispatch(self, notification: Any) -> None:
+    def _dispatch(self, notification: Any) -> Awaitable[Any] | None:
         try:
             result = self._runtime.dispatch_wake(
                 notification,
-                claim_headers=self._claim_headers,
-                claim_token_header=self._claim_token_header,
+                claim_headers=self._owner.claim_headers,
+                claim_token_header=self._owner.claim_token_header,
             )
         except Exception as exc:  # noqa: BLE001 - a runtime bug must not kill the runner
-            self._report_error(exc)
-            return
-        if inspect.isawaitable(result):
-            self._spawn(_await(result), "pullwake-dispatch")
-        self.dispatched += 1
+            self._owner.report(exc)
+            return None
         self._stats.last_dispatch_at = self._clock.time()
         self._notify()
-
-
-async def _await(aw: Awaitable[Any]) -> None:
-    await aw
+        return result if inspect.isawaitable(result) else None

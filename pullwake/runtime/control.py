@@ -18,11 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pullwake.errors import ControlPlaneError, InvalidMessage
 from pullwake.io.clock import Clock, LoopClock, sleep
 from pullwake.io.http import HttpClient, raise_for_answer
+
+if TYPE_CHECKING:
+    from pullwake.runtime.ports import RunnerPort
 
 T = TypeVar("T")
 
@@ -120,7 +123,12 @@ class ClaimOutcome:
 
 
 class ControlPlane(Protocol):
-    """What a runner needs from a control plane. Calls raise ControlPlaneError."""
+    """What a runner needs from a control plane. Calls raise ControlPlaneError.
+
+    Optional hooks (:mod:`pullwake.runtime.ports`): ``attach(runner)`` (the
+    runner's port, e.g. to report each retried claim), ``on_connected(http)``
+    and ``recreate_wake_stream(http)``.
+    """
 
     def claim_key(self, wake: WakeEvent) -> str:
         """Wakes with the same key are claimed one at a time (later ones deferred)."""
@@ -133,7 +141,11 @@ class ControlPlane(Protocol):
 
 
 class ElectricControlPlane:
-    """The Electric runner API of the original TypeScript runner."""
+    """The Electric runner API of the original TypeScript runner.
+
+    Each transient claim failure it retries is reported to the runner it is
+    attached to (``claim_failed``) and to ``on_retry``, if given.
+    """
 
     def __init__(self, *, claim_url: str, heartbeat_url: str, clock: Clock | None = None,
                  on_retry: Callable[[BaseException], None] | None = None) -> None:
@@ -141,6 +153,16 @@ class ElectricControlPlane:
         self.heartbeat_url = heartbeat_url
         self._clock: Clock = clock or LoopClock()
         self._on_retry = on_retry
+        self._runner: RunnerPort | None = None
+
+    def attach(self, runner: RunnerPort) -> None:
+        self._runner = runner
+
+    def _retried(self, exc: BaseException) -> None:
+        if self._runner is not None:
+            self._runner.claim_failed(exc)
+        if self._on_retry is not None:
+            self._on_retry(exc)
 
     def claim_key(self, wake: WakeEvent) -> str:
         return stream_key(wake.stream)
@@ -148,7 +170,7 @@ class ElectricControlPlane:
     async def claim(self, http: HttpClient, wake: WakeEvent) -> ClaimOutcome:
         """Claim ``wake``; transient failures (no answer, 429, 5xx) are retried."""
         return await retry_transient(lambda: self._claim_once(http, wake), clock=self._clock,
-                                     on_retry=self._on_retry)
+                                     on_retry=self._retried)
 
     async def _claim_once(self, http: HttpClient, wake: WakeEvent) -> ClaimOutcome:
         answer = await http.request("POST", self.claim_url, operation="claim",

@@ -4,7 +4,12 @@ This module owns :class:`WorkerRuntime`, the :class:`~pullwake.runtime.runner.Ru
 a :class:`~pullwake.worker.Worker` gives its runner (a private object of the
 worker, not its public surface): each claimed wake becomes a job, one per
 subscription at a time, that keeps the lease (:mod:`.leases`), runs the
-handler (:mod:`.attempts`), and acks ``done`` or releases; failures follow the
+handler (:mod:`.attempts`), and acks ``done`` or releases. The job runs on in
+the claim's own task (``dispatch_wake`` returns it to the runner), so a wake
+costs that task and the handler's; every other task of the worker (handler
+runs, lease extensions, recoveries) is a job of its
+:class:`~pullwake.runtime.jobs.Jobs`, whose failures are reported like any
+worker error. Failures follow the
 retry policy (:mod:`.failures`: cool-down, dead letter after
 ``max_attempts``); ranges a re-created subscription skipped are handed over by
 :mod:`.recovery`; at stop running jobs get ``stop_grace``, then are cancelled
@@ -16,9 +21,7 @@ wakes are claimed then, never polled.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pullwake.errors import (
@@ -26,17 +29,24 @@ from pullwake.errors import (
     DeadLetterError,
     HandlerError,
     HandlerTimeout,
+    JobError,
     LeaseLost,
     PullwakeError,
     SubscriptionError,
 )
-from pullwake.io.clock import Clock, deadline
+from pullwake.io.clock import Clock
 from pullwake.io.http import HttpClient, raise_for_answer
 from pullwake.runtime.attempts import HandlerAttempts, HandlerTimer, describe
 from pullwake.runtime.failures import FailureLog, FailurePolicy, WakeFailures, dead_letter_record
-from pullwake.runtime.health import SubscriptionStats, WorkerStats
+from pullwake.runtime.health import (
+    SubscriptionHealth,
+    SubscriptionStats,
+    WorkerHealth,
+    WorkerStats,
+)
+from pullwake.runtime.jobs import Jobs
 from pullwake.runtime.leases import LeaseKeeper
-from pullwake.runtime.logs import job_context
+from pullwake.runtime.logs import LabelledLog, log_context
 from pullwake.runtime.recovery import Recovery
 from pullwake.runtime.subscriptions import (
     INVALID_OFFSET,
@@ -47,18 +57,20 @@ from pullwake.runtime.subscriptions import (
 from pullwake.runtime.wake import Wake, WakeReader
 
 if TYPE_CHECKING:
-    from pullwake.runtime.runner import PullWakeRunner
+    from pullwake.runtime.ports import RunnerPort
 
 __all__ = ["WorkerRuntime"]
 
-log = logging.getLogger("pullwake.worker")
 
 
 class WorkerRuntime:
     """Jobs, attempts, acks and releases of one worker (see the module docstring).
 
-    ``bind(runner, timer)`` once the runner exists (the runner is told of free
-    keys, liveness and errors); ``begin()`` at each start; ``close()`` at stop.
+    A :class:`~pullwake.runtime.ports.Runtime` with the optional hooks
+    ``attach`` (the runner's port: free keys, liveness and errors go up
+    through it), ``is_wake_active``, ``notifies_wake_free``,
+    ``wake_received`` and ``health_parts``. The worker calls ``begin()`` at each start and
+    ``close()`` after each stop; handler durations go to ``timer``.
     """
 
     #: The runtime calls ``runner.wake_free`` when a job ends or a cool-down
@@ -68,14 +80,16 @@ class WorkerRuntime:
     def __init__(self, handler: Callable[[Wake], Any], *, client: SubscriptionClient,
                  http: HttpClient, reader: WakeReader,
                  subscriptions: Mapping[str, SubscriptionConfig], wake_stream: str,
-                 label: str, max_concurrency: int, stop_grace: float,
+                 log: LabelledLog, max_concurrency: int, stop_grace: float,
                  failure_policy: FailurePolicy, stats: WorkerStats, clock: Clock,
                  request_timeout: float, on_error: Callable[[BaseException], Any] | None,
-                 max_tracked_streams: int) -> None:
+                 max_tracked_streams: int, timer: HandlerTimer | None = None) -> None:
         self._client = client
         self._http = http
         self._reader = reader
-        self._label = label
+        #: The worker's log: every line carries its name (``[name] ``, ``worker``).
+        self.log = log
+        self._label = log.label
         self.max_concurrency = max_concurrency
         self.stop_grace = stop_grace
         self.failure_policy = failure_policy
@@ -83,40 +97,41 @@ class WorkerRuntime:
         self._clock = clock
         self._request_timeout = request_timeout
         self._on_error = on_error
-        self._runner: PullWakeRunner | None = None
+        self._runner: RunnerPort | None = None
         self._jobs: dict[str, asyncio.Task[Any]] = {}
         #: Per subscription: the current wake's failures and the cool-down.
         self._failures: dict[str, WakeFailures] = {}
         self._failure_log = FailureLog(log, failure_policy.log_interval)
-        self._grace_over = asyncio.Event()
+        #: Handler runs, lease extensions and recoveries (the wake jobs are the runner's).
+        self.jobs = Jobs(clock=clock, on_error=self._job_failed)
         self.sub_stats = {s: SubscriptionStats() for s in subscriptions}
         self.attempts = HandlerAttempts(
             handler, max_concurrency=max_concurrency, clock=clock,
-            handler_timeout=failure_policy.handler_timeout, label=label, stats=stats,
-            freed=self._slot_freed)
+            handler_timeout=failure_policy.handler_timeout, log=log, stats=stats,
+            freed=self._slot_freed, timer=timer, jobs=self.jobs)
         self.leases = LeaseKeeper(client, http, clock=clock, request_timeout=request_timeout,
-                                  stats=stats, liveness=self._liveness)
+                                  stats=stats, liveness=self._liveness, jobs=self.jobs)
         self.recovery = Recovery(
             self, client, subscriptions=subscriptions, wake_stream=wake_stream, reader=reader,
-            failure_policy=failure_policy, clock=clock, stats=stats, label=label,
-            max_tracked_streams=max_tracked_streams)
+            failure_policy=failure_policy, clock=clock, stats=stats, log=log,
+            max_tracked_streams=max_tracked_streams, jobs=self.jobs)
 
-    def bind(self, runner: PullWakeRunner, timer: HandlerTimer | None = None) -> None:
+    def attach(self, runner: RunnerPort) -> None:
+        """The runner this runtime reports to (it attaches itself when it is built)."""
         self._runner = runner
-        self.attempts.timer = timer
 
     @property
-    def runner(self) -> PullWakeRunner:
-        if self._runner is None:  # pragma: no cover - the worker binds it at construction
-            raise RuntimeError("the runtime is not bound to a runner")
+    def runner(self) -> RunnerPort:
+        if self._runner is None:  # pragma: no cover - a runner attaches at its construction
+            raise RuntimeError("no runner is attached to this runtime")
         return self._runner
 
     def begin(self) -> None:
         """A new run: the stop grace of an earlier stop is forgotten."""
-        self._grace_over.clear()
+        self.jobs.reopen()
 
     def end_grace(self) -> None:
-        self._grace_over.set()
+        self.jobs.end_grace()
 
     async def close(self) -> None:
         """After the runner stopped: recoveries cancelled, cut-short extensions awaited."""
@@ -130,9 +145,11 @@ class WorkerRuntime:
     def jobs_active(self) -> int:
         return len(self._jobs)
 
-    def subscriptions_health(self) -> dict[str, Any]:
+    def health_parts(self) -> tuple[WorkerHealth, dict[str, SubscriptionHealth]]:
+        """The worker's part of the runner's health: its counters and subscriptions."""
+        worker = WorkerHealth.of(self.stats, handlers_stuck=self.abandoned())
         now = self._clock.monotonic()
-        subs: dict[str, Any] = {}
+        subs: dict[str, SubscriptionHealth] = {}
         for sub_id, st in self.sub_stats.items():
             fails = self._failures.get(sub_id)
             until = fails.cooldown_until if fails is not None else None
@@ -140,7 +157,7 @@ class WorkerRuntime:
                 now, cooling_down_s=0.0 if until is None else max(0.0, until - now),
                 consecutive_failures=fails.backoff.attempt if fails is not None else 0,
                 failed_attempts=fails.attempts if fails is not None else 0)
-        return subs
+        return worker, subs
 
     # ============================================== Runtime (for the runner)
 
@@ -158,8 +175,12 @@ class WorkerRuntime:
         return until is not None and self._clock.monotonic() < until
 
     def dispatch_wake(self, notification: Any, *, claim_headers: Any,
-                      claim_token_header: str | None) -> None:
+                      claim_token_header: str | None) -> Awaitable[None]:
+        """The wake's job, for the runner to run on in the claim's task (no task of its own)."""
         claim: Claim = notification["claim"]
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - the runner calls it from the claim's task
+            raise RuntimeError("dispatch_wake is called from the runner's claim task")
         self.stats.wakes_claimed += 1
         key = claim.subscription_id
         self._sub(claim).claimed(self._clock.monotonic(), claim.generation,
@@ -167,24 +188,26 @@ class WorkerRuntime:
         # The claim token is scrubbed from any text while, and only while, its job runs.
         scope = self._http.hold_secrets(claim.token)
         scope.__enter__()
-        task = asyncio.get_running_loop().create_task(
-            self._job(claim), context=job_context(subscription=key, wake=claim.generation))
-        task.set_name(f"pullwake-job[{key}#{claim.generation}]")
-        self._jobs[key] = task
+        self._jobs[key] = task  # busy from now on (is_wake_active), until acked or ended
         self.stats.jobs_active = len(self._jobs)
+        return self._run_job(claim, task, scope)
 
-        def over(t: asyncio.Future[Any]) -> None:
+    async def _run_job(self, claim: Claim, task: asyncio.Task[Any], scope: Any) -> None:
+        key = claim.subscription_id
+        try:
+            task.set_name(f"pullwake-job[{key}#{claim.generation}]")
+            with log_context(subscription=key, wake=claim.generation):
+                await self._job(claim)
+        finally:
             scope.__exit__(None, None, None)
             self._sub(claim).ended(claim.generation)
-            self._job_over(key, t)
-
-        task.add_done_callback(over)
+            self._job_over(key, task)
 
     def _job_over(self, key: str, task: asyncio.Future[Any]) -> None:
         """``key`` is free once its job acked (or ended): tell the runner at once."""
         if self._jobs.get(key) is not task:
             return
-        full = len(self._jobs) >= self.max_concurrency
+        full = len(self._jobs) + self.attempts.outliving >= self.max_concurrency
         del self._jobs[key]
         self.stats.jobs_active = len(self._jobs)
         self.runner.wake_free(None if full else key)  # a full worker frees any key
@@ -195,25 +218,12 @@ class WorkerRuntime:
     async def drain_wakes(self) -> None:
         # Recovered wakes get the same grace: nothing else would hand them over.
         jobs = [*self._jobs.values(), *self.recovery.tasks]
-        if not jobs:
-            return
-        if self.stop_grace > 0 and not self._grace_over.is_set():
-            finished = asyncio.ensure_future(asyncio.wait(jobs))
-            cut = asyncio.ensure_future(self._grace_over.wait())
-            try:
-                with contextlib.suppress(TimeoutError):
-                    async with deadline(self._clock, self.stop_grace):
-                        await asyncio.wait({finished, cut}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                finished.cancel()
-                cut.cancel()
-        pending = [t for t in jobs if not t.done()]
-        for t in pending:
-            t.cancel()  # a job releases its claim on the way out
+        # The grace (cut short by end_grace), then cancel: a job releases its
+        # claim on the way out; then wait for them.
+        pending = await self.jobs.settle(max(0.0, self.stop_grace), jobs=jobs)
         if pending:
-            log.warning("[%s] %d handler(s) still running after %.3gs: released",
-                        self._label, len(pending), self.stop_grace)
-            await asyncio.gather(*pending, return_exceptions=True)
+            self.log.warning("%d handler(s) still running after %.3gs: released",
+                             len(pending), self.stop_grace)
 
     # ================================================================= jobs
 
@@ -225,24 +235,36 @@ class WorkerRuntime:
         wake = Wake(subscription_id=sub, wake_id=claim.wake_id,
                     generation=claim.generation, streams=claim.streams, _reader=self._reader)
         keeper = self.leases.keep(claim)
-        attempt: asyncio.Future[BaseException | None] | None = None
+        task = asyncio.current_task()
+        assert task is not None
+        lost: list[BaseException] = []  # the lease ended while the handler ran
+        attempting = False
+
+        def lease_ended(f: asyncio.Future[None]) -> None:
+            if f.cancelled() or not attempting:
+                return  # stopped by the job, or lost after the handler (the ack says so)
+            lost.append(f.exception() or LeaseLost("lease lost", operation="extend lease"))
+            task.cancel()  # the attempt winds the handler down (CANCEL_GRACE_S)
+
+        keeper.add_done_callback(lease_ended)
         try:
             if fails.dead:
                 # Given up on earlier (attempts exhausted) but its record or ack
                 # did not get through: do not run the handler again.
                 error = fails.last_error
             else:
-                attempt = asyncio.ensure_future(self.attempt(wake))
-                await asyncio.wait((keeper, attempt), return_when=asyncio.FIRST_COMPLETED)
-                if not attempt.done():  # the keeper ended: the lease is gone
-                    attempt.cancel()
-                    await asyncio.gather(attempt, return_exceptions=True)
-                    lost = keeper.exception() if not keeper.cancelled() else None
-                    self.stats.leases_lost += 1
+                attempting = True
+                try:
+                    error = await self.attempt(wake)
+                except asyncio.CancelledError:
+                    if not lost or task.uncancel() > 0:
+                        raise  # a stop (too): released below
+                    self.stats.leases_lost += 1  # the lease is gone: nothing to release
                     self._sub(claim).leases_lost += 1
-                    self.report(lost or LeaseLost("lease lost", operation="extend lease"))
+                    self.report(lost[0])
                     return
-                error = attempt.result()
+                finally:
+                    attempting = False
                 if error is None:
                     await self._stop_keeper(keeper)
                     self.stats.wakes_handled += 1
@@ -263,13 +285,11 @@ class WorkerRuntime:
                     fails.succeeded()
                 return
             if fails.dead:  # the record could not be written: retry it after a cool-down
-                self._free_after(fails.cool(self._clock.monotonic()), sub)
+                self._free_after(fails.cool(self._clock.monotonic()), sub, fails)
             await self._stop_keeper(keeper)
             await self._release(claim, why="handler failed")
         except asyncio.CancelledError:
-            if attempt is not None:  # the lease is kept while the handler winds down
-                attempt.cancel()
-                await asyncio.gather(attempt, return_exceptions=True)
+            # (the attempt wound the handler down first, the lease kept meanwhile)
             await self._stop_keeper(keeper)
             await self._release(claim, why="stopped")
             raise
@@ -329,8 +349,8 @@ class WorkerRuntime:
             await asyncio.shield(self._client.release(self._http, claim,
                                                       timeout=min(self._request_timeout, 5.0)))
         except (PullwakeError, asyncio.CancelledError) as exc:
-            log.info("[%s] release of %s#%d (%s) failed: %s", self._label,
-                     claim.subscription_id, claim.generation, why, exc)
+            self.log.info("release of %s#%d (%s) failed: %s",
+                          claim.subscription_id, claim.generation, why, exc)
             return
         self.stats.wakes_released += 1
         self._sub(claim).wakes_released += 1
@@ -346,15 +366,26 @@ class WorkerRuntime:
     def _slot_freed(self) -> None:
         self.runner.wake_free(None)
 
-    def _free_after(self, delay: float, sub_id: str) -> None:
-        """A cool-down: tell the runner when it ends (held-back wakes are not polled)."""
-        self._clock.call_later(delay, self.runner.wake_free, sub_id)
+    def _free_after(self, delay: float, sub_id: str, fails: WakeFailures) -> None:
+        """A cool-down of ``fails``: tell the runner when it ends (held wakes are not polled).
+
+        The cool-down ends when its timer fires (not at a later clock reading),
+        so the wake held for it is claimed on that event whatever the clock says.
+        """
+        until = fails.cooldown_until
+
+        def over() -> None:
+            if fails.cooldown_until == until:  # not started again meanwhile
+                fails.cooldown_until = None
+            self.runner.wake_free(sub_id)
+
+        self._clock.call_later(delay, over)
 
     def handler_failed(self, wake: Wake, fails: WakeFailures, error: BaseException) -> float:
         """Count, log (traceback, rate-limited) and report one failed attempt; the cool-down."""
         now, wall = self._clock.monotonic(), self._clock.time()
         delay = fails.failed(error, now, wall)
-        self._free_after(delay, wake.subscription_id)
+        self._free_after(delay, wake.subscription_id, fails)
         self.stats.handler_errors += 1
         errs = self._sub_of(wake.subscription_id)
         errs.handler_errors += 1
@@ -370,7 +401,7 @@ class WorkerRuntime:
         self._failure_log.log(
             wake.subscription_id, first=fails.attempts == 1, now=now, error=error,
             scrub=self._http.scrub,
-            message=f"[{self._label}] handler failed on {describe(wake)} (attempt "
+            message=f"handler failed on {describe(wake)} (attempt "
                     f"{fails.attempts}{of}): {text}; {then}")
         if isinstance(error, HandlerTimeout):
             herr: HandlerError = error
@@ -408,16 +439,16 @@ class WorkerRuntime:
                 operation="dead-letter append", status=getattr(exc, "status", None))
             if err is not exc:
                 err.__cause__ = exc
-            log.warning("[%s] dead-letter record of %s not written, so it is not acked "
-                        "(released, retried later): %s", self._label, describe(wake),
-                        self._http.scrub(str(err)))
+            self.log.warning("dead-letter record of %s not written, so it is not acked "
+                             "(released, retried later): %s", describe(wake),
+                             self._http.scrub(str(err)))
             self._notify(err)
             return False
         fails.recorded = tuple(wake.streams)
         self.stats.dead_lettered += 1
         errs.dead_lettered += 1
-        log.warning("[%s] %s dead-lettered to %s after %d attempt(s) (%s)", self._label,
-                    describe(wake), stream, fails.attempts, reason)
+        self.log.warning("%s dead-lettered to %s after %d attempt(s) (%s)",
+                         describe(wake), stream, fails.attempts, reason)
         return True
 
     async def _append_record(self, stream: str, record: Mapping[str, Any]) -> None:
@@ -433,12 +464,16 @@ class WorkerRuntime:
 
     # ============================================================ reporting
 
+    def _job_failed(self, error: JobError) -> None:
+        """A worker job raised (a bug: handler failures are contained): reported."""
+        self.log.error("%s", self._http.scrub(str(error)), exc_info=error.__cause__)
+        self._notify(error, "internal")
+
     def _liveness(self, ok: bool, error: BaseException | None) -> None:
         self.runner.record_liveness(ok, error)
 
     def report(self, error: BaseException) -> None:
-        log.warning("[%s] %s: %s", self._label, type(error).__name__,
-                    self._http.scrub(str(error)))
+        self.log.warning("%s: %s", type(error).__name__, self._http.scrub(str(error)))
         self._notify(error)
 
     def _notify(self, error: BaseException, where: str = "worker") -> None:
@@ -448,4 +483,4 @@ class WorkerRuntime:
             try:
                 self._on_error(error)
             except Exception:
-                log.exception("[%s] on_error raised; ignoring", self._label)
+                self.log.exception("on_error raised; ignoring")

@@ -180,7 +180,7 @@ class WakeFailures:
 class FailureLog:
     """Rate-limited WARNINGs for handler failures, on the injected clock."""
 
-    logger: logging.Logger
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger]
     interval: float
     _last: dict[str, float] = field(default_factory=dict)
     _suppressed: dict[str, int] = field(default_factory=dict)

@@ -1,29 +1,44 @@
-"""The health snapshot: what a runner reports to operators and in heartbeats.
+"""The health model: one typed snapshot of a runner, and of the worker around it.
 
-Owns the :class:`Health` frozen dataclass (the original's fields plus a few
-extras), :class:`Stats`, the mutable counters a runner updates, and
-:class:`SubscriptionStats`, a worker's per-subscription counters and lag.
+Owns the mutable counters and the frozen snapshot built from them, one pair
+per level, and the one function that builds the snapshot, :func:`snapshot`:
+
+==========================  =========================  ==========================
+counters (updated live)     frozen snapshot            JSON (``to_dict()``)
+==========================  =========================  ==========================
+:class:`Stats` (runner)     :class:`Health`            the top-level fields
+:class:`WorkerStats`        :class:`WorkerHealth`      ``"worker": {...}``
+:class:`SubscriptionStats`  :class:`SubscriptionHealth` ``"subscriptions": {id: ...}``
+==========================  =========================  ==========================
+
+Every counter field is copied into its snapshot by name (times as ISO-8601
+text), so the two cannot drift: a counter added to :class:`Stats` or
+:class:`WorkerStats` is a field of the snapshot by the same name
+(``tests/test_health_model.py`` checks it). A runner's
+:meth:`~pullwake.runtime.runner.PullWakeRunner.health` and a worker's
+``snapshot()`` are the same :class:`Health`; a worker's runtime adds the
+``worker`` and ``subscriptions`` parts (a bare runner has none).
 ``status`` is always the lifecycle machine's state. Nothing here holds a
 secret: errors are stored as scrubbed text.
 
 One snapshot feeds every view: ``/health`` serves it as JSON, ``/readyz``
 and ``/livez`` decide from it, ``/metrics`` (:mod:`pullwake.ops.metrics`) reads
-its counters, and the status page renders it. A counter added here and to
-the snapshot is exported by adding one row to :data:`pullwake.ops.metrics.METRICS`.
+its counters, heartbeats carry its :meth:`Health.diagnostics`, and the status
+page renders it. A counter added here is exported by adding one row to
+:data:`pullwake.ops.metrics.METRICS`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections import deque
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from pullwake.io.clock import iso
 
-__all__ = ["RECENT_ERRORS", "RECENT_TRANSITIONS", "Health", "Stats", "SubscriptionStats",
-           "WorkerStats"]
+__all__ = ["RECENT_ERRORS", "RECENT_TRANSITIONS", "Health", "Stats", "SubscriptionHealth",
+           "SubscriptionStats", "WorkerHealth", "WorkerStats", "snapshot"]
 
 #: How many recent lifecycle transitions and errors a snapshot keeps.
 RECENT_TRANSITIONS = 40
@@ -32,7 +47,10 @@ RECENT_ERRORS = 20
 
 @dataclass
 class Stats:
-    """Mutable counters and timestamps (epoch seconds) owned by one runner."""
+    """Mutable counters and timestamps (epoch seconds) owned by one runner.
+
+    Each field is the :class:`Health` field of the same name.
+    """
 
     started_at: float | None = None
     stream_connected: bool = False
@@ -56,30 +74,34 @@ class Stats:
     #: claims_skipped split by reason: ``in_flight`` (a claim for the key is
     #: running), ``busy`` (the runtime still works on the key), ``no_work``
     #: (the server answered that there is nothing to claim).
-    skipped_by_reason: dict[str, int] = field(default_factory=dict)
+    claims_skipped_by_reason: dict[str, int] = field(default_factory=dict)
     #: claims_failed split by reason: ``timeout``, ``transport`` (no answer),
     #: ``http_4xx``, ``http_5xx``, ``other``.
-    failed_by_reason: dict[str, int] = field(default_factory=dict)
-    transitions: deque[dict[str, Any]] = field(
+    claims_failed_by_reason: dict[str, int] = field(default_factory=dict)
+    recent_transitions: deque[dict[str, Any]] = field(
         default_factory=lambda: deque(maxlen=RECENT_TRANSITIONS))
-    errors: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_ERRORS))
+    recent_errors: deque[dict[str, Any]] = field(
+        default_factory=lambda: deque(maxlen=RECENT_ERRORS))
 
     def count_skip(self, reason: str) -> None:
         self.claims_skipped += 1
-        self.skipped_by_reason[reason] = self.skipped_by_reason.get(reason, 0) + 1
+        by = self.claims_skipped_by_reason
+        by[reason] = by.get(reason, 0) + 1
 
     def count_claim_failure(self, reason: str) -> None:
         self.claims_failed += 1
-        self.failed_by_reason[reason] = self.failed_by_reason.get(reason, 0) + 1
+        by = self.claims_failed_by_reason
+        by[reason] = by.get(reason, 0) + 1
 
     def note_transition(self, at: float, source: str, event: str, dest: str) -> None:
-        self.transitions.append({"at": iso(at), "source": source, "event": event, "dest": dest})
+        self.recent_transitions.append(
+            {"at": iso(at), "source": source, "event": event, "dest": dest})
 
     def note_error(self, at: float, where: str, text: str) -> None:
         """Record one (already scrubbed) error: last_error and the recent list."""
         self.last_error = text
         self.last_error_at = at
-        self.errors.append({"at": iso(at), "where": where, "error": text})
+        self.recent_errors.append({"at": iso(at), "where": where, "error": text})
 
     def reset_for_start(self, now: float) -> None:
         """A new run: heartbeat failure state resets (counters are cumulative)."""
@@ -90,9 +112,118 @@ class Stats:
         self.stream_connected_since = None
 
 
+#: Stats fields that are epoch seconds: ISO-8601 text in the snapshot.
+_TIMES = frozenset({"started_at", "stream_connected_since", "last_error_at",
+                    "last_heartbeat_at", "last_claim_at", "last_dispatch_at"})
+
+
+def _frozen(name: str, value: Any) -> Any:
+    if name in _TIMES:
+        return iso(value)
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, deque):
+        return tuple(value)
+    return value
+
+
+@dataclass
+class WorkerStats:
+    """A worker's counters (``health()["worker"]``), cumulative across restarts.
+
+    Each field is the :class:`WorkerHealth` field of the same name.
+    """
+
+    wakes_claimed: int = 0
+    wakes_handled: int = 0
+    wakes_acked: int = 0
+    wakes_released: int = 0
+    handler_errors: int = 0
+    handler_timeouts: int = 0
+    handlers_abandoned: int = 0
+    dead_lettered: int = 0
+    dead_letter_failures: int = 0
+    leases_lost: int = 0
+    lease_extensions: int = 0
+    recovered_wakes: int = 0
+    subscriptions_recreated: int = 0
+    wake_streams_recreated: int = 0
+    #: Wakes being handled now (a job per subscription at most).
+    jobs_active: int = 0
+
+
+@dataclass(frozen=True)
+class WorkerHealth:
+    """A worker's counters at one moment, plus ``handlers_stuck`` (abandoned runs going on)."""
+
+    wakes_claimed: int = 0
+    wakes_handled: int = 0
+    wakes_acked: int = 0
+    wakes_released: int = 0
+    handler_errors: int = 0
+    handler_timeouts: int = 0
+    handlers_abandoned: int = 0
+    dead_lettered: int = 0
+    dead_letter_failures: int = 0
+    leases_lost: int = 0
+    lease_extensions: int = 0
+    recovered_wakes: int = 0
+    subscriptions_recreated: int = 0
+    wake_streams_recreated: int = 0
+    jobs_active: int = 0
+    handlers_stuck: int = 0
+
+    @classmethod
+    def of(cls, stats: WorkerStats, *, handlers_stuck: int) -> WorkerHealth:
+        return cls(**vars(stats), handlers_stuck=handlers_stuck)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _WORKER_FIELDS}
+
+
+_WORKER_FIELDS = tuple(f.name for f in fields(WorkerHealth))
+
+
+@dataclass(frozen=True)
+class SubscriptionHealth:
+    """One subscription of a worker at one moment (:meth:`SubscriptionStats.snapshot`).
+
+    ``state``: ``handling``, ``cooling_down``, ``waiting`` (unacked work, no
+    wake in hand) or ``idle``. Durations in seconds, rounded to milliseconds.
+    """
+
+    state: str
+    generation: int | None
+    wakes_seen: int
+    wakes_claimed: int
+    wakes_handled: int
+    wakes_acked: int
+    wakes_released: int
+    handler_errors: int
+    handler_timeouts: int
+    dead_lettered: int
+    dead_letter_failures: int
+    last_error: str | None
+    last_error_at: str | None
+    leases_lost: int
+    consecutive_failures: int
+    failed_attempts: int
+    cooling_down_s: float
+    handling_for_s: float | None
+    oldest_unacked_age_s: float | None
+    pending_streams: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _SUBSCRIPTION_FIELDS}
+
+
+_SUBSCRIPTION_FIELDS = tuple(f.name for f in fields(SubscriptionHealth))
+
+
 @dataclass(frozen=True)
 class Health:
-    """A point-in-time snapshot of a runner. ``status`` is the machine's state."""
+    """A point-in-time snapshot of a runner (and of its worker). ``status`` is the
+    machine's state. Built by :func:`snapshot`; ``to_dict()`` is the JSON form."""
 
     running: bool
     status: str
@@ -123,73 +254,50 @@ class Health:
     claims_failed_by_reason: dict[str, int] = field(default_factory=dict)
     recent_transitions: tuple[dict[str, Any], ...] = ()
     recent_errors: tuple[dict[str, Any], ...] = ()
-
-    @classmethod
-    def build(cls, *, running: bool, status: str, offset: str | None, stats: Stats,
-              runner_id: str, claims_in_flight: int, state_path: str = "") -> Health:
-        return cls(
-            running=running,
-            status=status,
-            offset=offset,
-            started_at=iso(stats.started_at),
-            stream_connected=stats.stream_connected,
-            stream_connected_since=iso(stats.stream_connected_since),
-            reconnect_count=stats.reconnect_count,
-            last_error=stats.last_error,
-            last_error_at=iso(stats.last_error_at),
-            last_heartbeat_at=iso(stats.last_heartbeat_at),
-            last_heartbeat_ok=stats.last_heartbeat_ok,
-            last_claim_at=iso(stats.last_claim_at),
-            last_claim_result=stats.last_claim_result,
-            last_dispatch_at=iso(stats.last_dispatch_at),
-            events_received=stats.events_received,
-            claims_succeeded=stats.claims_succeeded,
-            claims_skipped=stats.claims_skipped,
-            claims_failed=stats.claims_failed,
-            runner_id=runner_id,
-            claims_in_flight=claims_in_flight,
-            messages_rejected=stats.messages_rejected,
-            heartbeat_failures=stats.heartbeat_failures,
-            state_path=state_path or status,
-            heartbeats_ok=stats.heartbeats_ok,
-            heartbeats_failed=stats.heartbeats_failed,
-            claims_skipped_by_reason=dict(stats.skipped_by_reason),
-            claims_failed_by_reason=dict(stats.failed_by_reason),
-            recent_transitions=tuple(stats.transitions),
-            recent_errors=tuple(stats.errors),
-        )
+    #: A worker's counters (None for a bare runner: then not in the JSON).
+    worker: WorkerHealth | None = None
+    #: A worker's subscriptions by id (None for a bare runner: then not in the JSON).
+    subscriptions: Mapping[str, SubscriptionHealth] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d: dict[str, Any] = {name: getattr(self, name) for name in _RUNNER_FIELDS}
+        d["claims_skipped_by_reason"] = dict(self.claims_skipped_by_reason)
+        d["claims_failed_by_reason"] = dict(self.claims_failed_by_reason)
+        d["recent_transitions"] = tuple(dict(t) for t in self.recent_transitions)
+        d["recent_errors"] = tuple(dict(e) for e in self.recent_errors)
+        if self.worker is not None:
+            d["worker"] = self.worker.to_dict()
+        if self.subscriptions is not None:
+            d["subscriptions"] = {k: v.to_dict() for k, v in self.subscriptions.items()}
+        return d
 
     def diagnostics(self) -> dict[str, Any]:
-        """The heartbeat's ``diagnostics``: the snapshot minus running, offset and the
-        recent transition/error lists (those are for operators, not the server)."""
+        """The heartbeat's ``diagnostics``: the runner's snapshot minus running, offset
+        and the recent transition/error lists (those are for operators, not the
+        server), and without a worker's parts."""
         d = self.to_dict()
         for key in ("running", "offset", "recent_transitions", "recent_errors"):
             d.pop(key)
+        d.pop("worker", None)
+        d.pop("subscriptions", None)
         return d
 
 
-@dataclass
-class WorkerStats:
-    """A worker's counters (``health()["worker"]``), cumulative across restarts."""
+_RUNNER_FIELDS = tuple(f.name for f in fields(Health)
+                       if f.name not in ("worker", "subscriptions"))
+_STATS_FIELDS = tuple(f.name for f in fields(Stats))
 
-    wakes_claimed: int = 0
-    wakes_handled: int = 0
-    wakes_acked: int = 0
-    wakes_released: int = 0
-    handler_errors: int = 0
-    handler_timeouts: int = 0
-    handlers_abandoned: int = 0
-    dead_lettered: int = 0
-    dead_letter_failures: int = 0
-    leases_lost: int = 0
-    lease_extensions: int = 0
-    recovered_wakes: int = 0
-    subscriptions_recreated: int = 0
-    wake_streams_recreated: int = 0
-    jobs_active: int = 0
+
+def snapshot(stats: Stats, *, running: bool, status: str, offset: str | None,
+             runner_id: str, claims_in_flight: int, state_path: str = "",
+             worker: WorkerHealth | None = None,
+             subscriptions: Mapping[str, SubscriptionHealth] | None = None) -> Health:
+    """The one snapshot builder: ``stats`` copied by name, plus what only the runner
+    (and a worker's runtime) knows."""
+    return Health(running=running, status=status, offset=offset, runner_id=runner_id,
+                  claims_in_flight=claims_in_flight, state_path=state_path or status,
+                  worker=worker, subscriptions=subscriptions,
+                  **{name: _frozen(name, getattr(stats, name)) for name in _STATS_FIELDS})
 
 
 @dataclass
@@ -256,7 +364,7 @@ class SubscriptionStats:
             self.handling_since = None
 
     def snapshot(self, now: float, *, cooling_down_s: float = 0.0,
-                 consecutive_failures: int = 0, failed_attempts: int = 0) -> dict[str, Any]:
+                 consecutive_failures: int = 0, failed_attempts: int = 0) -> SubscriptionHealth:
         if self.handling_since is not None:
             state = "handling"
         elif cooling_down_s > 0:
@@ -265,27 +373,27 @@ class SubscriptionStats:
             state = "waiting"
         else:
             state = "idle"
-        return {
-            "state": state,
-            "generation": self.generation,
-            "wakes_seen": self.wakes_seen,
-            "wakes_claimed": self.wakes_claimed,
-            "wakes_handled": self.wakes_handled,
-            "wakes_acked": self.wakes_acked,
-            "wakes_released": self.wakes_released,
-            "handler_errors": self.handler_errors,
-            "handler_timeouts": self.handler_timeouts,
-            "dead_lettered": self.dead_lettered,
-            "dead_letter_failures": self.dead_letter_failures,
-            "last_error": self.last_error,
-            "last_error_at": iso(self.last_error_at),
-            "leases_lost": self.leases_lost,
-            "consecutive_failures": consecutive_failures,
-            "failed_attempts": failed_attempts,
-            "cooling_down_s": round(cooling_down_s, 3),
-            "handling_for_s": (None if self.handling_since is None
-                               else round(max(0.0, now - self.handling_since), 3)),
-            "oldest_unacked_age_s": (None if self.unacked_since is None
-                                     else round(max(0.0, now - self.unacked_since), 3)),
-            "pending_streams": len(self.pending_streams),
-        }
+        return SubscriptionHealth(
+            state=state,
+            generation=self.generation,
+            wakes_seen=self.wakes_seen,
+            wakes_claimed=self.wakes_claimed,
+            wakes_handled=self.wakes_handled,
+            wakes_acked=self.wakes_acked,
+            wakes_released=self.wakes_released,
+            handler_errors=self.handler_errors,
+            handler_timeouts=self.handler_timeouts,
+            dead_lettered=self.dead_lettered,
+            dead_letter_failures=self.dead_letter_failures,
+            last_error=self.last_error,
+            last_error_at=iso(self.last_error_at),
+            leases_lost=self.leases_lost,
+            consecutive_failures=consecutive_failures,
+            failed_attempts=failed_attempts,
+            cooling_down_s=round(cooling_down_s, 3),
+            handling_for_s=(None if self.handling_since is None
+                            else round(max(0.0, now - self.handling_since), 3)),
+            oldest_unacked_age_s=(None if self.unacked_since is None
+                                  else round(max(0.0, now - self.unacked_since), 3)),
+            pending_streams=len(self.pending_streams),
+        )

@@ -18,15 +18,13 @@ and the in-flight request. The send function bounds each request itself
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pullwake.io.clock import Clock, TimerHandle
+from pullwake.runtime.jobs import Jobs
 
 __all__ = ["Heartbeater"]
-
-log = logging.getLogger("pullwake.heartbeat")
 
 
 class Heartbeater:
@@ -40,7 +38,7 @@ class Heartbeater:
         failures_before_reset: int,
         on_result: Callable[[bool, BaseException | None], None],
         on_reset: Callable[[BaseException], None],
-        spawn: Callable[[Awaitable[Any], str], asyncio.Task[Any]],
+        jobs: Jobs,
     ) -> None:
         self._send = send
         self._clock = clock
@@ -49,7 +47,7 @@ class Heartbeater:
         self.failures_before_reset = failures_before_reset
         self._on_result = on_result
         self._on_reset = on_reset
-        self._spawn = spawn
+        self._jobs = jobs
         self._in_flight: asyncio.Task[Any] | None = None
         self._follow_up = False
         self._periodic: TimerHandle | None = None
@@ -137,7 +135,7 @@ class Heartbeater:
             self._follow_up = True
             return
         self._last_sent = self._clock.monotonic()
-        self._in_flight = self._spawn(self._run(), "pullwake-heartbeat")
+        self._in_flight = self._jobs.spawn(self._run(), "pullwake-heartbeat")
 
     async def _run(self) -> None:
         task = asyncio.current_task()

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pullwake.errors import LeaseLost, PullwakeError, SubscriptionError
 from pullwake.io.clock import Clock, TimerHandle
 from pullwake.io.http import HttpClient
+from pullwake.runtime.jobs import Jobs
 from pullwake.runtime.subscriptions import NOT_FOUND, Claim, SubscriptionClient
 
 if TYPE_CHECKING:
@@ -32,7 +33,8 @@ class LeaseKeeper:
 
     def __init__(self, client: SubscriptionClient, http: HttpClient, *, clock: Clock,
                  request_timeout: float, stats: WorkerStats,
-                 liveness: Callable[[bool, BaseException | None], None]) -> None:
+                 liveness: Callable[[bool, BaseException | None], None], jobs: Jobs) -> None:
+        self._jobs = jobs
         self._client = client
         self._http = http
         self._clock = clock
@@ -44,7 +46,7 @@ class LeaseKeeper:
     async def wait(self) -> None:
         """Await the extensions cut short by ended jobs (at stop)."""
         if self._strays:
-            await asyncio.gather(*self._strays, return_exceptions=True)
+            await self._jobs.settle(None, jobs=list(self._strays))
 
     def keep(self, claim: Claim) -> asyncio.Future[None]:
         """Extend the lease every third of its TTL; the future fails when the lease is lost.
@@ -63,7 +65,7 @@ class LeaseKeeper:
         clock = self._clock
         held_until = clock.monotonic() + ttl  # as of the claim answer
         timer: TimerHandle | None = None
-        task: asyncio.Task[bool] | None = None
+        task: asyncio.Task[bool | LeaseLost] | None = None
 
         def extend() -> None:
             nonlocal timer, task
@@ -71,18 +73,19 @@ class LeaseKeeper:
             if not lost.done():
                 started = clock.monotonic()
                 left = max(retry, held_until - started)
-                task = asyncio.ensure_future(self._extend(claim, left))
+                task = self._jobs.spawn(self._extend(claim, left),
+                                        f"pullwake-lease[{claim.subscription_id}]")
                 task.add_done_callback(lambda t: extended(t, started))
 
-        def extended(t: asyncio.Task[bool], started: float) -> None:
+        def extended(t: asyncio.Task[bool | LeaseLost], started: float) -> None:
             nonlocal timer, task, held_until
             task = None
-            if lost.done() or t.cancelled():
-                return
-            error = t.exception()
-            if error is not None:
-                lost.set_exception(error)
-            elif t.result():
+            if lost.done() or t.cancelled() or t.exception() is not None:
+                return  # (an extension that raised is a bug, reported by the jobs)
+            result = t.result()
+            if isinstance(result, LeaseLost):
+                lost.set_exception(result)
+            elif result:
                 held_until = started + ttl
                 timer = clock.call_later(interval, extend)
             else:
@@ -100,20 +103,23 @@ class LeaseKeeper:
         timer = self._clock.call_later(interval, extend)
         return lost
 
-    async def _extend(self, claim: Claim, left: float) -> bool:
+    async def _extend(self, claim: Claim, left: float) -> bool | LeaseLost:
         """One lease extension, bounded by the lease time ``left``; True when it held.
 
-        Raises LeaseLost when the lease is gone; any other failure is reported
-        to the runner's liveness and answers False (the keeper tries again).
+        Answers the LeaseLost when the lease is gone (a job's result, not its
+        failure); any other failure is reported to the runner's liveness and
+        answers False (the keeper tries again).
         """
         try:
             await self._client.ack(self._http, claim, timeout=min(self._request_timeout, left))
-        except LeaseLost:
-            raise
+        except LeaseLost as exc:
+            return exc
         except SubscriptionError as exc:
             if exc.code == NOT_FOUND:
-                raise LeaseLost("the subscription is gone (server restarted?)",
-                                operation="extend lease", status=404, code=NOT_FOUND) from exc
+                gone = LeaseLost("the subscription is gone (server restarted?)",
+                                 operation="extend lease", status=404, code=NOT_FOUND)
+                gone.__cause__ = exc
+                return gone
             self._liveness(False, exc)
         except PullwakeError as exc:
             self._liveness(False, exc)

@@ -16,6 +16,10 @@ importing it).
 - :class:`TextFormatter` prefixes ``[worker]`` unless the message already
   starts with it; :class:`JsonFormatter` writes one JSON object per line.
 - :func:`configure_logging` installs one stderr handler with either format.
+- :class:`LabelledLog` is the :class:`logging.LoggerAdapter` a runner, a
+  worker and their parts log through: every line says whose it is
+  (``[label] `` before the message, ``worker`` on the record), whatever
+  context the line is logged in; no call site adds the label by hand.
 - :class:`OutageLog` turns a failure that repeats every second (heartbeats
   during an outage) into one WARNING when the outage starts, a reminder at
   most every ``remind_every`` seconds on the injectable clock, and one line
@@ -41,6 +45,7 @@ __all__ = [
     "LOG_LEVELS",
     "ContextFilter",
     "JsonFormatter",
+    "LabelledLog",
     "OutageLog",
     "TextFormatter",
     "configure_logging",
@@ -186,6 +191,28 @@ def configure_logging(level: str = "INFO", fmt: str = "text", *,
     return handler
 
 
+class LabelledLog(logging.LoggerAdapter[logging.Logger]):
+    """A logger carrying one runner's or worker's id (``label``).
+
+    Each message gets ``[label] `` in front (the formatters above show it
+    once) and each record ``worker=label``, so two workers in one process
+    never mix up their lines, even where no log context is set (timers,
+    callbacks, a handler's thread).
+    """
+
+    def __init__(self, logger: logging.Logger, label: str) -> None:
+        super().__init__(logger, {"worker": label})
+        self.label = label
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        if self.isEnabledFor(level):
+            extra = kwargs.get("extra")
+            kwargs["extra"] = {**(self.extra or {}), **extra} if extra else self.extra
+            kwargs["stacklevel"] = kwargs.get("stacklevel", 1) + 1  # the caller, not this
+            text = str(msg) if args else str(msg).replace("%", "%%")
+            self.logger.log(level, "[%s] " + text, self.label, *args, **kwargs)
+
+
 class OutageLog:
     """One WARNING per outage of a repeating operation, then a summary.
 
@@ -195,7 +222,7 @@ class OutageLog:
     long. ``failures`` and ``since`` describe the outage in progress.
     """
 
-    def __init__(self, logger: logging.Logger, what: str, clock: Clock, *,
+    def __init__(self, logger: logging.Logger | LabelledLog, what: str, clock: Clock, *,
                  prefix: str = "", remind_every: float = 60.0) -> None:
         self._log = logger
         self._what = what

@@ -13,7 +13,6 @@ down and is dead-lettered exactly like a claimed one.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -22,7 +21,8 @@ from pullwake.io.clock import Clock, sleep
 from pullwake.io.http import HttpClient
 from pullwake.runtime.bounded import BoundedTable
 from pullwake.runtime.failures import FailurePolicy, WakeFailures
-from pullwake.runtime.logs import job_context
+from pullwake.runtime.jobs import Jobs
+from pullwake.runtime.logs import LabelledLog, job_context
 from pullwake.runtime.subscriptions import ClaimedStream, SubscriptionClient, SubscriptionConfig
 from pullwake.runtime.wake import Wake, WakeReader
 
@@ -30,8 +30,6 @@ if TYPE_CHECKING:
     from pullwake.runtime.health import WorkerStats
 
 __all__ = ["Recovery", "RecoveryHost"]
-
-log = logging.getLogger("pullwake.worker")
 
 
 class RecoveryHost(Protocol):
@@ -52,8 +50,10 @@ class Recovery:
     def __init__(self, host: RecoveryHost, client: SubscriptionClient, *,
                  subscriptions: Mapping[str, SubscriptionConfig], wake_stream: str,
                  reader: WakeReader, failure_policy: FailurePolicy, clock: Clock,
-                 stats: WorkerStats, label: str, max_tracked_streams: int) -> None:
+                 stats: WorkerStats, log: LabelledLog, max_tracked_streams: int,
+                 jobs: Jobs) -> None:
         self._host = host
+        self._jobs = jobs
         self._client = client
         self.subscriptions = subscriptions
         self.wake_stream = wake_stream
@@ -61,7 +61,7 @@ class Recovery:
         self.failure_policy = failure_policy
         self._clock = clock
         self.stats = stats
-        self._label = label
+        self._log = log
         self._recoveries: set[asyncio.Task[Any]] = set()
         #: Subscriptions this worker created or found: one missing later was forgotten.
         self.confirmed: set[str] = set()
@@ -116,8 +116,8 @@ class Recovery:
         created = await self._client.ensure_stream(http, self.wake_stream)
         if created:
             self.stats.wake_streams_recreated += 1
-            log.warning("[%s] wake stream %r was gone (server restart?): re-created",
-                        self._label, self.wake_stream)
+            self._log.warning("wake stream %r was gone (server restart?): re-created",
+                              self.wake_stream)
         return created
 
     async def on_connected(self, http: HttpClient) -> None:
@@ -134,20 +134,17 @@ class Recovery:
             return
         if sub.id in self.confirmed:
             self.stats.subscriptions_recreated += 1
-            log.warning("[%s] subscription %r was gone (server restart?): re-created",
-                        self._label, sub.id)
-            task = asyncio.get_running_loop().create_task(
-                self._recover(http, sub, known), context=job_context(subscription=sub.id))
-            task.set_name(f"pullwake-recover[{sub.id}]")
+            self._log.warning("subscription %r was gone (server restart?): re-created",
+                              sub.id)
+            task = self._jobs.spawn(self._recover(http, sub, known), f"pullwake-recover[{sub.id}]",
+                                    context=job_context(subscription=sub.id))
             self._recoveries.add(task)
             task.add_done_callback(self._recoveries.discard)
         self.confirmed.add(sub.id)
 
     async def cancel(self) -> None:
-        for t in list(self._recoveries):
-            t.cancel()
         if self._recoveries:
-            await asyncio.gather(*self._recoveries, return_exceptions=True)
+            await self._jobs.cancel(list(self._recoveries))
 
     # ============================================================== recovery
 
@@ -237,14 +234,14 @@ class Recovery:
                                    fails: WakeFailures, known: Mapping[str, str]) -> None:
         """A recovery cut short by stop: dead-letter its range, or say so at ERROR."""
         if wake is None:
-            log.error("[%s] stopped before the range the re-created subscription %r "
-                      "skipped was looked up: messages after %s were not handed over",
-                      self._label, sub.id, dict(known) or "the start of each stream")
+            self._log.error("stopped before the range the re-created subscription %r "
+                            "skipped was looked up: messages after %s were not handed over",
+                            sub.id, dict(known) or "the start of each stream")
             return
         if self.failure_policy.dead_letter_stream is not None and \
                 await self._host.dead_letter(wake, fails, reason="stopped"):
             return
         ranges = ", ".join(f"{s.path} ({s.acked_offset}, {s.tail_offset}]" for s in wake.streams)
-        log.error("[%s] stopped before the recovered range of %r was handled (%d failed "
-                  "attempt(s)); the server counts it as acked, so nothing will hand it over "
-                  "again: %s", self._label, sub.id, fails.attempts, ranges)
+        self._log.error("stopped before the recovered range of %r was handled (%d failed "
+                        "attempt(s)); the server counts it as acked, so nothing will hand it "
+                        "over again: %s", sub.id, fails.attempts, ranges)

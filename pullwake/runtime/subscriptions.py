@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import logging
 import shlex
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pullwake.errors import ConfigError, ControlPlaneError, LeaseLost, SubscriptionError, redact_url
 from pullwake.io.clock import Clock, LoopClock, sleep
@@ -41,7 +41,11 @@ from pullwake.runtime.control import (
     retry_transient,
     stream_key,
 )
+from pullwake.runtime.logs import LabelledLog
 from pullwake.runtime.server_root import is_subscription, verify_root, wrong_root
+
+if TYPE_CHECKING:
+    from pullwake.runtime.ports import RunnerPort
 
 __all__ = [
     "Claim",
@@ -49,6 +53,7 @@ __all__ = [
     "SubscriptionClient",
     "SubscriptionConfig",
     "SubscriptionControlPlane",
+    "SubscriptionKeeper",
 ]
 
 #: Claimed streams kept per wake (those with pending work first); the rest keep
@@ -370,46 +375,67 @@ class SubscriptionClient:
         raise_for_answer(answer, operation=op, url=url, scrub=http.scrub)
 
 
+class SubscriptionKeeper(Protocol):
+    """Who re-creates what the server forgot (the worker's recovery,
+    :class:`pullwake.runtime.recovery.Recovery`): the control plane's one
+    collaborator for it, called in the middle of a claim or a heartbeat."""
+
+    async def recreate(self, http: HttpClient, sub: SubscriptionConfig) -> None:
+        """The subscription answered 404: create it again (and recover what it skipped)."""
+        ...
+
+    async def recreate_wake_stream(self, http: HttpClient) -> bool:
+        """The wake stream answered 404: create it again; True if created now."""
+        ...
+
+    async def on_connected(self, http: HttpClient) -> None:
+        """After every (re)connect: re-create whatever the server forgot."""
+        ...
+
+
 class SubscriptionControlPlane:
     """The runner's control plane for Durable Streams pull-wake subscriptions.
 
     Only wakes of the given subscriptions are claimed (others sharing the wake
-    stream are skipped). A claim that finds the subscription gone calls
-    ``on_missing(sub)`` (the worker re-creates it) and retries once. A claim
-    that fails transiently is retried until it gets an answer (each failure
-    goes to ``on_retry``); stopping the runner cancels it.
+    stream are skipped). A claim that finds the subscription gone asks the
+    ``keeper`` (:class:`SubscriptionKeeper`) to re-create it and retries
+    once; without a keeper it fails. A claim that fails transiently is
+    retried until it gets an answer (each failure is reported to the runner
+    it is attached to, ``claim_failed``); stopping the runner cancels it.
     """
 
     def __init__(self, client: SubscriptionClient, *, worker: str,
                  subscriptions: Mapping[str, SubscriptionConfig], wake_stream_url: str,
-                 on_missing: Callable[[HttpClient, SubscriptionConfig], Awaitable[None]],
-                 on_connected: Callable[[HttpClient], Awaitable[None]] | None = None,
-                 on_retry: Callable[[BaseException], None] | None = None,
-                 clock: Clock | None = None,
-                 on_wake_stream_missing: Callable[[HttpClient], Awaitable[bool]] | None = None,
+                 keeper: SubscriptionKeeper | None = None, clock: Clock | None = None,
                  ) -> None:
         self.client = client
-        self._on_wake_stream_missing = on_wake_stream_missing
         self.worker = worker
         self.subscriptions = subscriptions
         self.wake_stream_url = wake_stream_url
-        self._on_missing = on_missing
-        self._on_retry = on_retry
+        self._keeper = keeper
+        self._runner: RunnerPort | None = None
+        self._log = LabelledLog(log, worker)
         self._clock: Clock = clock or LoopClock()
-        if on_connected is not None:
-            self.on_connected = on_connected
+
+    def attach(self, runner: RunnerPort) -> None:
+        self._runner = runner
 
     def claim_key(self, wake: WakeEvent) -> str:
         return wake.subscription_id or stream_key(wake.stream)
+
+    async def on_connected(self, http: HttpClient) -> None:
+        """After every (re)connect: the server may have restarted and forgotten us."""
+        if self._keeper is not None:
+            await self._keeper.on_connected(http)
 
     async def recreate_wake_stream(self, http: HttpClient) -> bool:
         """The wake stream answered 404: re-create it (the worker owns it).
 
         True if it was created now (then it is read from the beginning).
         """
-        if self._on_wake_stream_missing is None:
+        if self._keeper is None:
             return False
-        return await self._on_wake_stream_missing(http)
+        return await self._keeper.recreate_wake_stream(http)
 
     async def claim(self, http: HttpClient, wake: WakeEvent) -> ClaimOutcome:
         sub = self.subscriptions.get(wake.subscription_id or "")
@@ -419,8 +445,8 @@ class SubscriptionControlPlane:
 
         def on_retry(exc: BaseException) -> None:
             failed.append(exc)
-            if self._on_retry is not None:
-                self._on_retry(exc)
+            if self._runner is not None:
+                self._runner.claim_failed(exc)
 
         while True:
             failed.clear()
@@ -434,26 +460,26 @@ class SubscriptionControlPlane:
             # released; the lease ends in lease_ttl_ms, then it is ours to claim
             # again (issue 14, class 13): never skipped as someone else's.
             wait = sub.lease_ttl_ms / 1000 + 0.1
-            log.warning("claim of %s: an earlier attempt succeeded but its answer was lost "
-                        "(%s); claiming again when its lease ends in %.3gs", sub.id,
-                        type(failed[-1]).__name__, wait)
+            self._log.warning("claim of %s: an earlier attempt succeeded but its answer was "
+                              "lost (%s); claiming again when its lease ends in %.3gs", sub.id,
+                              type(failed[-1]).__name__, wait)
             await sleep(self._clock, wait)
         if isinstance(result, str):
             return ClaimOutcome.skip(result)
         if result.deferred_streams:
-            log.warning("claim %s#%d listed %d more stream(s) with pending work than "
-                        "max_claim_streams=%d: they stay pending and come with the next wake",
-                        sub.id, result.generation, result.deferred_streams,
-                        self.client.max_claim_streams)
+            self._log.warning("claim %s#%d listed %d more stream(s) with pending work than "
+                              "max_claim_streams=%d: they stay pending and come with the next "
+                              "wake", sub.id, result.generation, result.deferred_streams,
+                              self.client.max_claim_streams)
         return ClaimOutcome(True, {"claim": result})
 
     async def _claim_once(self, http: HttpClient, sub: SubscriptionConfig) -> Claim | str:
         try:
             return await self.client.claim(http, sub.id, self.worker)
         except SubscriptionError as exc:
-            if exc.code != NOT_FOUND:
+            if exc.code != NOT_FOUND or self._keeper is None:
                 raise
-            await self._on_missing(http, sub)
+            await self._keeper.recreate(http, sub)
             return await self.client.claim(http, sub.id, self.worker)
 
     async def heartbeat(self, http: HttpClient, *, lease_ms: int, offset: str | None,

@@ -13,7 +13,6 @@ what the wake says was handed over or read.
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -24,14 +23,14 @@ from pullwake.io.areader import AsyncShell
 from pullwake.io.clock import Clock
 from pullwake.io.http import HttpClient
 from pullwake.protocol import DEFAULT_RETRY, Assembler, Batch, Checkpoint, ReadCore, Rejected
+from pullwake.runtime.jobs import run_from_thread
+from pullwake.runtime.logs import LabelledLog
 from pullwake.runtime.subscriptions import ClaimedStream
 
 if TYPE_CHECKING:
     from pullwake.io.fetchcache import FetchCache
 
 __all__ = ["HandlerReads", "Wake", "WakeReader"]
-
-log = logging.getLogger("pullwake.worker")
 
 
 class WakeReader(Protocol):
@@ -68,14 +67,14 @@ class HandlerReads:
     """
 
     def __init__(self, *, http: HttpClient, stream_url: Any, clock: Clock,
-                 max_item_bytes: int, request_timeout: float, label: str,
+                 max_item_bytes: int, request_timeout: float, log: LabelledLog,
                  fetch_cache: FetchCache | None = None) -> None:
         self.http = http
         self.clock = clock
         self.max_item_bytes = max_item_bytes
         self.request_timeout = request_timeout
         self._stream_url = stream_url
-        self._label = label
+        self._log = log
         self._fetch_cache = fetch_cache
         self._session_sync: Any = None
         self._session_lock = threading.Lock()
@@ -102,7 +101,7 @@ class HandlerReads:
         loop = self._loop
         if loop is None or loop.is_closed():
             raise ConfigError("the worker is not running: no headers for a sync read")
-        future = asyncio.run_coroutine_threadsafe(self.http.resolve_headers(), loop)
+        future = run_from_thread(self.http.resolve_headers(), loop)
         return future.result(timeout=self.request_timeout)
 
     def sync_session(self) -> Any:
@@ -117,8 +116,7 @@ class HandlerReads:
                     try:
                         self._session_sync = self._fetch_cache.session()
                     except (CacheError, ConfigError) as exc:  # never fail handlers
-                        log.warning("[%s] fetch cache unusable, reading uncached: %s",
-                                    self._label, exc)
+                        self._log.warning("fetch cache unusable, reading uncached: %s", exc)
                         self._session_sync = requests.Session()
                 else:
                     self._session_sync = requests.Session()
