@@ -606,7 +606,7 @@ async def reads(bench: Bench, count: int, rounds: int) -> tuple[str, dict[str, f
             done.set_result((n, time.process_time() - c, time.perf_counter() - t))
 
         worker = Worker(server=root, subscriptions=[SubscriptionConfig(
-            id=subs[k], wake_stream=f"wake/{subs[k]}", streams=(path,), lease_ttl_ms=60000)],
+            id=subs[k], wake_stream=f"wake/{subs[k]}", streams=(path,), claim_lease=60.0)],
             handler=handle, worker_name="bench-read", request_timeout=60)
         await worker.start()
         try:

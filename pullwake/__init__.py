@@ -49,6 +49,7 @@ from pullwake.runtime.failures import FailurePolicy
 from pullwake.runtime.health import Health
 from pullwake.runtime.runner import PullWakeRunner, Runtime
 from pullwake.runtime.subscriptions import ClaimedStream, SubscriptionConfig
+from pullwake.runtime.worker_config import WorkerConfig
 from pullwake.worker import Wake, Worker, WorkerStats
 
 __all__ = [
@@ -109,6 +110,7 @@ __all__ = [
     "WakeStream",
     "WorkTicket",
     "Worker",
+    "WorkerConfig",
     "WorkerStats",
     "__version__",
     "aiter_chunks",

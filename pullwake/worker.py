@@ -1,7 +1,8 @@
 """Worker: pull-wake subscriptions on a Durable Streams server, for applications.
 
 This module owns the application-facing worker, the facade: its
-construction (checking the configuration), ``start``/``stop``/``run``, the
+construction from one :class:`~pullwake.runtime.worker_config.WorkerConfig`
+(validated there), ``start``/``stop``/``run``, the
 context manager, and ``health()``. It ensures the wake stream and its
 subscriptions exist and runs a :class:`~pullwake.runtime.runner.PullWakeRunner`
 with the subscription control plane (:mod:`pullwake.runtime.subscriptions`).
@@ -44,36 +45,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Unpack
 
 from pullwake.errors import ConfigError
 from pullwake.io.clock import Clock, LoopClock
-from pullwake.io.http import HeadersSource, HttpClient
+from pullwake.io.http import HttpClient
 from pullwake.lifecycle.spec import load_spec
 from pullwake.ops.metrics import WorkerMetrics
-from pullwake.protocol.urls import encode_path, validate_base_url
 from pullwake.runtime.attempts import CANCEL_GRACE_S
-from pullwake.runtime.config import RunnerConfig
 from pullwake.runtime.dispatch import WorkerRuntime
-from pullwake.runtime.failures import FailurePolicy
 from pullwake.runtime.health import Health, WorkerStats
 from pullwake.runtime.logs import LabelledLog
 from pullwake.runtime.runner import PullWakeRunner, http_client
-from pullwake.runtime.subscriptions import (
-    MAX_CLAIM_STREAMS,
-    SubscriptionClient,
-    SubscriptionConfig,
-    SubscriptionControlPlane,
-)
+from pullwake.runtime.subscriptions import SubscriptionClient, SubscriptionControlPlane
 from pullwake.runtime.wake import HandlerReads, Wake
+from pullwake.runtime.worker_config import WorkerConfig, WorkerKeywords
 
 __all__ = ["CANCEL_GRACE_S", "Wake", "Worker", "WorkerStats"]
-
-if TYPE_CHECKING:
-    from pullwake.io.fetchcache import FetchCache
 
 log = logging.getLogger("pullwake.worker")
 
@@ -83,8 +73,13 @@ Handler = Callable[["Wake"], Any]
 class Worker:
     """Handle pull-wake subscriptions on a Durable Streams server.
 
-    ``server`` is the stream root (``http://host:port/v1/stream``). Pass a
-    ``pattern`` (glob) or ``streams`` for the default subscription, or several
+    Configured by one :class:`~pullwake.runtime.worker_config.WorkerConfig`:
+    ``Worker(config=WorkerConfig(...), handler=...)``, or the keyword
+    arguments that build it (:class:`~pullwake.runtime.worker_config.WorkerKeywords`,
+    e.g. ``Worker(server=..., subscription=..., pattern=..., handler=...)``).
+    ``worker.config`` is the configuration either way. ``server`` is the
+    stream root (``http://host:port/v1/stream``). Pass a ``pattern`` (glob) or
+    ``streams`` for the default subscription, or several
     :class:`SubscriptionConfig` as ``subscriptions``. ``max_concurrency``
     bounds handlers across all subscriptions. A wake hands over at most
     ``max_claim_streams`` streams (those with pending work first); the others
@@ -93,92 +88,40 @@ class Worker:
     make the :class:`~pullwake.runtime.failures.FailurePolicy` (``worker.failure_policy``).
     """
 
-    def __init__(
-        self,
-        *,
-        server: str,
-        handler: Handler,
-        subscription: str | None = None,
-        wake_stream: str = "wake/pool",
-        pattern: str | None = None,
-        streams: Sequence[str] = (),
-        subscriptions: Sequence[SubscriptionConfig] = (),
-        worker_name: str | None = None,
-        lease_ms: int = 30_000,
-        headers: HeadersSource = None,
-        max_concurrency: int = 4,
-        stop_grace: float = 10.0,
-        live: str = "sse",
-        request_timeout: float = 10.0,
-        connect_timeout: float = 10.0,
-        read_idle_timeout: float | None = None,
-        heartbeat_interval: float | None = 10.0,
-        fetch_cache: FetchCache | None = None,
-        max_item_bytes: int = 16 * 1024 * 1024,
-        on_error: Callable[[BaseException], Any] | None = None,
-        clock: Clock | None = None,
-        runner_options: Mapping[str, Any] | None = None,
-        max_claim_streams: int = MAX_CLAIM_STREAMS,
-        max_tracked_streams: int = 100_000,
-        handler_timeout: float | None = None,
-        max_attempts: int | None = None,
-        dead_letter_stream: str | None = None,
-        cooldown: float = 1.0,
-        cooldown_cap: float = 30.0,
-    ) -> None:
-        self.server = validate_base_url(server, field="server")
+    def __init__(self, *, config: WorkerConfig | None = None, handler: Handler,
+                 **keywords: Unpack[WorkerKeywords]) -> None:
+        if config is None:
+            config = WorkerConfig.from_keywords(_stacklevel=1, **keywords)
+        elif keywords:
+            raise ConfigError(f"give config or keywords, not both (got {sorted(keywords)[0]!r})")
+        elif not isinstance(config, WorkerConfig):
+            raise ConfigError(f"config must be a WorkerConfig, got {type(config).__name__}")
         if not callable(handler):
             raise ConfigError("handler must be callable")
-        subs = list(subscriptions)
-        if subscription is not None:
-            subs.insert(0, SubscriptionConfig(id=subscription, wake_stream=wake_stream,
-                                              pattern=pattern, streams=tuple(streams),
-                                              lease_ttl_ms=lease_ms))
-        if not subs:
-            raise ConfigError("a worker needs a subscription (id plus pattern or streams)")
-        wake_streams = {s.wake_stream.strip("/") for s in subs}
-        if len(wake_streams) != 1:
-            raise ConfigError("all subscriptions of one worker must share its wake stream")
-        if not isinstance(max_concurrency, int) or max_concurrency < 1:
-            raise ConfigError("max_concurrency must be an int >= 1")
-        self.subscriptions = {s.id: s for s in subs}
-        self.wake_stream = wake_streams.pop()
-        self.worker_name = worker_name or f"{socket.gethostname()}-{id(self):x}"
+        #: The worker's configuration (its runner's is ``config.runner``).
+        self.config = config
+        self.server = config.server
+        self.subscriptions = {s.id: s for s in config.subscriptions}
+        self.wake_stream = config.wake_stream
+        self.worker_name = config.worker_name
         self.handler = handler
-        self.max_concurrency = max_concurrency
-        self.stop_grace = stop_grace
-        self.failure_policy = FailurePolicy(
-            handler_timeout=handler_timeout, max_attempts=max_attempts,
-            dead_letter_stream=dead_letter_stream, cooldown=cooldown, cooldown_cap=cooldown_cap)
+        self.max_concurrency = max_concurrency = config.max_concurrency
+        self.stop_grace = stop_grace = config.stop_grace
+        self.failure_policy = config.failure_policy
         self.stats = WorkerStats()
+        clock = config.runner.clock
         self._clock: Clock = clock or LoopClock()
-        fetch_cache = _check_fetch_cache(fetch_cache)
-        if isinstance(max_item_bytes, bool) or not isinstance(max_item_bytes, int) \
-                or max_item_bytes <= 0:
-            raise ConfigError("max_item_bytes must be a positive int")
-        self._client = SubscriptionClient(self.server, max_claim_streams=max_claim_streams)
-        opts: dict[str, Any] = {
-            "base_url": self.server,
-            "runner_id": self.worker_name,
-            "wake_stream_path": encode_path(self.wake_stream),
-            "headers": headers,
-            "live": live,
-            "request_timeout": request_timeout,
-            "connect_timeout": connect_timeout,
-            "heartbeat_interval": heartbeat_interval,
-            "on_error": on_error,
-            "clock": clock,
-            "name": self.worker_name,
-        }
-        if read_idle_timeout is not None:
-            opts["read_idle_timeout"] = read_idle_timeout
-        opts.update(runner_options or {})
-        config = RunnerConfig(**opts)
-        spec = load_spec(config.spec_path) if config.spec_path else load_spec()
+        request_timeout, on_error = config.runner.request_timeout, config.runner.on_error
+        max_item_bytes, fetch_cache = config.max_item_bytes, config.fetch_cache
+        max_tracked_streams = config.max_tracked_streams
+        self._client = SubscriptionClient(self.server,
+                                          max_claim_streams=config.max_claim_streams)
+        runner_config = config.runner
+        spec = load_spec(runner_config.spec_path) if runner_config.spec_path else load_spec()
         #: This worker's Prometheus registry (``metrics.registry``), read off health().
         self.metrics = WorkerMetrics(self.health, clock=self._clock, states=[
             spec.leaf_name(p) for p in spec.leaf_states])
-        self._http: HttpClient = http_client(config)
+        self._http: HttpClient = http_client(runner_config)
         #: This worker's log: every line carries its name (``[name] ``, ``worker``).
         self._log = LabelledLog(log, self.worker_name)
         self._reads = HandlerReads(
@@ -196,9 +139,10 @@ class Worker:
         # What the server forgets, the runtime's recovery re-creates (mid-claim too).
         control = SubscriptionControlPlane(
             self._client, worker=self.worker_name, subscriptions=self.subscriptions,
-            wake_stream_url=config.wake_stream_url, keeper=self._runtime.recovery, clock=clock)
+            wake_stream_url=runner_config.wake_stream_url, keeper=self._runtime.recovery,
+            clock=clock)
         #: The runner: it attaches itself to the runtime and the control plane.
-        self.runner = PullWakeRunner(config, self._runtime, control_plane=control,
+        self.runner = PullWakeRunner(runner_config, self._runtime, control_plane=control,
                                      http=self._http)
 
     # ================================================================ public
@@ -295,16 +239,3 @@ class Worker:
         metrics and status page read)."""
         return self.runner.health().to_dict()
 
-
-def _check_fetch_cache(value: object) -> FetchCache | None:
-    """``fetch_cache`` is ``None`` or a :class:`pullwake.io.cache.FetchCache`, never a string."""
-    if value is None:
-        return None
-    from pullwake.io.fetchcache import FetchCache
-
-    if isinstance(value, FetchCache):
-        return value
-    raise ConfigError(
-        f"fetch_cache must be None or a pullwake.FetchCache "
-        f"(FetchCache.memory() or FetchCache.sqlite(path)), not {type(value).__name__} "
-        f"{value!r}")

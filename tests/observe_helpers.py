@@ -20,7 +20,7 @@ from pullwake.testing import EmbeddedServer
 SUB = "sub1"
 PATTERN = "events/*"
 FAST: dict[str, Any] = {
-    "lease_ms": 1000,
+    "claim_lease": 1.0,
     "heartbeat_interval": 0.2,
     "read_idle_timeout": 2.0,
     "request_timeout": 0.5,

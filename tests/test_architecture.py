@@ -72,7 +72,6 @@ SPAWNS_ALLOWED: set[str] = set()
 CYCLES_ALLOWED = {
     ("pullwake.lifecycle.backoff", "pullwake.lifecycle.machine", "pullwake.lifecycle.spec"),
     ("pullwake.lifecycle.machine", "pullwake.lifecycle.spec"),
-    ("pullwake.cli.run", "pullwake.cli.subscriptions"),
 }
 
 #: The one backoff.

@@ -171,7 +171,9 @@ def test_bad_environment_values_name_the_variable(cwd: Path, var: str, value: st
      "unknown key 'lease'"),
     ("[[subscription]]\nid = 'a'\npattern = 'a/*'\n[[subscription]]\nid = 'a'\n"
      "streams = ['x']\n", "subscription 'a' is declared twice"),
-    ("subscription = 'a'\n", "subscription must be [[subscription]] tables"),
+    ("[subscription]\nid = 'a'\n", "subscription must be [[subscription]] tables"),
+    # the --subscription key: one subscription's id, which needs its pattern or streams
+    ("subscription = 'a'\n", "give exactly one of --pattern or --stream for subscription 'a'"),
 ])
 def test_bad_config_files(cwd: Path, text: str, needle: str) -> None:
     (cwd / "run.toml").write_text(f"server = '{NOWHERE}'\nhandler = 'good:handle'\n" + text)

@@ -123,7 +123,7 @@ async def claim_server() -> AsyncIterator[tuple[str, list[str], list[str]]]:
 
 def _plane(root: str, clock: ManualClock) -> SubscriptionControlPlane:
     sub = SubscriptionConfig(id="sub1", wake_stream="wake/pool", pattern="e/*",
-                             lease_ttl_ms=2000)
+                             claim_lease=2.0)
 
     return SubscriptionControlPlane(SubscriptionClient(root), worker="w1",
                                     subscriptions={"sub1": sub},

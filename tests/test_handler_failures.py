@@ -397,7 +397,7 @@ async def test_handler_raising_cancelled_error_cools_down_like_any_failure(
             raise asyncio.CancelledError("the handler's own")
         await reading_handler(seen, "w1")(wake)
 
-    worker = make_worker(srv, handle, clock=clock, lease_ms=30_000, cooldown=1.0,
+    worker = make_worker(srv, handle, clock=clock, claim_lease=30.0, cooldown=1.0,
                          cooldown_cap=4.0, on_error=errors.append)
     async with running(worker) as task:
         await produce_at_once(http, srv, "events/a", 3)

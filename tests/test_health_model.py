@@ -93,11 +93,11 @@ async def test_a_workers_snapshot_is_typed_and_its_health_is_that_snapshots_json
     snap = worker.snapshot()
     assert isinstance(snap, Health) and isinstance(snap.worker, WorkerHealth)
     assert set(snap.subscriptions or {}) == {"sub1"}
-    assert isinstance((snap.subscriptions or {})["sub1"], SubscriptionHealth)
+    assert set((snap.subscriptions or {})["sub1"]) == set(SubscriptionHealth.__annotations__)
     d = worker.health()
     assert list(d) == [*RUNNER_KEYS, "worker", "subscriptions"]
     assert d["worker"] == dataclasses.asdict(snap.worker)
-    assert d["subscriptions"]["sub1"] == dataclasses.asdict(snap.subscriptions["sub1"])
+    assert d["subscriptions"]["sub1"] == (snap.subscriptions or {})["sub1"]
     assert worker.runner.health().worker is not None  # the runner's snapshot is the same model
 
     async with aiohttp.ClientSession() as http, running(worker):
@@ -106,7 +106,7 @@ async def test_a_workers_snapshot_is_typed_and_its_health_is_that_snapshots_json
         # jobs_active is a maintained counter now, not only computed in health()
         assert worker.stats.jobs_active == 1
         h: Any = worker.snapshot()
-        assert h.worker.jobs_active == 1 and h.subscriptions["sub1"].state == "handling"
+        assert h.worker.jobs_active == 1 and h.subscriptions["sub1"]["state"] == "handling"
         release.set()
         await eventually(lambda: worker.stats.wakes_acked == 1, timeout=10)
         await eventually(lambda: worker.stats.jobs_active == 0, timeout=10)

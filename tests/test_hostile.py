@@ -162,7 +162,7 @@ async def test_subscription_id_and_worker_name_stay_intact(hostile: str) -> None
     async with EmbeddedServer() as server:
         worker = Worker(server=server.stream_root, handler=handler, subscription=hostile,
                         worker_name=hostile, wake_stream="wake/pool", pattern="events/*",
-                        lease_ms=1000, heartbeat_interval=0.5, request_timeout=2.0,
+                        claim_lease=1.0, heartbeat_interval=0.5, request_timeout=2.0,
                         connect_timeout=2.0, read_idle_timeout=3.0, stop_grace=1.0)
         async with worker:
             await eventually(lambda: worker.runner.status == "streaming")

@@ -160,23 +160,23 @@ async def test_every_number_in_the_snapshot_is_a_metric_or_says_why_not() -> Non
 
 def test_subscription_lag_runs_from_the_first_unacked_wake() -> None:
     st = SubscriptionStats()
-    assert st.snapshot(0.0).oldest_unacked_age_s is None
+    assert st.snapshot(0.0)["oldest_unacked_age_s"] is None
     st.wake_seen(10.0)
     st.claimed(11.0, 1, ["events/a", "events/b"])
     st.wake_seen(12.0)  # arrives while the claimed wake is handled: the next period
     snap = st.snapshot(15.0)
-    assert (snap.state, snap.oldest_unacked_age_s, snap.pending_streams) == \
+    assert (snap["state"], snap["oldest_unacked_age_s"], snap["pending_streams"]) == \
         ("handling", 5.0, 2)
     st.acked(1)
     st.ended(1)
     snap = st.snapshot(20.0)
-    assert (snap.state, snap.oldest_unacked_age_s, snap.pending_streams) == \
+    assert (snap["state"], snap["oldest_unacked_age_s"], snap["pending_streams"]) == \
         ("waiting", 8.0, 0)
     st.claimed(21.0, 2, [])
     st.acked(2)
     st.ended(2)
-    assert st.snapshot(30.0).oldest_unacked_age_s is None
-    assert st.snapshot(30.0, cooling_down_s=2.0).state == "cooling_down"
+    assert st.snapshot(30.0)["oldest_unacked_age_s"] is None
+    assert st.snapshot(30.0, cooling_down_s=2.0)["state"] == "cooling_down"
 
 
 def test_an_earlier_wakes_bookkeeping_never_clears_the_next_claimed_wake() -> None:
@@ -188,11 +188,11 @@ def test_an_earlier_wakes_bookkeeping_never_clears_the_next_claimed_wake() -> No
     st.acked(1)
     st.ended(1)
     snap = st.snapshot(12.0)
-    assert (snap.state, snap.generation, snap.pending_streams) == ("handling", 2, 1)
+    assert (snap["state"], snap["generation"], snap["pending_streams"]) == ("handling", 2, 1)
     assert st.wakes_acked == 1
     st.acked(2)
     st.ended(2)
-    assert st.snapshot(13.0).state == "idle"
+    assert st.snapshot(13.0)["state"] == "idle"
 
 
 async def test_skipped_and_failed_claims_are_counted_by_reason() -> None:

@@ -36,7 +36,7 @@ from pullwake.worker import Wake, Worker
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.ds_server_options(long_poll_timeout=1.0)]
 
-FAST: dict[str, Any] = {"lease_ms": 5000, "heartbeat_interval": 0.5, "read_idle_timeout": 3.0,
+FAST: dict[str, Any] = {"claim_lease": 5.0, "heartbeat_interval": 0.5, "read_idle_timeout": 3.0,
                         "request_timeout": 5.0, "connect_timeout": 2.0, "stop_grace": 1.0}
 KiB = 1024
 MiB = 1024 * KiB

@@ -1,8 +1,11 @@
-"""RunOptions: defaults < --config file < PULLWAKE_* variables < flags, and docs that match."""
+"""Options: defaults < --config file < PULLWAKE_* variables < flags, and docs that match.
+
+The options resolve to a WorkerConfig (``opts.config``) plus the process options."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 from pathlib import Path
 
@@ -10,31 +13,43 @@ import pytest
 
 from pullwake.cli.options import (
     RunOptions,
-    SubscriptionOptions,
     UsageError,
     add_arguments,
     option_table,
     resolve,
 )
+from pullwake.runtime.config import SubscriptionConfig
+from pullwake.runtime.worker_config import WorkerConfig
 
 REPO = Path(__file__).resolve().parent.parent
 CLI_MD = REPO / "docs" / "cli.md"
 SERVER = "http://127.0.0.1:4437/v1/stream"
 
 
-def parse(argv: list[str], environ: dict[str, str] | None = None) -> RunOptions:
+def parse_options(argv: list[str], environ: dict[str, str] | None = None) -> RunOptions:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     return resolve(parser.parse_args(argv), environ or {})
 
 
-def test_defaults() -> None:
-    opts = parse(["--server", SERVER, "--handler", "m:f", "--subscription", "s",
-                  "--pattern", "e/*"])
-    assert opts.wake_stream == "wake/pool" and opts.stop_grace == 10.0
-    assert opts.start_timeout == 60.0 and opts.max_concurrency == 4
-    assert opts.live == "sse" and opts.log_level == "INFO" and opts.health_port is None
-    assert opts.subscriptions == (SubscriptionOptions(id="s", pattern="e/*", claim_lease=30.0),)
+def parse(argv: list[str], environ: dict[str, str] | None = None) -> WorkerConfig:
+    config = parse_options(argv, environ).config
+    assert config is not None
+    return config
+
+
+def test_defaults_are_the_dataclasses_defaults() -> None:
+    argv = ["--server", SERVER, "--handler", "m:f", "--subscription", "s", "--pattern", "e/*"]
+    opts = parse_options(argv)
+    assert opts.start_timeout == 60.0 and opts.log_level == "INFO" and opts.health_port is None
+    config = parse(argv)
+    assert config.wake_stream == "wake/pool" and config.stop_grace == 10.0
+    assert config.max_concurrency == 4 and config.runner.live == "sse"
+    assert config.subscriptions == (SubscriptionConfig(id="s", wake_stream="wake/pool",
+                                                       pattern="e/*", claim_lease=30.0),)
+    by_hand = WorkerConfig(runner=dataclasses.replace(config.runner),
+                           subscriptions=config.subscriptions)
+    assert config == by_hand  # nothing the CLI left unset differs from WorkerConfig's default
 
 
 def test_every_layer_overrides_the_one_below(tmp_path: Path) -> None:
@@ -43,21 +58,21 @@ def test_every_layer_overrides_the_one_below(tmp_path: Path) -> None:
                    'max_concurrency = 2\nlog_level = "debug"\n'
                    '[[subscription]]\nid = "a"\npattern = "a/*"\n')
     opts = parse(["--config", str(cfg)])
-    assert (opts.stop_grace, opts.worker, opts.max_concurrency) == (5.0, "file", 2)
-    assert opts.log_level == "DEBUG"
+    assert (opts.stop_grace, opts.worker_name, opts.max_concurrency) == (5.0, "file", 2)
+    assert parse_options(["--config", str(cfg)]).log_level == "DEBUG"
     env = {"PULLWAKE_STOP_GRACE": "7", "PULLWAKE_WORKER": "env"}
     opts = parse(["--config", str(cfg)], env)
-    assert (opts.stop_grace, opts.worker, opts.max_concurrency) == (7.0, "env", 2)
+    assert (opts.stop_grace, opts.worker_name, opts.max_concurrency) == (7.0, "env", 2)
     opts = parse(["--config", str(cfg), "--stop-grace", "9"], env)
-    assert (opts.stop_grace, opts.worker) == (9.0, "env")
+    assert (opts.stop_grace, opts.worker_name) == (9.0, "env")
     opts = parse([], {**env, "PULLWAKE_CONFIG": str(cfg)})
-    assert opts.worker == "env" and [s.id for s in opts.subscriptions] == ["a"]
+    assert opts.worker_name == "env" and [s.id for s in opts.subscriptions] == ["a"]
 
 
 def test_an_empty_variable_is_unset() -> None:
     opts = parse(["--server", SERVER, "--handler", "m:f", "--subscription", "s",
                   "--pattern", "e/*"], {"PULLWAKE_WORKER": "", "PULLWAKE_STOP_GRACE": "  "})
-    assert opts.worker is None and opts.stop_grace == 10.0
+    assert opts.worker_name and opts.stop_grace == 10.0  # the default name: host + unique id
 
 
 def test_streams_from_a_variable_are_comma_separated() -> None:
@@ -95,9 +110,9 @@ def test_the_cli_docs_config_example_resolves(tmp_path: Path) -> None:
     opts = parse(["--config", str(cfg)])
     assert [(s.id, s.claim_lease) for s in opts.subscriptions] == [("orders", 30.0),
                                                                      ("audit", 120.0)]
-    assert parse(["--config", str(cfg)], {"PULLWAKE_WORKER": "w2"}).worker == "w2"
+    assert parse(["--config", str(cfg)], {"PULLWAKE_WORKER": "w2"}).worker_name == "w2"
     assert parse(["--config", str(cfg), "--worker", "w3"],
-                 {"PULLWAKE_WORKER": "w2"}).worker == "w3"
+                 {"PULLWAKE_WORKER": "w2"}).worker_name == "w3"
 
 
 def test_the_cli_docs_table_lists_every_option_with_its_variable_and_key() -> None:

@@ -438,24 +438,25 @@ async def test_broken_proxy_answer_echoing_the_token_is_scrubbed_in_the_cause_ch
 def test_run_help_warns_header_values_are_visible_and_offers_header_env(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
-    import dataclasses
 
-    from pullwake.cli.options import resolve
-    from pullwake.cli.run import _headers, add_run_commands
+    from pullwake.cli.options import UsageError, resolve
+    from pullwake.cli.run import add_run_commands
 
     parser = argparse.ArgumentParser()
     add_run_commands(parser.add_subparsers())
     run = parser._subparsers._group_actions[0].choices["run"]  # type: ignore[union-attr]
     text = " ".join(run.format_help().split())
     assert "/proc/PID/cmdline" in text and "--header-env NAME=ENVVAR" in text
-    monkeypatch.setenv("PULLWAKE_TEST_KEY", TOKEN)
     argv = ["--server", "http://127.0.0.1:1/v1/stream", "--subscription", "s",
             "--wake-stream", "w", "--handler", "m:f", "--stream", "a"]
     opts = resolve(run.parse_args([*argv, "--header-env", "X-Api-Key=PULLWAKE_TEST_KEY"]),
-                   environ={})
-    assert _headers(opts) == {"X-Api-Key": TOKEN}
-    with pytest.raises(ValueError, match="--header-env"):
-        _headers(dataclasses.replace(opts, header_env=("X-Api-Key=PULLWAKE_TEST_UNSET_VAR",)))
+                   environ={"PULLWAKE_TEST_KEY": TOKEN})
+    assert opts.headers == {"X-Api-Key": TOKEN}
+    assert opts.config is not None and opts.config.runner.headers == {"X-Api-Key": TOKEN}
+    assert TOKEN not in repr(opts)
+    with pytest.raises(UsageError, match="--header-env"):
+        resolve(run.parse_args([*argv, "--header-env", "X-Api-Key=PULLWAKE_TEST_UNSET_VAR"]),
+                environ={})
     for bad in ("X-Api-Key", "=PULLWAKE_TEST_KEY", "X-Api-Key="):
         with pytest.raises(SystemExit):
             run.parse_args([*argv, "--header-env", bad])

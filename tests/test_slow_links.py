@@ -159,7 +159,7 @@ async def test_one_second_rtt_keeps_a_healthy_stream_and_its_leases() -> None:
     async with EmbeddedServer() as srv, DelayProxy(srv.port, 0.5) as proxy:
         root = srv.stream_root.replace(f":{srv.port}/", f":{proxy.port}/")
         worker = Worker(server=root, subscription="sub1", pattern="e/*", worker_name="w1",
-                        handler=handler, lease_ms=5000)
+                        handler=handler, claim_lease=5.0)
         async with worker:
             await srv.create_stream("e/a")
             for i in range(2):
@@ -187,7 +187,7 @@ async def test_a_lease_extension_slower_than_its_interval_is_not_a_failure() -> 
 
     async with EmbeddedServer() as srv:
         worker = Worker(server=srv.stream_root, subscription="sub1", pattern="e/*",
-                        worker_name="w1", handler=handler, lease_ms=3000,
+                        worker_name="w1", handler=handler, claim_lease=3.0,
                         heartbeat_interval=None)
         async with worker:
             await srv.create_stream("e/a")
@@ -220,7 +220,7 @@ RATE_SCENARIO = """
             # 400 kbit/s: only a bound on lack of progress lets it through.
             worker = Worker(server=srv.stream_root, subscription="sub1", pattern="e/*",
                             worker_name="w1", handler=handler, request_timeout=2.0,
-                            lease_ms=30_000)
+                            claim_lease=30.0)
             gate = asyncio.Event()
             async with worker:
                 await srv.create_stream("e/a")

@@ -39,7 +39,7 @@ SUB = "sub1"
 STREAM = "events/one"
 ACK_PATH = f"/v1/stream/__ds/subscriptions/{SUB}/ack"
 STATIC = "static-credential-value"
-FAST: dict[str, Any] = {"lease_ms": 1000, "heartbeat_interval": 0.5, "read_idle_timeout": 3.0,
+FAST: dict[str, Any] = {"claim_lease": 1.0, "heartbeat_interval": 0.5, "read_idle_timeout": 3.0,
                         "request_timeout": 2.0, "connect_timeout": 2.0, "stop_grace": 1.0}
 
 
@@ -313,7 +313,7 @@ async def test_back_to_back_wakes_never_wait_for_a_busy_retry(
             await append(http, ds_server, {"i": handled[-1] + 1})
 
     # A polling fallback that would take minutes: only the event can make progress.
-    worker = make_worker(ds_server, handle, runner_options={"runtime_busy_retry": 300.0})
+    worker = make_worker(ds_server, handle, runtime_busy_retry=300.0)
     await create(http, ds_server)
     async with worker:
         await append(http, ds_server, {"i": 0})
@@ -349,12 +349,12 @@ async def test_a_wake_held_back_by_max_concurrency_goes_when_a_slot_frees(
 
     from pullwake.runtime.subscriptions import SubscriptionConfig
 
-    subs = [SubscriptionConfig(id=k, wake_stream="wake/pool", streams=(p,), lease_ttl_ms=5000)
+    subs = [SubscriptionConfig(id=k, wake_stream="wake/pool", streams=(p,), claim_lease=5.0)
             for k, p in paths.items()]
     worker = Worker(server=ds_server.stream_root, subscriptions=subs, handler=handle,
                     worker_name="w1", max_concurrency=1,
-                    runner_options={"runtime_busy_retry": 300.0},
-                    **{k: v for k, v in FAST.items() if k != "lease_ms"})
+                    runtime_busy_retry=300.0,
+                    **{k: v for k, v in FAST.items() if k != "claim_lease"})
     for p in paths.values():
         async with http.put(f"{ds_server.stream_root}/{p}", headers=JSON) as resp:
             assert resp.status in (200, 201)

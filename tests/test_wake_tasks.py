@@ -78,7 +78,7 @@ async def test_a_wake_costs_the_claims_task_and_the_handlers_only(
             assert resp.status in (200, 201)
         worker = Worker(server=srv.stream_root, subscription="sub1", streams=[STREAM],
                         worker_name="w1", handler=handle, heartbeat_interval=None,
-                        lease_ms=60_000)
+                        claim_lease=60.0)
         loop = asyncio.get_running_loop()
         loop.set_task_factory(factory)
         try:

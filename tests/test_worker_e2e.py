@@ -49,7 +49,7 @@ WAKE_PATH = f"/v1/stream/{WAKE_STREAM}"
 #: Short everything: a 1 s lease (extended every 1/3 s), a silent stream
 #: noticed within 3 s, a hung control-plane call abandoned within 2 s.
 FAST: dict[str, Any] = {
-    "lease_ms": LEASE_MS,
+    "claim_lease": LEASE_MS / 1000,
     "heartbeat_interval": 0.5,
     "read_idle_timeout": 3.0,
     "request_timeout": 2.0,
@@ -374,7 +374,7 @@ async def handle(wake):
 async def main():
     worker = Worker(server=sys.argv[1], subscription="sub1", wake_stream="wake/pool",
                     pattern="events/*", worker_name="doomed", handler=handle,
-                    lease_ms=1000, heartbeat_interval=0.5, read_idle_timeout=3.0,
+                    claim_lease=1.0, heartbeat_interval=0.5, read_idle_timeout=3.0,
                     request_timeout=2.0, connect_timeout=2.0)
     await worker.run()
 
@@ -622,7 +622,7 @@ async def test_slow_lease_extension_within_the_lease_keeps_it(
     async def handle(wake: Wake) -> None:
         await extended.wait()
 
-    worker = make_worker(ds_server, handle, lease_ms=3000, on_error=errors.append)
+    worker = make_worker(ds_server, handle, claim_lease=3.0, on_error=errors.append)
     async with worker:
         await ds_server.inject_error(ACK_PATH, delay_ms=1500, count=1)
         await produce_at_once(http, ds_server, "events/a", 1)
@@ -641,7 +641,7 @@ async def test_slow_lease_extension_within_the_lease_keeps_it(
 async def test_conflicting_subscription_config_is_a_clear_error(
     ds_server: DurableStreamsServer, http: aiohttp.ClientSession
 ) -> None:
-    first = make_worker(ds_server, reading_handler(Seen(), "w1"), lease_ms=2000)
+    first = make_worker(ds_server, reading_handler(Seen(), "w1"), claim_lease=2.0)
     await first.start()
     await first.stop()
     second = make_worker(ds_server, reading_handler(Seen(), "w2"), name="w2")
@@ -674,8 +674,8 @@ async def test_max_concurrency_across_three_subscriptions(
         handled[wake.subscription_id] = handled.get(wake.subscription_id, 0) + 1
 
     subs = [SubscriptionConfig(id=f"sub{i}", wake_stream=WAKE_STREAM, pattern=PATTERN,
-                               lease_ttl_ms=LEASE_MS) for i in range(1, 4)]
-    opts = {k: v for k, v in FAST.items() if k != "lease_ms"}
+                               claim_lease=LEASE_MS / 1000) for i in range(1, 4)]
+    opts = {k: v for k, v in FAST.items() if k != "claim_lease"}
     worker = Worker(server=ds_server.stream_root, subscriptions=subs, worker_name="w1",
                     handler=handle, max_concurrency=2, **opts)
     paths = ["events/a", "events/b"]

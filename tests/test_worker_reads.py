@@ -28,7 +28,7 @@ from pullwake.worker import Wake, Worker
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.ds_server_options(long_poll_timeout=1.0)]
 
-FAST: dict[str, Any] = {"lease_ms": 1000, "heartbeat_interval": 0.5, "read_idle_timeout": 3.0,
+FAST: dict[str, Any] = {"claim_lease": 1.0, "heartbeat_interval": 0.5, "read_idle_timeout": 3.0,
                         "request_timeout": 2.0, "connect_timeout": 2.0, "stop_grace": 1.0}
 TYPES = {"events/json": "application/json", "events/text": "text/plain",
          "events/bin": "application/octet-stream"}

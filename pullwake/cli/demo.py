@@ -82,7 +82,7 @@ async def run_demo(*, verbose: bool = False, out: TextIO = sys.stdout) -> int:
     story.say("server", f"listening on {server.url} (embedded; streams under /v1/stream)")
     worker = Worker(
         server=server.stream_root, subscription="demo", wake_stream="wake/pool",
-        pattern="events/*", worker_name="demo-worker", handler=handle, lease_ms=3000,
+        pattern="events/*", worker_name="demo-worker", handler=handle, claim_lease=3.0,
         heartbeat_interval=1.0, request_timeout=0.5, connect_timeout=1.0,
         read_idle_timeout=2.0,
         on_error=lambda e: story.say("error", f"{type(e).__name__}: {e}"),

@@ -286,12 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_check_command(sub)
     add_review_command(sub)
 
-    try:
-        from pullwake.cli.run import add_run_commands
-    except ImportError:  # pragma: no cover - run/demo land with the worker
-        pass
-    else:
-        add_run_commands(sub)
+    from pullwake.cli.run import add_run_commands
+    from pullwake.cli.subscriptions import add_subscription_commands
+
+    add_run_commands(sub)
+    add_subscription_commands(sub)
     return parser
 
 

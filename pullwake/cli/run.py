@@ -24,9 +24,12 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pullwake.cli.options import RunOptions, add_arguments, misspelled_variables, resolve
+
+if TYPE_CHECKING:
+    from pullwake.runtime.worker_config import WorkerConfig
 
 __all__ = ["add_run_commands", "configure_logging", "load_handler"]
 
@@ -71,25 +74,6 @@ def load_handler(spec: str) -> Callable[..., Any]:
     if not callable(target):
         raise ValueError(f"handler {spec!r} is not callable")
     return target  # type: ignore[no-any-return]
-
-
-def _headers(opts: RunOptions) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for raw in opts.header:
-        name, _, value = raw.partition(":")
-        headers[name.strip()] = value.strip()
-    for raw in opts.header_env:
-        name, _, var = raw.partition("=")
-        secret = os.environ.get(var)
-        if not secret:
-            raise ValueError(f"--header-env {name}={var}: the variable is not set")
-        headers[name] = secret
-    if opts.token_env:
-        token = os.environ.get(opts.token_env)
-        if not token:
-            raise ValueError(f"--token-env {opts.token_env}: the variable is not set")
-        headers["Authorization"] = f"Bearer {token}"
-    return headers
 
 
 def _retryable_at_start(exc: BaseException) -> bool:
@@ -185,22 +169,18 @@ class _StartTimeout(Exception):
     pass
 
 
-async def _run(opts: RunOptions, handler: Callable[..., Any], headers: dict[str, str]) -> int:
+def _config(opts: RunOptions) -> WorkerConfig:
+    if opts.config is None:  # pragma: no cover - `run` always declares subscriptions
+        raise ValueError("no worker configuration")
+    return opts.config
+
+
+async def _run(opts: RunOptions, handler: Callable[..., Any]) -> int:
     from pullwake.errors import PullwakeError
-    from pullwake.runtime.subscriptions import SubscriptionConfig
     from pullwake.worker import Worker
 
     try:
-        subs = [SubscriptionConfig(id=s.id, wake_stream=opts.wake_stream, pattern=s.pattern,
-                                   streams=s.streams, lease_ttl_ms=round(s.claim_lease * 1000))
-                for s in opts.subscriptions]
-        worker = Worker(
-            server=opts.server, subscriptions=subs, wake_stream=opts.wake_stream,
-            worker_name=opts.worker, handler=handler, headers=headers or None,
-            max_concurrency=opts.max_concurrency, live=opts.live, stop_grace=opts.stop_grace,
-            handler_timeout=opts.handler_timeout, max_attempts=opts.max_attempts,
-            dead_letter_stream=opts.dead_letter_stream,
-        )
+        worker = Worker(config=_config(opts), handler=handler)
     except (ValueError, PullwakeError) as exc:
         print(f"pullwake run: error: {exc}", file=sys.stderr)
         return 2
@@ -249,10 +229,11 @@ async def _serve(opts: RunOptions, worker: Any) -> int:
         by_signal = not await signals.wait_or(worker.runner.wait_for_stopped())
         if by_signal:
             running = int(worker.health()["worker"]["jobs_active"])
-            if running and opts.stop_grace > 0:
+            stop_grace = _config(opts).stop_grace
+            if running and stop_grace > 0:
                 log.info("stopping (signal) %s: waiting up to %g s for %d running handler(s) "
                          "to finish; signal again to stop them now",
-                         signals.received[0], opts.stop_grace, running)
+                         signals.received[0], stop_grace, running)
             else:
                 log.info("stopping (signal) %s", signals.received[0])
 
@@ -299,14 +280,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.claim_lease = args.lease_ms / 1000  # the old flag, in milliseconds
     try:
         opts = resolve(args)
-        handler = load_handler(opts.handler)
-        headers = _headers(opts)
-    except ValueError as exc:  # UsageError, or the handler / token cannot be loaded
+        handler = load_handler(opts.handler or "")
+    except ValueError as exc:  # UsageError (a token not set, too), or the handler cannot load
         parser.error(str(exc))
-    configure_logging(opts.log_level, opts.log_format, worker=opts.worker)
+    configure_logging(opts.log_level, opts.log_format, worker=_config(opts).worker_name)
     for warning in misspelled_variables():
         log.warning("%s", warning)
-    return asyncio.run(_run(opts, handler, headers))
+    return asyncio.run(_run(opts, handler))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -347,7 +327,3 @@ def add_run_commands(sub: Any) -> None:
                                     "(embedded server, no node needed)")
     p.add_argument("-v", "--verbose", action="store_true", help="also show debug logs")
     p.set_defaults(func=cmd_demo)
-
-    from pullwake.cli.subscriptions import add_subscription_commands
-
-    add_subscription_commands(sub)

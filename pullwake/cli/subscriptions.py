@@ -22,7 +22,8 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from pullwake.cli.options import RunOptions, SubscriptionOptions, add_arguments, resolve
+from pullwake.cli.options import RunOptions, add_arguments, resolve
+from pullwake.runtime.config import SubscriptionConfig
 
 __all__ = ["add_subscription_commands"]
 
@@ -30,7 +31,7 @@ _CONNECTION = ("server", "header", "header_env", "token_env")
 _DECLARED = (*_CONNECTION, "subscription", "pattern", "stream", "wake_stream", "claim_lease")
 
 
-def _differences(sub: SubscriptionOptions, wake_stream: str, body: dict[str, Any]) -> list[str]:
+def _differences(sub: SubscriptionConfig, wake_stream: str, body: dict[str, Any]) -> list[str]:
     out = []
     if (body.get("pattern") or None) != sub.pattern:
         out.append(f"pattern {body.get('pattern')!r} on the server, {sub.pattern!r} here")
@@ -60,12 +61,14 @@ def _summary(body: dict[str, Any]) -> str:
 
 
 async def _list(client: Any, http: Any, opts: RunOptions, _: argparse.Namespace) -> int:
-    for sub in opts.subscriptions:
+    config = opts.config
+    assert config is not None  # `list` declares subscriptions
+    for sub in config.subscriptions:
         body = await client.get_subscription(http, sub.id)
         if body is None:
             print(f"{sub.id}: not on the server (a worker creates it when it starts)")
             continue
-        diffs = _differences(sub, opts.wake_stream, body)
+        diffs = _differences(sub, config.wake_stream, body)
         verdict = ("matches this configuration" if not diffs else
                    "DIFFERS from this configuration: " + "; ".join(diffs)
                    + f" (a worker would fail with SUBSCRIPTION_ALREADY_EXISTS; "
@@ -107,18 +110,13 @@ Action = Callable[[Any, Any, RunOptions, argparse.Namespace], Awaitable[int]]
 
 async def _with_client(opts: RunOptions, first_id: str, action: Action,
                        args: argparse.Namespace) -> int:
-    from pullwake.cli.run import _headers
     from pullwake.errors import PullwakeError, ServerRootError
     from pullwake.io.clock import LoopClock
     from pullwake.io.http import HttpClient
     from pullwake.runtime.subscriptions import SubscriptionClient
 
-    try:
-        headers = _headers(opts)  # the same credentials as `pullwake run`
-    except ValueError as exc:
-        print(f"pullwake subscriptions: error: {exc}", file=sys.stderr)
-        return 2
-    http = HttpClient(headers=headers or None, clock=LoopClock(), request_timeout=10.0)
+    # the same credentials as `pullwake run` (resolved with the options)
+    http = HttpClient(headers=dict(opts.headers) or None, clock=LoopClock(), request_timeout=10.0)
     client = SubscriptionClient(opts.server)
     try:
         await client.verify_root(http, first_id)
@@ -139,7 +137,8 @@ def _command(action: Action, only: Sequence[str]) -> Callable[[argparse.Namespac
             opts = resolve(args, only=only)
         except ValueError as exc:
             args.parser.error(str(exc))
-        ids = getattr(args, "ids", None) or [s.id for s in opts.subscriptions]
+        ids = getattr(args, "ids", None) or [
+            s.id for s in (opts.config.subscriptions if opts.config else ())]
         return asyncio.run(_with_client(opts, ids[0], action, args))
 
     return run

@@ -12,8 +12,11 @@ ack, release, heartbeat); :mod:`.claims` schedules one claim per key;
 runs), :mod:`.leases` (claim leases), :mod:`.recovery` (what a restarted
 server forgot) and :mod:`.wake` (a wake and its stream reads); :mod:`.failures` holds the
 handler-failure policy and dead-letter records; :mod:`.health` is the one
-health model; :mod:`.config` the runner's configuration; :mod:`.logs` the
-log context, formats and the adapter every runner and worker logs through.
+health model; the one config is :mod:`.config` (RunnerConfig,
+SubscriptionConfig) and :mod:`.worker_config` (the WorkerConfig that contains
+them), with :mod:`.settings` the field metadata the CLI derives its options
+from; :mod:`.logs` the log context, formats and the adapter every runner and
+worker logs through.
 
 It talks to the network only through :mod:`pullwake.io` and never imports
 :mod:`pullwake.ops`, :mod:`pullwake.worker` or :mod:`pullwake.cli`.

@@ -1,9 +1,10 @@
-"""RunnerConfig: every knob of a PullWakeRunner, validated when it is built.
+"""RunnerConfig and SubscriptionConfig: a runner's knobs and a subscription's, validated.
 
 This module owns the configuration dataclass, its defaults, its validation
 (a bad value raises :class:`~pullwake.errors.ConfigError` naming the field)
-and the URLs derived from it. Durations are seconds (floats); ``lease_ms`` is
-milliseconds because the wire format says so.
+and the URLs derived from it. Durations are seconds (floats), milliseconds
+only on the wire: ``heartbeat_lease`` (the runner's heartbeat lease, not a
+claim's) is sent as ``lease_ms`` (:attr:`RunnerConfig.effective_lease_ms`).
 
 The bounds the configuration promises are properties here, so docs,
 benchmarks and tests read them from one place:
@@ -20,12 +21,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from pullwake.errors import ConfigError
 from pullwake.io.http import HeadersSource
 from pullwake.protocol.urls import join_url, segment, validate_base_url
+from pullwake.runtime.settings import boolean, choice, number, python_only, server_url, setting
 
 if TYPE_CHECKING:
     import aiohttp
@@ -33,10 +35,25 @@ if TYPE_CHECKING:
     from pullwake.io.clock import Clock
     from pullwake.io.transport import StreamFactory
 
-__all__ = ["DEFAULT_READ_IDLE_TIMEOUT", "RunnerConfig"]
+__all__ = [
+    "DEFAULT_CLAIM_LEASE",
+    "DEFAULT_HEARTBEAT_INTERVAL",
+    "DEFAULT_READ_IDLE_TIMEOUT",
+    "DEFAULT_WAKE_STREAM",
+    "Live",
+    "RunnerConfig",
+    "SubscriptionConfig",
+]
 
 #: Above the reference server's 30 s SSE keep-alive and long-poll timeout.
 DEFAULT_READ_IDLE_TIMEOUT = 45.0
+#: The original's heartbeat period, for runners and workers alike.
+DEFAULT_HEARTBEAT_INTERVAL = 30.0
+#: A subscription's claim lease (seconds) and its wake stream, unless told otherwise.
+DEFAULT_CLAIM_LEASE = 30.0
+DEFAULT_WAKE_STREAM = "wake/pool"
+#: How the wake stream is read.
+Live = Literal["sse", "long-poll"]
 MiB = 1024 * 1024
 
 ErrorReporter = Callable[[BaseException], Any]
@@ -68,40 +85,92 @@ class RunnerConfig:
 
     Paths default to the Electric runner API; a ``base_url`` path prefix
     (tenant, version) is kept on every URL, and ``runner_id`` is encoded as one
-    path segment.
+    path segment. A :class:`~pullwake.runtime.worker_config.WorkerConfig`
+    contains one: there ``base_url`` is the worker's server and ``runner_id``
+    its worker name. Each field is a :func:`~pullwake.runtime.settings.setting`
+    (``pullwake run`` derives its flag, variable and TOML key) or
+    :func:`~pullwake.runtime.settings.python_only`.
     """
 
-    base_url: str
-    runner_id: str
-    headers: HeadersSource = field(default=None, repr=False)  # may hold credentials
-    claim_headers: HeadersSource = field(default=None, repr=False)
-    claim_token_header: str | None = None
-    offset: str | None = None
-    wake_stream_path: str | None = None
-    heartbeat_path: str | None = None
-    claim_path: str | None = None
+    base_url: str = setting(
+        key="server", parse=server_url, metavar="URL", required=True,
+        help="the stream root of the Durable Streams server, "
+             "e.g. http://127.0.0.1:4437/v1/stream")
+    runner_id: str = setting(
+        key="worker", metavar="NAME",
+        help="this worker's name in claims (default: host name + a unique id)")
+    headers: HeadersSource = python_only(
+        None, repr=False,  # may hold credentials
+        why="a mapping or a provider function; the CLI builds it from --header, "
+            "--header-env and --token-env")
+    claim_headers: HeadersSource = python_only(
+        None, repr=False, why="headers of the Electric claim API; a Worker claims through "
+                              "the subscription API with `headers`")
+    claim_token_header: str | None = python_only(
+        None, why="the Electric claim API's token header; not used by a Worker")
+    offset: str | None = python_only(
+        None, why="where a runner resumes its wake stream; a Worker reads its wake stream "
+                  "from the beginning")
+    wake_stream_path: str | None = python_only(
+        None, why="a Worker derives it from its subscriptions' wake stream (--wake-stream)")
+    heartbeat_path: str | None = python_only(
+        None, why="an Electric runner API path; a Worker heartbeats its wake stream")
+    claim_path: str | None = python_only(
+        None, why="an Electric runner API path; a Worker claims through the subscription API")
     #: Seconds between periodic heartbeats; 0: none periodic, but diagnostics
     #: changes still send one (as the original does); None: no heartbeats at all.
-    heartbeat_interval: float | None = 30.0
-    event_heartbeat_throttle: float = 2.0
-    lease_ms: int | None = None
-    live: Literal["sse", "long-poll"] = "sse"
-    connect_timeout: float = 10.0
-    read_idle_timeout: float = DEFAULT_READ_IDLE_TIMEOUT
-    request_timeout: float = 10.0
-    claim_grace: float = 1.0
-    runtime_busy_retry: float = 0.025
-    heartbeat_failures_before_reset: int = 2
-    max_message_bytes: int = 1 * MiB
-    max_response_bytes: int = 16 * MiB
-    verify_tls: bool = True
-    on_error: ErrorReporter | None = None
-    stream_factory: StreamFactory | None = None
-    clock: Clock | None = None
-    session: aiohttp.ClientSession | None = None
-    rng: Callable[[], float] | None = None
-    spec_path: str | None = None
-    name: str | None = field(default=None)
+    heartbeat_interval: float | None = setting(
+        DEFAULT_HEARTBEAT_INTERVAL, parse=number(0, 86_400, "seconds"), metavar="SECONDS",
+        help="seconds between the runner's periodic heartbeats (its liveness probe of the "
+             "server); 0: only event-driven ones")
+    event_heartbeat_throttle: float = python_only(
+        2.0, why="the least spacing of event-driven heartbeats: an internal rate limit")
+    #: The runner's heartbeat lease (seconds): how long the server may consider
+    #: the runner alive after a heartbeat. None: 3 x heartbeat_interval. Sent as
+    #: ``lease_ms`` (the wire's milliseconds); not a claim's lease (that is
+    #: SubscriptionConfig.claim_lease).
+    heartbeat_lease: float | None = python_only(
+        None, why="the Electric runner API's heartbeat lease; a Worker's heartbeat (a HEAD "
+                  "of its wake stream) carries none")
+    live: Live = setting(
+        "sse", parse=choice("sse", "long-poll"), metavar="MODE",
+        help="how the wake stream is read: sse or long-poll")
+    connect_timeout: float = setting(
+        10.0, parse=number(0.001, 3_600, "seconds"), metavar="SECONDS",
+        help="bound on getting the wake stream's response headers")
+    read_idle_timeout: float = setting(
+        DEFAULT_READ_IDLE_TIMEOUT, parse=number(0.001, 86_400, "seconds"), metavar="SECONDS",
+        help="an open wake stream silent this long is reconnected (above the server's 30 s "
+             "keep-alive)")
+    request_timeout: float = setting(
+        10.0, parse=number(0.001, 3_600, "seconds"), metavar="SECONDS",
+        help="bound on lack of progress of each control-plane call (claim, ack, release, "
+             "heartbeat, subscription PUT/GET) and of each handler read")
+    claim_grace: float = python_only(
+        1.0, why="the runner's grace for claims in flight at stop; a Worker's handlers get "
+                 "stop_grace")
+    runtime_busy_retry: float = python_only(
+        0.025, why="an internal retry interval while the runtime is busy")
+    heartbeat_failures_before_reset: int = python_only(
+        2, why="an internal threshold of the liveness probe")
+    max_message_bytes: int = setting(
+        1 * MiB, parse=number(64, 1 << 30, "bytes", integer=True), metavar="BYTES",
+        help="the largest one message of the wake stream; larger ones are skipped and reported")
+    max_response_bytes: int = python_only(
+        16 * MiB, why="a bound on one wake-stream answer, kept above max_message_bytes")
+    verify_tls: bool = setting(
+        True, parse=boolean, metavar="BOOL",
+        help="verify the server's TLS certificate (false only for a test server)")
+    on_error: ErrorReporter | None = python_only(None, why="a callable")
+    stream_factory: StreamFactory | None = python_only(None, why="an object (a test seam)")
+    clock: Clock | None = python_only(None, why="an object (tests inject a clock)")
+    session: aiohttp.ClientSession | None = python_only(None, why="an aiohttp object")
+    rng: Callable[[], float] | None = python_only(None, why="a callable (tests inject it)")
+    spec_path: str | None = python_only(
+        None, why="the lifecycle spec is the packaged one; `pullwake validate --spec` checks "
+                  "another")
+    name: str | None = python_only(
+        None, why="the log label; a Worker uses its worker name")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "base_url", validate_base_url(self.base_url))
@@ -121,11 +190,8 @@ class RunnerConfig:
             _positive(name, getattr(self, name), allow_zero=True)
         if self.live not in ("sse", "long-poll"):
             raise ConfigError(f"live must be 'sse' or 'long-poll', got {self.live!r}")
-        if self.lease_ms is not None and (
-            isinstance(self.lease_ms, bool) or not isinstance(self.lease_ms, int)
-            or self.lease_ms <= 0
-        ):
-            raise ConfigError(f"lease_ms must be a positive int, got {self.lease_ms!r}")
+        if self.heartbeat_lease is not None:
+            _positive("heartbeat_lease", self.heartbeat_lease)
         for name in ("max_message_bytes", "max_response_bytes"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 64:
@@ -172,9 +238,11 @@ class RunnerConfig:
 
     @property
     def effective_lease_ms(self) -> int:
-        if self.lease_ms is not None:
-            return self.lease_ms
-        return max(1, int((self.heartbeat_interval or 0) * 3 * 1000))
+        """The heartbeat lease on the wire (``lease_ms``): ``heartbeat_lease`` or 3 x interval."""
+        seconds = self.heartbeat_lease
+        if seconds is None:
+            seconds = (self.heartbeat_interval or 0) * 3
+        return max(1, round(seconds * 1000))
 
     def _url(self, path: str | None, default: str) -> str:
         return join_url(self.base_url, path if path is not None else default)
@@ -206,3 +274,62 @@ class RunnerConfig:
             return None
         return self.heartbeat_interval + self.heartbeat_failures_before_reset * self.request_timeout
 
+
+@dataclass(frozen=True, kw_only=True)
+class SubscriptionConfig:
+    """One pull-wake subscription: which streams wake it, and its claim lease.
+
+    ``claim_lease`` (seconds, 1 to 600) is the lease on each claimed wake: the
+    worker extends it while its handler runs; if the worker dies the server
+    gives the wake to another worker after this long. It goes on the wire as
+    the subscription's ``lease_ttl_ms``. It is not the runner's heartbeat lease
+    (:attr:`~pullwake.runtime.config.RunnerConfig.heartbeat_lease`).
+    """
+
+    id: str = setting(
+        key="subscription", metavar="ID",
+        help="the id of the worker's subscription (one; several: [[subscription]] tables "
+             "in --config)")
+    wake_stream: str = setting(
+        DEFAULT_WAKE_STREAM, metavar="PATH",
+        help="the stream the server writes wakes to, shared by all subscriptions of this "
+             "worker (created if missing)")
+    pattern: str | None = setting(
+        None, metavar="GLOB",
+        help="glob of the streams that wake the subscription, e.g. 'events/*'")
+    streams: tuple[str, ...] = setting(
+        (), key="stream", repeat=True, metavar="PATH",
+        help="a stream that wakes the subscription (repeatable)")
+    claim_lease: float = setting(
+        DEFAULT_CLAIM_LEASE, parse=number(1, 600, "seconds"), metavar="SECONDS",
+        help="lease on each claimed wake: the worker extends it while its handler runs; if "
+             "the worker dies, the server gives the wake to another worker after this long "
+             "(the subscription's lease_ttl_ms)")
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.id, str) or not self.id or len(self.id) > 256:
+            raise ConfigError("subscription id must be a non-empty string of at most 256 chars")
+        if not self.pattern and not self.streams:
+            raise ConfigError(f"subscription {self.id!r} needs a pattern or streams")
+        object.__setattr__(self, "streams", tuple(self.streams))
+        lease = self.claim_lease
+        if isinstance(lease, bool) or not isinstance(lease, (int, float)) \
+                or not 1 <= lease <= 600:
+            raise ConfigError(f"claim_lease must be a number of seconds from 1 to 600, "
+                              f"got {lease!r}")
+        if not isinstance(self.wake_stream, str) or not self.wake_stream.strip("/"):
+            raise ConfigError("wake_stream must be a stream path")
+
+    @property
+    def lease_ttl_ms(self) -> int:
+        """``claim_lease`` on the wire (the subscription's ``lease_ttl_ms``)."""
+        return round(self.claim_lease * 1000)
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": "pull-wake", "wake_stream": self.wake_stream,
+                               "lease_ttl_ms": self.lease_ttl_ms}
+        if self.pattern:
+            out["pattern"] = self.pattern
+        if self.streams:
+            out["streams"] = list(self.streams)
+        return out

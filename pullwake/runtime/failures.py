@@ -34,6 +34,7 @@ from pullwake.errors import ConfigError
 from pullwake.io.clock import iso
 from pullwake.lifecycle.backoff import Backoff
 from pullwake.lifecycle.spec import BackoffSpec
+from pullwake.runtime.settings import number, python_only, setting
 from pullwake.runtime.subscriptions import ClaimedStream
 
 __all__ = [
@@ -78,12 +79,29 @@ class FailurePolicy:
     "equal" jitter (each delay in ``[d/2, d]``).
     """
 
-    handler_timeout: float | None = None
-    max_attempts: int | None = None
-    dead_letter_stream: str | None = None
-    cooldown: float = 1.0
-    cooldown_cap: float = 30.0
-    log_interval: float = 60.0
+    handler_timeout: float | None = setting(
+        None, parse=number(0.001, 86_400, "seconds"), metavar="SECONDS",
+        help="a handler attempt running longer fails (an async handler is cancelled, a "
+             "sync one's thread abandoned) and counts toward --max-attempts "
+             "(default: no limit)")
+    max_attempts: int | None = setting(
+        None, parse=number(1, 100_000, integer=True), metavar="N",
+        help="failed handler attempts per wake before it is written to "
+             "--dead-letter-stream and acked; needs that stream (default with it: 5; "
+             "without it a wake is retried without limit)")
+    dead_letter_stream: str | None = setting(
+        None, metavar="PATH",
+        help="a Durable Stream (created if missing) that gets one JSON record per wake "
+             "given up on: subscription, offset ranges, attempts, scrubbed error")
+    cooldown: float = setting(
+        1.0, parse=number(0.001, 86_400, "seconds"), metavar="SECONDS",
+        help="after a failed handler attempt the subscription cools down this long, "
+             "doubling per consecutive failure up to --cooldown-cap, with jitter")
+    cooldown_cap: float = setting(
+        30.0, parse=number(0.001, 86_400, "seconds"), metavar="SECONDS",
+        help="the longest cool-down after consecutive handler failures")
+    log_interval: float = python_only(
+        60.0, why="how often one wake's repeated failures are logged again: a log rate limit")
 
     def __post_init__(self) -> None:
         _seconds("handler_timeout", self.handler_timeout, optional=True)

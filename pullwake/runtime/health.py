@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, TypedDict
 
 from pullwake.io.clock import iso
 
@@ -184,12 +184,14 @@ class WorkerHealth:
 _WORKER_FIELDS = tuple(f.name for f in fields(WorkerHealth))
 
 
-@dataclass(frozen=True)
-class SubscriptionHealth:
+class SubscriptionHealth(TypedDict):
     """One subscription of a worker at one moment (:meth:`SubscriptionStats.snapshot`).
 
     ``state``: ``handling``, ``cooling_down``, ``waiting`` (unacked work, no
     wake in hand) or ``idle``. Durations in seconds, rounded to milliseconds.
+    A typed dict, not a dataclass: it already is its JSON form, and a worker
+    builds one per subscription per snapshot, so a scrape of many
+    subscriptions costs no conversion (:meth:`Health.to_dict` copies it).
     """
 
     state: str
@@ -212,12 +214,6 @@ class SubscriptionHealth:
     handling_for_s: float | None
     oldest_unacked_age_s: float | None
     pending_streams: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in _SUBSCRIPTION_FIELDS}
-
-
-_SUBSCRIPTION_FIELDS = tuple(f.name for f in fields(SubscriptionHealth))
 
 
 @dataclass(frozen=True)
@@ -268,7 +264,7 @@ class Health:
         if self.worker is not None:
             d["worker"] = self.worker.to_dict()
         if self.subscriptions is not None:
-            d["subscriptions"] = {k: v.to_dict() for k, v in self.subscriptions.items()}
+            d["subscriptions"] = {k: dict(v) for k, v in self.subscriptions.items()}
         return d
 
     def diagnostics(self) -> dict[str, Any]:
@@ -373,27 +369,28 @@ class SubscriptionStats:
             state = "waiting"
         else:
             state = "idle"
-        return SubscriptionHealth(
-            state=state,
-            generation=self.generation,
-            wakes_seen=self.wakes_seen,
-            wakes_claimed=self.wakes_claimed,
-            wakes_handled=self.wakes_handled,
-            wakes_acked=self.wakes_acked,
-            wakes_released=self.wakes_released,
-            handler_errors=self.handler_errors,
-            handler_timeouts=self.handler_timeouts,
-            dead_lettered=self.dead_lettered,
-            dead_letter_failures=self.dead_letter_failures,
-            last_error=self.last_error,
-            last_error_at=iso(self.last_error_at),
-            leases_lost=self.leases_lost,
-            consecutive_failures=consecutive_failures,
-            failed_attempts=failed_attempts,
-            cooling_down_s=round(cooling_down_s, 3),
-            handling_for_s=(None if self.handling_since is None
-                            else round(max(0.0, now - self.handling_since), 3)),
-            oldest_unacked_age_s=(None if self.unacked_since is None
-                                  else round(max(0.0, now - self.unacked_since), 3)),
-            pending_streams=len(self.pending_streams),
-        )
+        return {
+            "state": state,
+            "generation": self.generation,
+            "wakes_seen": self.wakes_seen,
+            "wakes_claimed": self.wakes_claimed,
+            "wakes_handled": self.wakes_handled,
+            "wakes_acked": self.wakes_acked,
+            "wakes_released": self.wakes_released,
+            "handler_errors": self.handler_errors,
+            "handler_timeouts": self.handler_timeouts,
+            "dead_lettered": self.dead_lettered,
+            "dead_letter_failures": self.dead_letter_failures,
+            "last_error": self.last_error,
+            "last_error_at": iso(self.last_error_at),
+            "leases_lost": self.leases_lost,
+            "consecutive_failures": consecutive_failures,
+            "failed_attempts": failed_attempts,
+            "cooling_down_s": round(cooling_down_s, 3),
+            "handling_for_s": (None if self.handling_since is None
+                               else round(max(0.0, now - self.handling_since), 3)),
+            "oldest_unacked_age_s": (None if self.unacked_since is None
+                                     else round(max(0.0, now - self.unacked_since), 3)),
+            "pending_streams": len(self.pending_streams),
+        }
+

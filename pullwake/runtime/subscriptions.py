@@ -34,6 +34,7 @@ from pullwake.io.clock import Clock, LoopClock, sleep
 from pullwake.io.http import BodyReader, HttpAnswer, HttpClient, raise_for_answer
 from pullwake.protocol.answers import read_items_answer
 from pullwake.protocol.urls import encode_path, join_url, segment
+from pullwake.runtime.config import SubscriptionConfig
 from pullwake.runtime.control import (
     SKIP_CODES,
     ClaimOutcome,
@@ -69,36 +70,6 @@ EXISTS = "SUBSCRIPTION_ALREADY_EXISTS"
 INVALID_OFFSET = "INVALID_OFFSET"
 #: pullwake's code for a wake stream that exists but is closed (no server sends it).
 STREAM_CLOSED = "STREAM_CLOSED"
-
-
-@dataclass(frozen=True)
-class SubscriptionConfig:
-    """One pull-wake subscription: which streams wake it, and its lease."""
-
-    id: str
-    wake_stream: str
-    pattern: str | None = None
-    streams: tuple[str, ...] = ()
-    lease_ttl_ms: int = 30_000
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.id, str) or not self.id or len(self.id) > 256:
-            raise ConfigError("subscription id must be a non-empty string of at most 256 chars")
-        if not self.pattern and not self.streams:
-            raise ConfigError(f"subscription {self.id!r} needs a pattern or streams")
-        if not isinstance(self.lease_ttl_ms, int) or not 1000 <= self.lease_ttl_ms <= 600_000:
-            raise ConfigError("lease_ttl_ms must be an int from 1000 to 600000")
-        if not isinstance(self.wake_stream, str) or not self.wake_stream.strip("/"):
-            raise ConfigError("wake_stream must be a stream path")
-
-    def body(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"type": "pull-wake", "wake_stream": self.wake_stream,
-                               "lease_ttl_ms": self.lease_ttl_ms}
-        if self.pattern:
-            out["pattern"] = self.pattern
-        if self.streams:
-            out["streams"] = list(self.streams)
-        return out
 
 
 class SkipCode(str):
@@ -459,7 +430,7 @@ class SubscriptionControlPlane:
             # wake is claimed by us, but its token never arrived. It cannot be
             # released; the lease ends in lease_ttl_ms, then it is ours to claim
             # again (issue 14, class 13): never skipped as someone else's.
-            wait = sub.lease_ttl_ms / 1000 + 0.1
+            wait = sub.claim_lease + 0.1
             self._log.warning("claim of %s: an earlier attempt succeeded but its answer was "
                               "lost (%s); claiming again when its lease ends in %.3gs", sub.id,
                               type(failed[-1]).__name__, wait)
