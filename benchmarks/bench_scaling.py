@@ -310,6 +310,54 @@ class BareLoop(Consumer):
         await self.session.close()
 
 
+class IoLoop(BareLoop):
+    """The bare loop's wakes on pullwake's io layer: its HTTP client and control-plane
+    calls (claim, ack), its read shell (``AsyncShell`` over a ``ReadCore``), no
+    runner or worker. Shows how the worker's extra cost splits between the io
+    layer and the runtime (the calls table)."""
+
+    async def start(self) -> None:
+        from pullwake.io.clock import LoopClock
+        from pullwake.io.http import HttpClient
+        from pullwake.runtime.subscriptions import SubscriptionClient
+
+        await super().start()
+        self.http = HttpClient(headers=None, clock=LoopClock(), request_timeout=30.0)
+        self.client = SubscriptionClient(self.layout.root)
+
+    async def _cycle(self, sub: str) -> None:
+        from pullwake.io.areader import AsyncShell
+        from pullwake.protocol import Batch, ReadCore
+        from pullwake.runtime.subscriptions import Claim
+
+        http, client = self.http, self.client
+        claim = await client.claim(http, sub, "bare")
+        if not isinstance(claim, Claim):
+            return  # NO_PENDING_WORK / ALREADY_CLAIMED
+        acks = []
+        with http.hold_secrets(claim.token):
+            for st in claim.streams:
+                url = client.stream_url(st.path)
+                core = ReadCore(offset=st.acked_offset, live="catch-up", until=st.tail_offset,
+                                url=url)
+                shell = AsyncShell(http.session, url, core, headers=http.resolve_headers,
+                                   clock=http._clock, connect_timeout=30.0, idle_timeout=30.0,
+                                   secrets=lambda: http.secrets)
+                n = 0
+                async for event in shell.events():
+                    if type(event) is Batch:
+                        n += len(event.values)
+                self.messages += n
+                self.consumed[self.index[st.path]] += n
+                acks.append((st.path, max(core.offset, st.tail_offset)))
+            await client.ack(http, claim, acks=acks, done=True)
+        self.wakes += 1
+
+    async def stop(self) -> None:
+        await super().stop()
+        await self.http.close()
+
+
 class WorkerLoop(Consumer):
     """pullwake.Worker with a trivial handler that reads its messages."""
 
@@ -419,7 +467,8 @@ class Bench:
                   profile: cProfile.Profile | None = None) -> Run:
         """One measured run; ``rate`` None: keep every stream busy (backlog mode)."""
         layout = self.layout(n)
-        cls: type[BareLoop] | type[WorkerLoop] = BareLoop if side == "bare" else WorkerLoop
+        cls: type[BareLoop] | type[WorkerLoop] = {"bare": BareLoop, "io": IoLoop}.get(
+            side, WorkerLoop)
         counters = Counters(os.path.join(self.tmp, f"{layout.prefix}.counters"), n)
         consumer = cls(layout, counters, record_latency=record_latency)
         gc.collect()
@@ -534,7 +583,7 @@ async def calls(bench: Bench, n: int, seconds: float) -> str:
     """Function calls per wake under cProfile, by package: a noise-free view of where
     the worker's extra CPU goes (the profiler inflates time, not call counts)."""
     counts: dict[str, dict[str, float]] = {}
-    for side in ("bare", "worker"):
+    for side in ("bare", "io", "worker"):
         prof = cProfile.Profile()
         run = await bench.run(side, n, seconds=seconds, warmup=0.5, profile=prof)
         wakes = max(1, run.wakes)
@@ -548,20 +597,21 @@ async def calls(bench: Bench, n: int, seconds: float) -> str:
         counts[side] = per
         print(f"  calls: {side} {sum(v for k, v in per.items() if not k.startswith('(')):.0f}"
               " calls/wake", flush=True)
-    b, w = counts["bare"], counts["worker"]
-    keys = sorted({*b, *w} - {"(create_task)", "(call_at)", "(_call_soon)"},
+    b, io, w = counts["bare"], counts["io"], counts["worker"]
+    keys = sorted({*b, *io, *w} - {"(create_task)", "(call_at)", "(_call_soon)"},
                   key=lambda k: -(w.get(k, 0) - b.get(k, 0)))
-    rows = [[k, f"{b.get(k, 0):.0f}", f"{w.get(k, 0):.0f}", f"{w.get(k, 0) - b.get(k, 0):+.0f}"]
-            for k in keys]
-    tb = sum(b.get(k, 0) for k in keys)
-    tw = sum(w.get(k, 0) for k in keys)
-    rows.append(["**all**", f"**{tb:.0f}**", f"**{tw:.0f}**", f"**{tw - tb:+.0f}**"])
+    rows = [[k, f"{b.get(k, 0):.0f}", f"{io.get(k, 0):.0f}", f"{w.get(k, 0):.0f}",
+             f"{w.get(k, 0) - b.get(k, 0):+.0f}"] for k in keys]
+    tb, ti, tw = (sum(c.get(k, 0) for k in keys) for c in (b, io, w))
+    rows.append(["**all**", f"**{tb:.0f}**", f"**{ti:.0f}**", f"**{tw:.0f}**",
+                 f"**{tw - tb:+.0f}**"])
     for key, label in (("(create_task)", "asyncio tasks created"),
                        ("(call_at)", "timers armed"),
                        ("(_call_soon)", "loop callbacks scheduled")):
-        rows.append([label, f"{b.get(key, 0):.1f}", f"{w.get(key, 0):.1f}",
-                     f"{w.get(key, 0) - b.get(key, 0):+.1f}"])
-    return table(["per wake, N = " + str(n), "bare", "worker", "worker - bare"], rows)
+        rows.append([label, f"{b.get(key, 0):.1f}", f"{io.get(key, 0):.1f}",
+                     f"{w.get(key, 0):.1f}", f"{w.get(key, 0) - b.get(key, 0):+.1f}"])
+    return table(["per wake, N = " + str(n), "bare", "bare on pullwake's io layer", "worker",
+                  "worker - bare"], rows)
 
 
 # ============================================================== 2. reads
@@ -848,7 +898,10 @@ worker/bare ratios). Client CPU is this process's, server CPU node's, both from
 
 One run per side at N = {args.calls_n} under cProfile: Python function calls
 per wake, by package (call counts do not depend on the machine's load; the
-profiler's own overhead inflates time, so no times are shown).
+profiler's own overhead inflates time, so no times are shown). The middle
+column is the bare loop's wakes made with pullwake's io layer (its HTTP
+client, claim and ack calls, and read shell) and no runner or worker: what
+lies between it and the worker is the runtime's (runner, claims, jobs).
 
 {calls_text}
 

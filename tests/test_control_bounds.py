@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,7 +29,7 @@ from pullwake.errors import AnswerTooLarge, ControlPlaneError, RequestTimeout
 from pullwake.io.clock import LoopClock
 from pullwake.io.http import HttpClient
 from pullwake.protocol.answers import NESTED, read_items_answer
-from pullwake.runtime.subscriptions import SubscriptionClient
+from pullwake.runtime.subscriptions import Claim, SubscriptionClient
 from pullwake.testing.clock import ManualClock
 from pullwake.testing.interface import DurableStreamsServer
 from pullwake.testing.server import EmbeddedServer
@@ -104,6 +105,92 @@ async def test_select_filters_before_the_bound() -> None:
                                   select=lambda e: e["acked_offset"] >= "040")
     assert [e["path"] for e in out.items] == [f"s/{i}" for i in range(40, 45)]
     assert out.deferred == 5 and out.seen == 10
+
+
+class _Small(_Chunks):
+    """A reader that offers the whole (small) body, as the HTTP boundary's does."""
+
+    async def small_body(self) -> bytes | None:
+        return self._data
+
+
+_SHAPES: list[bytes] = [
+    json.dumps({"token": "t", "wake_id": "w", "generation": 3, "lease_ttl_ms": 5,
+                "streams": [_entry(i, pending=i % 2 == 0) for i in range(9)]}).encode(),
+    json.dumps({"streams": [1, None, [2], {"path": {"deep": [[[]]]}, "x": [1, 2]}, "s"],
+                "error": {"code": "X"}, "n": 1.5, "b": False}).encode(),
+    b"[1, 2]", b"", b"  ", b"5", b"null", b'{"streams": [{"path": "a"', b"{}",
+    b'{"streams": "nope"}', b'{"streams": {"item": {"path": "a"}}}', b'{"streams": {}}',
+    b'{"streams": [], "streams": [{"path": "b"}]}', b'{"a.b": 1, "streams": []}',
+    b'{"streams": [{"a.b": 1, "path": "p"}]}', b'{"": 1, "x": 2}',
+    b'{"streams": [{"path": "\\u0041"}]}', b'{"n": NaN}', b'{"n": 1e400}',
+    b'{"x": 1} trailing', b'\xef\xbb\xbf{"x": 1}', b'{"x": "\xff"}',
+    b'{"streams": [{"path": "' + b"[" * 5000 + b'"}]}', b"[" * 5000 + b"]" * 5000,
+    b'{"x": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+]
+
+
+@pytest.mark.parametrize("body", _SHAPES)
+@pytest.mark.parametrize(("max_items", "keep", "select"), [
+    (10, None, None), (2, None, None), (0, None, None),
+    (3, ("path", "acked_offset"), lambda e: e.get("path") != "s/2")])
+async def test_small_answers_decoded_at_once_read_like_incremental_ones(
+        body: bytes, max_items: int, keep: tuple[str, ...] | None, select: Any) -> None:
+    async def parse(reader: Any) -> Any:
+        try:
+            out = await read_items_answer(reader, operation="claim", max_items=max_items,
+                                          keep_fields=keep, select=select)
+        except ControlPlaneError as exc:
+            return ("error", str(exc))
+        return (out.fields, out.items, out.seen, out.deferred, out.dropped_idle,
+                out.is_object, out.items_type)
+
+    # A small answer arrives in one piece: what the incremental parser made of it
+    # in one chunk (some malformed bodies read differently when cut up smaller).
+    assert await parse(_Small(body)) == await parse(_Chunks(body, size=max(1, len(body))))
+
+
+class _List(list[Any]):
+    pass
+
+
+class _Dict(dict[str, Any]):
+    pass
+
+
+_CLAIM = {"wake_id": "w1", "generation": 3, "token": "tok", "lease_ttl_ms": 5000,
+          "streams": [{"path": "a", "acked_offset": "0", "tail_offset": "1",
+                       "has_pending": True}, {"path": "b", "acked_offset": "1",
+                                              "tail_offset": "1", "has_pending": False},
+                      {"path": "c", "acked_offset": "0", "tail_offset": "2"}]}
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    ({}, None), ({"lease_ttl_ms": None}, "lease_ttl_ms"), ({"streams": []}, None),
+    ({"generation": True}, "generation"), ({"generation": "3"}, "generation"),
+    ({"token": 5}, "token"), ({"wake_id": None}, "wake_id"), ({"streams": {}}, "streams"),
+    ({"streams": [1]}, "streams[0]"), ({"streams": [{"path": "a"}]}, "streams[0].acked_offset"),
+    ({"streams": [{**_CLAIM["streams"][0], "has_pending": 1}]}, "streams[0].has_pending"),
+    ({"streams": [{**_CLAIM["streams"][0], "tail_offset": ["1"]}]}, "streams[0].tail_offset"),
+])
+def test_claim_parse_fast_path_agrees_with_the_field_by_field_one(
+        change: dict[str, Any], named: str | None) -> None:
+    body: dict[str, Any] = {**_CLAIM, **change}
+    if change == {"lease_ttl_ms": None}:
+        del body["lease_ttl_ms"]  # missing: the default
+        named = None
+    # Containers of other types than list and dict take the field-by-field path.
+    general = {**body, "streams": _List(_Dict(s) if isinstance(s, dict) else s
+                                        for s in body["streams"])} \
+        if isinstance(body["streams"], list) else body
+    if named is None:
+        assert Claim.parse("s", body, deferred_streams=2) == Claim.parse(
+            "s", general, deferred_streams=2)
+        return
+    with pytest.raises(ControlPlaneError, match=re.escape(f"'{named}")):
+        Claim.parse("s", general, status=200)
+    with pytest.raises(ControlPlaneError, match=re.escape(f"'{named}")):
+        Claim.parse("s", body, status=200)
 
 
 # ------------------------------------------------------------------ over real HTTP

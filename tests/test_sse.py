@@ -10,6 +10,7 @@ recovers), bounded memory on a line that never ends, and ``pending``.
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -223,6 +224,31 @@ def test_generated_streams_any_split(payloads: list[str], eol: bytes, data: st.D
     events = feed_all(SSEParser(), split_at(raw, cuts))
     # One leading space after the colon is part of the framing, not the value.
     assert events == [SSEEvent("data", p[1:] if p.startswith(" ") else p) for p in payloads]
+
+
+class _AlwaysGeneral(SSEParser):
+    """The parser without its LF-only fast path: every chunk takes the general one."""
+
+    def _whole_lines(self, chunk: bytes, out: list[Any]) -> list[Any]:
+        return self._any_lines(chunk, out)
+
+
+_LINES = st.sampled_from([b"event: data", b"event: control", b"data: x", b"data:y", b"data",
+                          b"data: \xc3\xa9", b"\xc3", b"\xa9", b": comment", b"id: 7",
+                          b"id: a\x00b", b"retry: 5", b"junk", b"", b"data: " + b"z" * 40])
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(lines=st.lists(_LINES, max_size=30), eols=st.data(), limit=st.sampled_from([64, 4096]))
+def test_lf_fast_path_reads_like_the_general_path(lines: list[bytes], eols: st.DataObject,
+                                                  limit: int) -> None:
+    raw = b"".join(line + eols.draw(st.sampled_from([b"\n", b"\n", b"\n", b"\r\n", b"\r"]))
+                   for line in lines)
+    cuts = eols.draw(st.lists(st.integers(min_value=0, max_value=len(raw)), max_size=12))
+    fast, general = SSEParser(max_event_bytes=limit), _AlwaysGeneral(max_event_bytes=limit)
+    pieces = split_at(raw, cuts)
+    assert [fast.feed(p) for p in pieces] == [general.feed(p) for p in pieces]
+    assert fast.pending == general.pending
 
 
 # ------------------------------------------------------------------ size bound

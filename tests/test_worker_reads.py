@@ -178,7 +178,9 @@ async def test_a_handler_can_skip_an_item_it_cannot_decode_and_checkpoint_past_i
     deep = b'{"a":' * 3000 + b"1" + b"}" * 3000
     async with aiohttp.ClientSession() as http:
         await put(http, srv, "events/json", "application/json")
-        worker = worker_for(srv, handle, max_item_bytes=64 * 1024)
+        # request_timeout as a worker's default is, not FAST's 0.5 s: on a loaded
+        # machine an ack that took longer failed, and the wake came again.
+        worker = worker_for(srv, handle, max_item_bytes=64 * 1024, request_timeout=10.0)
         async with running(worker):
             await put(http, srv, "events/json", "application/json", b'{"before": 1}')
             await put(http, srv, "events/json", "application/json", deep)
@@ -197,7 +199,8 @@ async def test_a_handler_can_skip_an_item_it_cannot_decode_and_checkpoint_past_i
                 await asyncio.sleep(0.02)
             assert await acked()
     assert good[0] == {"before": 1} and good[-1] == {"after": 2}
-    assert sorted(type(e).__name__ for e in skipped) == ["MalformedMessage", "OversizedMessage"]
+    # Delivery is at least once: a wake that came again repeats its items.
+    assert {type(e).__name__ for e in skipped} == {"MalformedMessage", "OversizedMessage"}
 
 
 async def test_messages_raises_the_typed_error_of_an_undecodable_message(

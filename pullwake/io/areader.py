@@ -18,7 +18,7 @@ Redirects are never followed.
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -57,6 +57,7 @@ from pullwake.protocol.calls import (
     transient,
 )
 from pullwake.protocol.read import ERROR_BODY_LIMIT, ProgressWindow
+from pullwake.protocol.retry import Retrying
 
 __all__ = ["AsyncShell", "aiter_chunks", "aiter_items", "aread_stream"]
 
@@ -66,6 +67,18 @@ NO_TOTAL = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=None, so
 
 AsyncHeaders = (Mapping[str, str] | Callable[[], Mapping[str, str]]
                 | Callable[[], Awaitable[Mapping[str, str]]] | None)
+
+
+class _Lazy:
+    """An iterable of secrets computed when iterated (only error paths iterate it)."""
+
+    __slots__ = ("_get",)
+
+    def __init__(self, get: Callable[[], tuple[str, ...]]) -> None:
+        self._get = get
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
 
 
 class AsyncShell:
@@ -89,6 +102,7 @@ class AsyncShell:
         self.retry = retry
         self._given_secrets = secrets
         self._sent: tuple[str, ...] = ()  # header values sent: secrets too, as on the sync path
+        self._secrets = _Lazy(self.secrets)  # computed only when an error is scrubbed
         self.responses = 0
         self.cached = 0
         self.bytes_read = 0
@@ -131,7 +145,7 @@ class AsyncShell:
         req = self.core.request()
         headers = await self._headers()
         headers.update(req.headers)
-        secrets = self.secrets()
+        secrets = self._secrets
         # A long-poll is a read of a live stream: its wait is bounded as silence
         # (IdleTimeout), like the rest of an open stream; anything else is a connect.
         phase: Any = "read" if req.live == "long-poll" else "connect"
@@ -153,7 +167,7 @@ class AsyncShell:
                             body = await resp.content.read(ERROR_BODY_LIMIT)
                     except (aiohttp.ClientError, OSError, TimeoutError):
                         body = b""
-                status_error = self.core.status_error(resp.status, body, secrets)
+                status_error = self.core.status_error(resp.status, body, self.secrets())
                 status_error.retry_after = head.retry_after
                 if head.transient:
                     status_error._transient = True  # type: ignore[attr-defined]
@@ -164,7 +178,11 @@ class AsyncShell:
         return resp, req.live
 
     async def answer(self, resp: aiohttp.ClientResponse, live: Live) -> AsyncIterator[Any]:
-        """The events of one open answer; closes it. Transport failures carry ``_io``."""
+        """The events of one open answer; closes it. Transport failures carry ``_io``.
+
+        What aiohttp already buffered is taken at once; only a read that has
+        to wait arms the idle deadline (a small answer arrives with its head).
+        """
         core = self.core
         idle = self._read_idle(live)
         window = ProgressWindow(idle)
@@ -173,9 +191,11 @@ class AsyncShell:
         try:
             while True:
                 try:
-                    with translate("read", url=self.url, secrets=self.secrets()):
-                        async with deadline(clock, idle):
-                            piece = await content.readany()
+                    with translate("read", url=self.url, secrets=self._secrets):
+                        piece = content.read_nowait()
+                        if not piece and not content.is_eof():
+                            async with deadline(clock, idle):
+                                piece = await content.readany()
                 except PullwakeError as error:
                     raise mark_transport(error) from error.__cause__
                 if not piece:
@@ -196,7 +216,7 @@ class AsyncShell:
     async def events(self) -> AsyncIterator[Any]:
         """Every event of the read, with bounded retries of transient failures."""
         core = self.core
-        retrying = self.retry.start()
+        retrying: Retrying | None = None  # made at the first failure: most reads have none
         while not core.done:
             try:
                 resp, live = await self.open()
@@ -207,12 +227,15 @@ class AsyncShell:
                 if not (transient(error) or getattr(error, "_transient", False)):
                     raise
                 core.broken()
+                if retrying is None:
+                    retrying = self.retry.start()
                 delay = retrying.delay(retry_after)
                 if delay is None:
                     raise
                 await sleep(self.clock, delay)
                 continue
-            retrying.progressed()
+            if retrying is not None:
+                retrying.progressed()
 
 
 def _core(url: str, offset: str, live: object, *, cursor: str | None, until: str | None,

@@ -10,12 +10,14 @@ This module owns everything pullwake does with aiohttp directly:
   ``from`` the original. No other module catches aiohttp exceptions.
 - :class:`HttpClient` runs control-plane requests (claim, heartbeat, ack, …)
   under ``request_timeout`` with bounded bodies, and knows every header
-  value it sends (:class:`Secrets`) so that error text can be scrubbed of them.
+  value it sends (:class:`~pullwake.io.secrets.Secrets`) so that error text
+  can be scrubbed of them.
 
 Timeouts bound *lack of progress*, never a transfer's total duration: a
 request's ``timeout`` bounds the wait for the answer's headers, then the wait
-for each further body chunk (:func:`read_bounded`, :class:`BodyReader`), so a
-large answer over a slow link finishes while a stalled one fails.
+for each further body chunk (:mod:`pullwake.io.bodies`: :func:`read_bounded`,
+:class:`BodyReader`), so a large answer over a slow link finishes while a
+stalled one fails.
 """
 
 from __future__ import annotations
@@ -24,10 +26,9 @@ import asyncio
 import contextlib
 import functools
 import json
-import re
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -36,7 +37,6 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from pullwake.errors import (
-    AnswerTooLarge,
     ConfigError,
     ConnectError,
     ConnectTimeout,
@@ -47,9 +47,12 @@ from pullwake.errors import (
     RequestTimeout,
     redact_text,
 )
+from pullwake.io.bodies import BodyReader, read_bounded
 from pullwake.io.clock import Clock, deadline
+from pullwake.io.secrets import MIN_SECRET, Secrets, _Hold, secret_values
 
 __all__ = [
+    "MIN_SECRET",
     "BodyReader",
     "HeadersSource",
     "HttpAnswer",
@@ -58,6 +61,7 @@ __all__ = [
     "error_code",
     "make_session",
     "read_bounded",
+    "secret_values",
     "to_url",
     "translate",
 ]
@@ -70,6 +74,8 @@ HeadersSource = (
 #: Control-plane answers larger than this are an error (they are small JSON).
 MAX_CONTROL_BODY = 1024 * 1024
 _NO_SCOPE = contextlib.nullcontext()
+#: ``json.dumps(value, separators=(",", ":"))`` without building an encoder per call.
+_compact = json.JSONEncoder(separators=(",", ":")).encode
 
 
 @functools.lru_cache(maxsize=1024)
@@ -198,84 +204,6 @@ def scrub_response_error(exc: BaseException, secrets: Iterable[str]) -> None:
         todo += [e.__cause__, e.__context__]
 
 
-async def _chunk(resp: aiohttp.ClientResponse, idle: float | None, clock: Clock | None,
-                 n: int = -1) -> bytes:
-    if idle is None or clock is None:
-        return await (resp.content.readany() if n < 0 else resp.content.read(n))
-    async with deadline(clock, idle):
-        return await (resp.content.readany() if n < 0 else resp.content.read(n))
-
-
-async def read_bounded(resp: aiohttp.ClientResponse, limit: int, *, idle: float | None = None,
-                       clock: Clock | None = None) -> bytes:
-    """Read a whole body, failing with ProtocolError once it passes ``limit`` bytes.
-
-    With ``idle`` (and ``clock``), each chunk must arrive within ``idle``
-    seconds of the previous one: progress, not the total duration, is bounded.
-    """
-    if resp.content_length is not None and resp.content_length > limit:
-        raise ProtocolError(f"response body of {resp.content_length} bytes exceeds the "
-                            f"{limit}-byte limit", url=str(resp.url))
-    if (idle is None and resp.content_length is not None
-            and "Content-Encoding" not in resp.headers
-            and not resp.headers.get("Transfer-Encoding")):
-        return await resp.read()  # exact length known, no decompression: bounded already
-    # Count while reading, each chunk within ``idle`` of the last. A small
-    # answer is one chunk (returned as it is); only several chunks are joined.
-    body = await _chunk(resp, idle, clock)
-    more: list[bytes] = []
-    size = len(body)
-    while True:
-        if size > limit:
-            raise ProtocolError(f"response body exceeds the {limit}-byte limit",
-                                url=str(resp.url))
-        chunk = await _chunk(resp, idle, clock)
-        if not chunk:
-            return b"".join((body, *more)) if more else body
-        more.append(chunk)
-        size += len(chunk)
-
-
-class BodyReader:
-    """A response body as a file-like ``await read(n)``, for incremental parsers.
-
-    Each read waits at most ``idle`` seconds for progress. The body may be of
-    any length; what is bounded is one *item*: more than ``item_limit`` bytes
-    read since the parser last called :meth:`mark` (an item was complete)
-    raises :class:`~pullwake.errors.AnswerTooLarge` (memory held for one item:
-    at most ``item_limit`` plus one read).
-    """
-
-    def __init__(self, resp: aiohttp.ClientResponse, *, idle: float | None, clock: Clock | None,
-                 item_limit: int, operation: str) -> None:
-        self._resp = resp
-        self._idle = idle
-        self._clock = clock
-        self.item_limit = item_limit
-        self._operation = operation
-        self.since_mark = 0
-        self.total = 0
-
-    def mark(self) -> None:
-        """One item is complete: the per-item count starts again."""
-        self.since_mark = 0
-
-    async def read(self, n: int = -1) -> bytes:
-        if n == 0:  # a parser probing the type of the stream
-            return b""
-        # Checked before reading more: the parser marks an item only after it
-        # parsed the chunk that completed it, so one read ahead is allowed for.
-        if self.since_mark > self.item_limit:
-            raise AnswerTooLarge(
-                f"one item of the answer is larger than {self.item_limit} bytes",
-                operation=self._operation, limit=self.item_limit, status=self._resp.status,
-                url=str(self._resp.url))
-        data = await _chunk(self._resp, self._idle, self._clock, n if n > 0 else -1)
-        self.since_mark += len(data)
-        self.total += len(data)
-        return data
-
-
 def error_code(body: Any) -> str | None:
     """The machine-readable code of a JSON error body, in any of the shapes servers use.
 
@@ -333,136 +261,6 @@ class HttpAnswer:
     @property
     def code(self) -> str | None:
         return error_code(self._parsed)
-
-
-#: Shorter values are not treated as secrets (they would scrub ordinary words).
-MIN_SECRET = 4
-
-
-def secret_values(headers: Mapping[str, str]) -> Iterator[str]:
-    """The secret-looking parts of header values: each value, and ``xyz`` of ``Bearer xyz``."""
-    for value in headers.values():
-        if isinstance(value, str) and len(value) >= MIN_SECRET:
-            yield value
-            if " " in value:  # "Bearer xyz": the credential alone too
-                cred = value.split(" ", 1)[1]
-                if len(cred) >= MIN_SECRET:
-                    yield cred
-
-
-class Secrets:
-    """The secrets one client scrubs from text; bounded however long it runs.
-
-    Two kinds, so the set never grows with the number of requests or wakes:
-
-    - *kept*: values of configured headers (a mapping, or what a provider
-      returns). A provider that rotates credentials yields new values: the
-      :attr:`keep_limit` most recently seen are kept, the oldest forgotten.
-    - *held*: values scoped to a piece of work (a claim token for the life of
-      its wake, a request's own headers for that request), counted, and
-      forgotten when the last holder lets go (:meth:`hold`).
-
-    Adding or forgetting costs O(1); the snapshot (:meth:`snapshot`, iteration)
-    and the compiled pattern behind :meth:`scrub` are rebuilt only after the
-    set changed, and only when something reads them (error paths).
-    """
-
-    __slots__ = ("_held", "_kept", "_pattern", "_snapshot", "keep_limit")
-
-    def __init__(self, *, keep_limit: int = 64) -> None:
-        self.keep_limit = keep_limit
-        self._kept: dict[str, None] = {}  # insertion-ordered: oldest first
-        self._held: dict[str, int] = {}
-        self._snapshot: tuple[str, ...] | None = None
-        self._pattern: re.Pattern[str] | None = None
-
-    def keep(self, values: Iterable[str]) -> None:
-        """Remember ``values`` (most recent last); beyond the limit the oldest go."""
-        kept = self._kept
-        for value in values:
-            if value in kept:
-                if next(reversed(kept)) != value:  # keep recency order
-                    del kept[value]
-                    kept[value] = None
-                continue
-            kept[value] = None
-            if len(kept) > self.keep_limit:
-                del kept[next(iter(kept))]
-            self._changed()
-
-    def hold(self, values: Iterable[str]) -> _Hold:
-        """Scrub ``values`` while the block runs; forget them after (unless held elsewhere)."""
-        return _Hold(self, tuple(values))
-
-    def _add_held(self, vals: tuple[str, ...]) -> None:
-        held = self._held
-        for v in vals:
-            n = held.get(v, 0)
-            held[v] = n + 1
-            if n == 0 and v not in self._kept:
-                self._changed()
-
-    def _drop_held(self, vals: tuple[str, ...]) -> None:
-        held = self._held
-        for v in vals:
-            n = held[v] - 1
-            if n:
-                held[v] = n
-            else:
-                del held[v]
-                if v not in self._kept:
-                    self._changed()
-
-    def _changed(self) -> None:
-        self._snapshot = None
-        self._pattern = None
-
-    def snapshot(self) -> tuple[str, ...]:
-        """Every secret now known, longest first (rebuilt only after a change)."""
-        snap = self._snapshot
-        if snap is None:
-            snap = self._snapshot = tuple(sorted({*self._kept, *self._held}, key=len,
-                                                 reverse=True))
-        return snap
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.snapshot())
-
-    def __len__(self) -> int:
-        return len(self.snapshot())
-
-    def __contains__(self, value: object) -> bool:
-        return value in self._kept or value in self._held
-
-    def __repr__(self) -> str:  # never the values themselves
-        return f"<Secrets: {len(self._kept)} kept, {len(self._held)} held>"
-
-    def scrub(self, text: str) -> str:
-        """``text`` with every known secret and any ``Bearer xyz`` credential replaced."""
-        text = redact_text(text)
-        pattern = self._pattern
-        if pattern is None:
-            snap = self.snapshot()
-            if not snap:
-                return text
-            pattern = self._pattern = re.compile("|".join(map(re.escape, snap)))
-        return pattern.sub("***", text)
-
-
-class _Hold:
-    """``with secrets.hold(values):`` (a class, not a generator: it wraps requests)."""
-
-    __slots__ = ("_owner", "_vals")
-
-    def __init__(self, owner: Secrets, vals: tuple[str, ...]) -> None:
-        self._owner = owner
-        self._vals = vals
-
-    def __enter__(self) -> None:
-        self._owner._add_held(self._vals)
-
-    def __exit__(self, *exc: object) -> None:
-        self._owner._drop_held(self._vals)
 
 
 class HttpClient:
@@ -581,12 +379,18 @@ class HttpClient:
         with scoped, translate("request", url=url, operation=operation,
                                secrets=self._secrets):
             async with deadline(self._clock, limit):
-                hdrs = await self.resolve_headers()
+                src = self._headers
+                if src is None:
+                    hdrs: dict[str, str] = {}
+                elif not callable(src) and self._static is not None:
+                    hdrs = dict(self._static)  # a fixed mapping, validated once
+                else:
+                    hdrs = await self.resolve_headers()
                 if headers:
                     hdrs.update(headers)
                 data = None
                 if json_body is not None:
-                    data = json.dumps(json_body, separators=(",", ":")).encode()
+                    data = _compact(json_body).encode()
                     hdrs.setdefault("content-type", "application/json")
                 resp = await self.session.request(method, to_url(url), data=data,
                                                   headers=hdrs, allow_redirects=False)

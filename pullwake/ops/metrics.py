@@ -237,10 +237,17 @@ class WorkerMetrics:
             "pullwake_handler_duration_seconds",
             "Handler run time (from getting a concurrency slot to return or raise), by outcome",
             ("subscription", "outcome"), buckets=HANDLER_BUCKETS, registry=self.registry)
+        #: The histogram's labelled children, looked up once each (subscriptions
+        #: are configured and outcomes three: bounded).
+        self._handler_children: dict[tuple[str, str], Any] = {}
 
     def observe_handler(self, subscription: str, outcome: str, seconds: float) -> None:
         """One handler run of ``seconds`` with ``outcome`` (``ok``, ``error``, ``cancelled``)."""
-        self.handler_duration.labels(subscription, outcome).observe(seconds)
+        key = (subscription, outcome)
+        child = self._handler_children.get(key)
+        if child is None:
+            child = self._handler_children[key] = self.handler_duration.labels(*key)
+        child.observe(seconds)
 
     @contextlib.contextmanager
     def time_handler(self, subscription: str) -> Iterator[None]:

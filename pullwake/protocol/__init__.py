@@ -16,6 +16,10 @@ rules cannot drift.
 - :mod:`.sse` — the incremental SSE parser (linear in the bytes fed).
 - :mod:`.items` — :class:`Item`, :class:`Chunk`, :class:`ReadResult`.
 - :mod:`.retry` — :class:`RetryPolicy`: what is transient, how long to wait.
+- :mod:`.answers` — control-plane answers listing streams, read item by item
+  (bounded per item; a small answer decoded at once).
+- :mod:`.claims` — :class:`~.claims.Claim`: the claim answer's wire shape,
+  read type by type.
 - :mod:`.calls` — what the sync and async read functions share: their
   argument checks, the core built from them, and :class:`~.calls.Collector`
   (events into a :class:`ReadResult`).

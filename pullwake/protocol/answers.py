@@ -15,12 +15,22 @@ item*, never per answer:
 
 It does no I/O of its own: it reads from whatever ``await reader.read(n)``
 object it is given (the HTTP boundary hands it a
-:class:`~pullwake.io.http.BodyReader`) and pushes the chunks into the parser.
+:class:`~pullwake.io.bodies.BodyReader`) and pushes the chunks into the parser.
+
+A small answer (a claim of a few streams: the common case) is cheap: when
+the reader offers ``await reader.small_body()`` (the whole body, when its
+length is known and no larger than one item may be), it is decoded by one
+``json.loads`` and its items kept by the same rules; no item can exceed the
+bound, so checking it costs nothing. Anything the one-shot decode cannot
+reproduce exactly (invalid JSON, ``NaN``, escapes, a repeated items key, a
+dotted key) is parsed incrementally from the same bytes instead, so results
+and errors are those of the incremental parser.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -77,6 +87,15 @@ async def read_items_answer(reader: _Reader, *, operation: str, items_key: str =
     coroutine's own ``await reader.read()``, so cancellation and deadlines
     behave as anywhere else.
     """
+    small = getattr(reader, "small_body", None)
+    if small is not None:
+        body = await small()
+        if body is not None:
+            fast = _parse_small(body, items_key=items_key, max_items=max_items,
+                                keep_fields=keep_fields, select=select)
+            if fast is not None:
+                return fast
+            reader = _Bytes(body)  # the incremental parser decides (its results, its errors)
     parser = _ItemsParser(reader, items_key=items_key, max_items=max_items,
                           keep_fields=keep_fields, select=select)
     events: Any = ijson.sendable_list()
@@ -109,6 +128,93 @@ async def read_items_answer(reader: _Reader, *, operation: str, items_key: str =
 
 #: Bytes asked of the reader at a time.
 _READ_SIZE = 64 * 1024
+
+
+class _Bytes:
+    """A whole body as a reader (the incremental fallback of a small answer)."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    async def read(self, n: int = -1) -> bytes:
+        out, self._data = self._data, b""
+        return out
+
+    def mark(self) -> None:
+        return None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # NaN, Infinity: the incremental parser's call
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value - value != 0:  # 1e400 overflows: the incremental parser's call too
+        raise ValueError("number out of range")
+    return value
+
+
+def _parse_small(body: bytes, *, items_key: str, max_items: int,
+                 keep_fields: tuple[str, ...] | None,
+                 select: Callable[[Mapping[str, Any]], bool] | None) -> ItemsAnswer | None:
+    """A whole small answer decoded at once, kept like :class:`_ItemsParser` keeps it.
+
+    None when the one-shot decode might differ from the incremental parse:
+    then the caller parses the same bytes incrementally.
+    """
+    if b"\\" in body or body.count(b'"' + items_key.encode() + b'"') > 1:
+        return None  # escapes (keys spelt two ways), or a repeated items key
+    try:
+        value = json.loads(body.decode("utf-8"), parse_constant=_reject_constant,
+                           parse_float=_finite)
+    except (ValueError, RecursionError):
+        return None  # not JSON, or not as ijson reads it: its errors, not ours
+    out = ItemsAnswer()
+    if not isinstance(value, dict):
+        out.is_object = False
+        return out
+    pending: list[tuple[int, Any]] = []
+    idle: list[tuple[int, Any]] = []
+    fields = out.fields
+    for key, v in value.items():
+        if "." in key or not key:
+            return None  # the incremental parser's prefixes treat these specially
+        if key == items_key:
+            if isinstance(v, list):
+                out.items_type = "list"
+                for entry in v:
+                    if isinstance(entry, dict):
+                        item = _entry(entry, keep_fields)
+                        if item is None:
+                            return None
+                        if select is None or select(item):
+                            _keep(item, out, pending, idle, max_items)
+                    else:
+                        _keep(NESTED if isinstance(entry, list) else entry, out, pending,
+                              idle, max_items, force_pending=True)
+            else:
+                if isinstance(v, dict) and "item" in v:
+                    return None  # "streams.item" would read as an entry there
+                out.items_type = "other"
+                fields[key] = NESTED if isinstance(v, (dict, list)) else v
+            continue
+        fields[key] = NESTED if isinstance(v, (dict, list)) else v
+    merged = sorted(pending + idle, key=lambda p: p[0]) if idle else pending
+    out.items = [item for _, item in merged]
+    return out
+
+
+def _entry(entry: dict[str, Any], keep: tuple[str, ...] | None) -> dict[str, Any] | None:
+    item: dict[str, Any] = {}
+    for name, v in entry.items():
+        if "." in name:
+            return None
+        if keep is None or name in keep:
+            item[name] = NESTED if isinstance(v, (dict, list)) else v
+    return item
 
 
 class _ItemsParser:

@@ -35,6 +35,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import quote
 
 from pullwake.errors import (
     ConfigError,
@@ -74,6 +75,8 @@ _CALLER_OFFSET_RE = re.compile(r"^[A-Za-z0-9._~:+-]{1,256}$")
 #: and bounded, so one can never smuggle a query parameter into the next request.
 _SERVER_OFFSET_RE = re.compile(r"^[\x21-\x25\x27-\x2b\x2d\x2e\x30-\x3c\x3e\x40-\x7e]{1,256}$")
 _CODE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+#: Query values ``quote`` would leave as they are (offsets usually are).
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*\Z")
 #: Codes pullwake assigns when the server's error body carries none.
 _FALLBACK_CODES = {400: "BAD_REQUEST", 404: "STREAM_NOT_FOUND", 409: "CONFLICT",
                    410: "OFFSET_GONE", 429: "RATE_LIMITED"}
@@ -134,10 +137,9 @@ class Request:
     live: Live
 
     def url(self, base: str) -> str:
-        from urllib.parse import quote
-
         sep = "&" if "?" in base else "?"
-        return base + sep + "&".join(f"{k}={quote(v, safe='')}" for k, v in self.params)
+        return base + sep + "&".join(
+            f"{k}={v if _UNRESERVED.match(v) else quote(v, safe='')}" for k, v in self.params)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +178,10 @@ class Head:
     retry_after: float | None = None
 
 
+#: The heads of usable answers (immutable: one each, shared).
+_HEAD_OK = {status: Head(status, True) for status in (200, 204, 304)}
+
+
 class ReadCore:
     """The rules of one read, from ``offset`` on, in one live mode.
 
@@ -198,7 +204,8 @@ class ReadCore:
         if isinstance(max_message_bytes, bool) or not isinstance(max_message_bytes, int) \
                 or max_message_bytes <= 0:
             raise ConfigError("max_message_bytes must be a positive int")
-        reserved = {k for k, _ in extra_params} & {"offset", "live", "cursor"}
+        reserved = {k for k, _ in extra_params} & {"offset", "live", "cursor"} \
+            if extra_params else None
         if reserved:
             raise ConfigError(f"extra params must not set {', '.join(sorted(reserved))}")
         self.offset = offset
@@ -286,7 +293,7 @@ class ReadCore:
                 == "base64"
             self._sse = SSEParser(self.max_message_bytes * 4 // 3 + 1024)
             self._framer = None
-            return Head(status, True)
+            return _HEAD_OK[status]
         if status == 200:
             body_type = headers.get("Content-Type")
             if body_type or self.kind is None:
@@ -295,7 +302,7 @@ class ReadCore:
             self._framer = BodyFramer(self.kind, self.max_message_bytes)
         else:
             self._framer = None
-        return Head(status, True)
+        return _HEAD_OK[status]
 
     def status_error(self, status: int, body: bytes,
                      secrets: tuple[str, ...] = ()) -> StreamStatusError:

@@ -6,7 +6,9 @@ split across two chunks is handled); comments (``:``) are skipped; multiple
 ``data:`` lines join with ``\\n``; one leading space after the colon is removed.
 
 Cost is linear in the bytes fed: each chunk is split into lines by one
-regular-expression scan (C speed), and a run of blank lines costs one match,
+regular-expression scan (C speed), or by one ``split`` when it has only LF
+line ends and cannot overflow an event (the common case: a wake stream's
+small events), and a run of blank lines costs one match,
 so a hostile server that inflates a few KiB of gzip into megabytes of
 newlines cannot stall the event loop (issue 14, class 8).
 
@@ -78,6 +80,15 @@ class SSEParser:
             self._head = b""
             if chunk.startswith(_BOM):
                 chunk = chunk[len(_BOM):]
+        if (self._started and not self._line and not self._skip_lf and not self._overflow
+                and len(chunk) + self._data_size <= self.max_event_bytes
+                and b"\r" not in chunk):
+            return self._whole_lines(chunk, out)
+        return self._any_lines(chunk, out)
+
+    def _any_lines(self, chunk: bytes, out: list[SSEEvent | Oversized]
+                   ) -> list[SSEEvent | Oversized]:
+        """:meth:`feed` for any chunk: every line end, carried lines, size bounds."""
         pos = 0
         if self._skip_lf and chunk:
             self._skip_lf = False
@@ -100,6 +111,36 @@ class SSEParser:
             self._append(chunk[pos:])
         elif n and chunk[-1] == 0x0D:
             self._skip_lf = True  # a CRLF may be split across chunks
+        return out
+
+    def _whole_lines(self, chunk: bytes, out: list[SSEEvent | Oversized]
+                     ) -> list[SSEEvent | Oversized]:
+        """:meth:`feed` for the common chunk: LF line ends only, no line carried over,
+        and too small to overflow an event (so no size check can trigger). The
+        same events as :meth:`_any_lines`, line by line without its bookkeeping."""
+        lines = chunk.split(b"\n")
+        tail = lines.pop()  # after the last LF: the start of a line still to come
+        for raw in lines:
+            if not raw:
+                item = self._dispatch()
+                if item is not None:
+                    out.append(item)
+                continue
+            text = raw.decode("utf-8", errors="replace")
+            if text[0] == ":":
+                continue
+            field, sep, value = text.partition(":")
+            if sep and value[:1] == " ":
+                value = value[1:]
+            if field == "data":
+                self._data.append(value)
+                self._data_size += len(value) + 1
+            elif field == "event":
+                self._event = value
+            elif field == "id" and "\0" not in value:
+                self._id = value
+        if tail:
+            self._line += tail
         return out
 
     # ---------------------------------------------------------------- internals

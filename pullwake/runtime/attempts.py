@@ -193,23 +193,26 @@ class HandlerAttempts:
         """Wait for ``fut`` at most ``seconds`` on the worker's clock; True if it is done.
 
         Does not cancel the waiting task (unlike :func:`~pullwake.io.clock.deadline`),
-        so it is safe inside a cancellation that is already being handled.
+        so it is safe inside a cancellation that is already being handled; nor
+        ``fut`` when the wait is cancelled (what ``asyncio.wait`` does, with one
+        future and one callback instead of its sets).
         """
-        if seconds is None:
-            await asyncio.wait({fut})
+        if fut.done():
             return True
-        timer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-        def ring() -> None:
-            if not timer.done():
-                timer.set_result(None)
+        def wake(_f: object = None) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
 
-        handle = self._clock.call_later(seconds, ring)
+        fut.add_done_callback(wake)
+        handle = self._clock.call_later(seconds, wake) if seconds is not None else None
         try:
-            await asyncio.wait({fut, timer}, return_when=asyncio.FIRST_COMPLETED)
+            await waiter
         finally:
-            handle.cancel()
-            timer.cancel()
+            fut.remove_done_callback(wake)
+            if handle is not None:
+                handle.cancel()
         return fut.done()
 
     async def _wind_down(self, run: asyncio.Future[Any], ex: _Execution, wake: Wake, *,

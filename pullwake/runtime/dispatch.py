@@ -296,8 +296,9 @@ class WorkerRuntime:
 
     @staticmethod
     async def _stop_keeper(keeper: asyncio.Future[Any]) -> None:
+        """Stop the lease extensions. The keeper is a future, not a task: cancelling
+        it is all (its callback cancels the timer and an extension in flight)."""
         keeper.cancel()
-        await asyncio.gather(keeper, return_exceptions=True)
 
     async def attempt(self, wake: Wake) -> BaseException | None:
         """Run the handler once (:meth:`HandlerAttempts.attempt`)."""
@@ -359,7 +360,10 @@ class WorkerRuntime:
         return self._sub_of(claim.subscription_id)
 
     def _sub_of(self, sub_id: str) -> SubscriptionStats:
-        return self.sub_stats.setdefault(sub_id, SubscriptionStats())
+        stats = self.sub_stats.get(sub_id)  # (not setdefault: no new stats per call)
+        if stats is None:
+            stats = self.sub_stats[sub_id] = SubscriptionStats()
+        return stats
 
     # ============================================================ failures
 

@@ -28,13 +28,12 @@ importing it).
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import json
 import logging
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, TextIO
 
@@ -65,14 +64,25 @@ _context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
     "pullwake_log_context", default=_EMPTY)
 
 
-@contextlib.contextmanager
-def log_context(**fields: Any) -> Iterator[None]:
-    """Add ``fields`` to the log context for the body (and tasks created in it)."""
-    token = _context.set({**_context.get(), **fields})
-    try:
-        yield
-    finally:
-        _context.reset(token)
+class log_context:  # lower case: used like a function, `with log_context(wake=3):`
+    """Add ``fields`` to the log context for the body (and tasks created in it).
+
+    (A class, not a generator: the worker enters one per wake.)
+    """
+
+    __slots__ = ("_fields", "_token")
+
+    def __init__(self, **fields: Any) -> None:
+        self._fields = fields
+        self._token: contextvars.Token[Mapping[str, Any]] | None = None
+
+    def __enter__(self) -> None:
+        self._token = _context.set({**_context.get(), **self._fields})
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _context.reset(self._token)
+            self._token = None
 
 
 def job_context(**fields: Any) -> contextvars.Context:

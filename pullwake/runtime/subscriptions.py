@@ -10,6 +10,10 @@ This module owns the subscription API calls and their error mapping:
   {"worker": name}``; the runner's own liveness heartbeat is a ``HEAD`` of the
   wake stream, so a hung server is noticed even when no lease is held.
 
+The claim answer's wire shape (:class:`Claim`, :class:`ClaimedStream`) is
+:mod:`pullwake.protocol.claims`'s; its bounded, item-by-item reading
+:mod:`pullwake.protocol.answers`'s.
+
 A claim that fails transiently (no answer, 429, 5xx) is retried with capped
 backoff (``Retry-After`` honoured): the wake event that triggered it was
 already read, and the server writes no new one while that wake is pending,
@@ -26,13 +30,13 @@ from __future__ import annotations
 import logging
 import shlex
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pullwake.errors import ConfigError, ControlPlaneError, LeaseLost, SubscriptionError, redact_url
 from pullwake.io.clock import Clock, LoopClock, sleep
 from pullwake.io.http import BodyReader, HttpAnswer, HttpClient, raise_for_answer
 from pullwake.protocol.answers import read_items_answer
+from pullwake.protocol.claims import Claim, ClaimedStream, SkipCode
 from pullwake.protocol.urls import encode_path, join_url, segment
 from pullwake.runtime.config import SubscriptionConfig
 from pullwake.runtime.control import (
@@ -72,90 +76,6 @@ INVALID_OFFSET = "INVALID_OFFSET"
 STREAM_CLOSED = "STREAM_CLOSED"
 
 
-class SkipCode(str):
-    """A claim's skip code; for ``ALREADY_CLAIMED``, the holder the server named."""
-
-    holder: str | None
-
-    def __new__(cls, code: str, *, holder: str | None = None) -> SkipCode:
-        self = super().__new__(cls, code)
-        self.holder = holder
-        return self
-
-
-@dataclass(frozen=True)
-class ClaimedStream:
-    """A stream of a claimed wake: handle messages in ``(acked_offset, tail_offset]``."""
-
-    path: str
-    acked_offset: str
-    tail_offset: str
-    has_pending: bool = True
-
-
-_REQUIRED: Any = object()
-_KINDS = {str: "a string", int: "an integer", bool: "a boolean", list: "an array"}
-
-
-def _field(obj: Mapping[str, Any], name: str, kind: type, *, where: str = "",
-           default: Any = _REQUIRED, status: int | None = None) -> Any:
-    """``obj[name]`` if it has type ``kind`` (a bool is not an integer), else a named error."""
-    if name not in obj:
-        if default is _REQUIRED:
-            raise ControlPlaneError(f"claim answer field '{where}{name}' is missing",
-                                    operation="claim", status=status)
-        return default
-    value = obj[name]
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise ControlPlaneError(f"claim answer field '{where}{name}' must be {_KINDS[kind]}, "
-                                f"got {type(value).__name__}", operation="claim", status=status)
-    return value
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A granted claim: the token authorises ack and release until the lease ends."""
-
-    subscription_id: str
-    wake_id: str
-    generation: int
-    token: str = field(repr=False)
-    streams: tuple[ClaimedStream, ...]
-    lease_ttl_ms: int
-    #: Streams with pending work the answer listed beyond ``max_claim_streams``:
-    #: not handed over now; their work stays pending for the next wake.
-    deferred_streams: int = 0
-
-    @classmethod
-    def parse(cls, subscription_id: str, body: Mapping[str, Any], *,
-              status: int | None = None, deferred_streams: int = 0) -> Claim:
-        """Read a claim answer, type by type; a field that is wrong is named in the error.
-
-        ``status`` (of the answer) goes on the error: the server did answer.
-        """
-        streams = []
-        for i, s in enumerate(_field(body, "streams", list, default=[], status=status)):
-            if not isinstance(s, Mapping):
-                raise ControlPlaneError(f"claim answer field 'streams[{i}]' must be an "
-                                        f"object, got {type(s).__name__}", operation="claim",
-                                        status=status)
-            where = f"streams[{i}]."
-            streams.append(ClaimedStream(
-                path=_field(s, "path", str, where=where, status=status),
-                acked_offset=_field(s, "acked_offset", str, where=where, status=status),
-                tail_offset=_field(s, "tail_offset", str, where=where, status=status),
-                has_pending=_field(s, "has_pending", bool, where=where, default=True,
-                                   status=status)))
-        return cls(subscription_id=subscription_id,
-                   wake_id=_field(body, "wake_id", str, status=status),
-                   generation=_field(body, "generation", int, status=status),
-                   token=_field(body, "token", str, status=status), streams=tuple(streams),
-                   lease_ttl_ms=_field(body, "lease_ttl_ms", int, default=30_000,
-                                       status=status),
-                   deferred_streams=deferred_streams)
-
-    def fence(self) -> dict[str, Any]:
-        return {"wake_id": self.wake_id, "generation": self.generation}
 
 
 class SubscriptionClient:
@@ -305,8 +225,11 @@ class SubscriptionClient:
 
     async def ack(self, http: HttpClient, claim: Claim, *,
                   acks: Sequence[tuple[str, str]] = (), done: bool = False,
-                  timeout: float | None = None) -> dict[str, Any]:
-        """Extend the lease (no acks, not done), move acked offsets, or finish."""
+                  timeout: float | None = None) -> None:
+        """Extend the lease (no acks, not done), move acked offsets, or finish.
+
+        A 2xx answer's body is not decoded: nothing in it is needed.
+        """
         url = self.subscription_url(claim.subscription_id, "ack")
         body: dict[str, Any] = claim.fence()
         if acks:
@@ -319,8 +242,6 @@ class SubscriptionClient:
                                         headers={"Authorization": f"Bearer {claim.token}"},
                                         timeout=timeout)
             self._raise(answer, op, url, http)
-        out = answer.json()
-        return out if isinstance(out, dict) else {}
 
     async def release(self, http: HttpClient, claim: Claim, *,
                       timeout: float | None = None) -> None:

@@ -1,0 +1,133 @@
+"""The wire shape of a claim answer (PROTOCOL.md §7.2), read type by type (no I/O).
+
+This module owns :class:`Claim` (a granted claim: wake id, generation, the
+token, the claimed streams, the lease) and :class:`ClaimedStream` (one stream's
+``(acked_offset, tail_offset]`` range), :meth:`Claim.parse` (a field of the
+wrong type is named in a :class:`~pullwake.errors.ControlPlaneError`; a
+well-formed answer is read in one pass) and :class:`SkipCode` (a claim that
+found nothing to do). :mod:`pullwake.runtime.subscriptions` makes the calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pullwake.errors import ControlPlaneError
+
+__all__ = ["Claim", "ClaimedStream", "SkipCode"]
+
+
+class SkipCode(str):
+    """A claim's skip code; for ``ALREADY_CLAIMED``, the holder the server named."""
+
+    holder: str | None
+
+    def __new__(cls, code: str, *, holder: str | None = None) -> SkipCode:
+        self = super().__new__(cls, code)
+        self.holder = holder
+        return self
+
+
+@dataclass(frozen=True)
+class ClaimedStream:
+    """A stream of a claimed wake: handle messages in ``(acked_offset, tail_offset]``."""
+
+    path: str
+    acked_offset: str
+    tail_offset: str
+    has_pending: bool = True
+
+
+_REQUIRED: Any = object()
+_KINDS = {str: "a string", int: "an integer", bool: "a boolean", list: "an array"}
+
+
+def _field(obj: Mapping[str, Any], name: str, kind: type, *, where: str = "",
+           default: Any = _REQUIRED, status: int | None = None) -> Any:
+    """``obj[name]`` if it has type ``kind`` (a bool is not an integer), else a named error."""
+    if name not in obj:
+        if default is _REQUIRED:
+            raise ControlPlaneError(f"claim answer field '{where}{name}' is missing",
+                                    operation="claim", status=status)
+        return default
+    value = obj[name]
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise ControlPlaneError(f"claim answer field '{where}{name}' must be {_KINDS[kind]}, "
+                                f"got {type(value).__name__}", operation="claim", status=status)
+    return value
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A granted claim: the token authorises ack and release until the lease ends."""
+
+    subscription_id: str
+    wake_id: str
+    generation: int
+    token: str = field(repr=False)
+    streams: tuple[ClaimedStream, ...]
+    lease_ttl_ms: int
+    #: Streams with pending work the answer listed beyond ``max_claim_streams``:
+    #: not handed over now; their work stays pending for the next wake.
+    deferred_streams: int = 0
+
+    @classmethod
+    def parse(cls, subscription_id: str, body: Mapping[str, Any], *,
+              status: int | None = None, deferred_streams: int = 0) -> Claim:
+        """Read a claim answer, type by type; a field that is wrong is named in the error.
+
+        ``status`` (of the answer) goes on the error: the server did answer.
+        """
+        fast = _fast_claim(subscription_id, body, deferred_streams)
+        if fast is not None:
+            return fast
+        streams = []  # field by field, naming the first one that is wrong
+        for i, s in enumerate(_field(body, "streams", list, default=[], status=status)):
+            if not isinstance(s, Mapping):
+                raise ControlPlaneError(f"claim answer field 'streams[{i}]' must be an "
+                                        f"object, got {type(s).__name__}", operation="claim",
+                                        status=status)
+            where = f"streams[{i}]."
+            streams.append(ClaimedStream(
+                path=_field(s, "path", str, where=where, status=status),
+                acked_offset=_field(s, "acked_offset", str, where=where, status=status),
+                tail_offset=_field(s, "tail_offset", str, where=where, status=status),
+                has_pending=_field(s, "has_pending", bool, where=where, default=True,
+                                   status=status)))
+        return cls(subscription_id=subscription_id,
+                   wake_id=_field(body, "wake_id", str, status=status),
+                   generation=_field(body, "generation", int, status=status),
+                   token=_field(body, "token", str, status=status), streams=tuple(streams),
+                   lease_ttl_ms=_field(body, "lease_ttl_ms", int, default=30_000,
+                                       status=status),
+                   deferred_streams=deferred_streams)
+
+    def fence(self) -> dict[str, Any]:
+        return {"wake_id": self.wake_id, "generation": self.generation}
+
+
+def _fast_claim(subscription_id: str, body: Mapping[str, Any],
+                deferred_streams: int) -> Claim | None:
+    """:meth:`Claim.parse` of a well-formed answer (every field of its exact type), or
+    None: then the field-by-field path names what is wrong."""
+    raw = body.get("streams", [])
+    wake_id, gen, token = body.get("wake_id"), body.get("generation"), body.get("token")
+    ttl = body.get("lease_ttl_ms", 30_000)
+    if type(raw) is not list or type(wake_id) is not str or type(gen) is not int \
+            or type(token) is not str or type(ttl) is not int:
+        return None
+    streams = []
+    for s in raw:
+        if type(s) is not dict:
+            return None
+        path, acked, tail = s.get("path"), s.get("acked_offset"), s.get("tail_offset")
+        pending = s.get("has_pending", True)
+        if type(path) is not str or type(acked) is not str or type(tail) is not str \
+                or type(pending) is not bool:
+            return None
+        streams.append(ClaimedStream(path, acked, tail, pending))
+    return Claim(subscription_id=subscription_id, wake_id=wake_id, generation=gen,
+                 token=token, streams=tuple(streams), lease_ttl_ms=ttl,
+                 deferred_streams=deferred_streams)
