@@ -776,6 +776,11 @@ async def soak(bench: Bench, n: int, wakes: int, limit_s: float, window: int
                 async with session.delete(url) as r:
                     assert r.status in (200, 204), r.status
 
+    def events_claims() -> tuple[int, int]:
+        """Wake events read and claims tried so far (the runner's counters)."""
+        h = consumer.worker.runner.health()
+        return h.events_received, h.claims_succeeded + h.claims_skipped + h.claims_failed
+
     samples: list[dict[str, float]] = []
     t_start = time.perf_counter()
     try:
@@ -784,28 +789,33 @@ async def soak(bench: Bench, n: int, wakes: int, limit_s: float, window: int
         assert server is not None
         w0, c0, t0 = consumer.wakes, cpu_seconds(), time.perf_counter()
         s0, m0, l0 = cpu_seconds(server), consumer.messages, consumer.streams_listed
+        e0, k0 = events_claims()
         start_wakes = w0
         while consumer.wakes - start_wakes < wakes and time.perf_counter() - t_start < limit_s:
             await asyncio.sleep(0.05)
             if consumer.wakes - w0 >= window:
                 w1, c1, t1 = consumer.wakes, cpu_seconds(), time.perf_counter()
                 s1, m1, l1 = cpu_seconds(server), consumer.messages, consumer.streams_listed
+                e1, k1 = events_claims()
                 samples.append({"wakes": w1 - start_wakes, "cpu_ms": (c1 - c0) / (w1 - w0) * 1e3,
                                 "server_ms": (s1 - s0) / (w1 - w0) * 1e3,
                                 "msgs": (m1 - m0) / (w1 - w0),
                                 "streams": (l1 - l0) / (w1 - w0),
+                                "events": (e1 - e0) / (w1 - w0), "claims": (k1 - k0) / (w1 - w0),
                                 "rate": (w1 - w0) / (t1 - t0), "rss": rss_bytes() / 2**20,
                                 "secrets": len(consumer.worker.runner.http.secrets),
                                 "load": os.getloadavg()[0]})
                 s = samples[-1]
                 print(f"  soak {s['wakes']:>7.0f} wakes: {s['cpu_ms']:.3f} ms CPU/wake "
                       f"(server {s['server_ms']:.3f}), {s['streams']:.2f} streams/claim, "
+                      f"{s['events']:.2f} events and {s['claims']:.2f} claims per wake, "
                       f"{s['rate']:.0f} wakes/s, RSS "
                       f"{s['rss']:.1f} MiB, {s['secrets']:.0f} secrets, load "
                       f"{s['load']:.1f}", flush=True)
                 await next_epoch()
                 w0, c0, t0 = consumer.wakes, cpu_seconds(), time.perf_counter()
                 s0, m0, l0 = cpu_seconds(server), consumer.messages, consumer.streams_listed
+                e0, k0 = e1, k1
         total = consumer.wakes - start_wakes
         elapsed = time.perf_counter() - t_start
         stats = consumer.worker.stats
@@ -822,10 +832,12 @@ async def soak(bench: Bench, n: int, wakes: int, limit_s: float, window: int
     step = max(1, len(samples) // 10)
     shown = samples[::step] if samples[-1] in samples[::step] else [*samples[::step], samples[-1]]
     rows = [[f"{s['wakes']:.0f}", f"{s['cpu_ms']:.3f}", f"{s['server_ms']:.3f}",
-             f"{s['msgs']:.2f}", f"{s['streams']:.2f}", f"{s['rate']:.0f}", f"{s['rss']:.1f}",
+             f"{s['msgs']:.2f}", f"{s['streams']:.2f}", f"{s['events']:.2f}",
+             f"{s['claims']:.2f}", f"{s['rate']:.0f}", f"{s['rss']:.1f}",
              f"{s['secrets']:.0f}", f"{s['load']:.1f}"] for s in shown]
     text = table(["wakes so far", "client CPU ms/wake (window)", "server CPU ms/wake",
-                  "messages/wake", "streams/claim", "wakes/s (window)", "RSS MiB", "secrets held",
+                  "messages/wake", "streams/claim", "wake events/wake",
+                  "claims/wake (incl. skipped)", "wakes/s (window)", "RSS MiB", "secrets held",
                   "machine load (1 min)"], rows)
     k = max(1, len(samples) // 5)
     first = statistics.median(s["cpu_ms"] for s in samples[:k])

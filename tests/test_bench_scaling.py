@@ -65,5 +65,6 @@ def test_quick_soak_reports_windows_and_writes_no_docs() -> None:
     proc = run("--quick", "--soak", timeout=220)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "| wakes so far | client CPU ms/wake (window)" in proc.stdout
+    assert "streams/claim" in proc.stdout and "streams per claim" in proc.stdout
     assert "client CPU per wake" in proc.stdout and "RSS" in proc.stdout
     assert docs_digest() == before
