@@ -29,7 +29,8 @@ CPU the node process's, both from ``/proc/<pid>/stat``.
    worker vs bare, p50 / p99.
 4. ``--soak``: the worker alone at N = 16 for ``--soak-wakes`` wakes (bounded
    by ``--soak-seconds``): CPU per wake, RSS and the number of secrets it
-   scrubs, per window of wakes. Must stay flat.
+   scrubs, per window of wakes. Must stay flat; it deletes the streams it retires
+   so claims stay short (the section's prose says why).
 
 Prints the tables; ``--write-docs`` also rewrites this benchmark's sections of
 docs/performance.md (and only those). ``--quick`` is a smoke run (seconds).
@@ -963,6 +964,8 @@ of {args.duration:g} s per side, alternating; percentiles over all messages.
 
 
 async def main_soak(args: argparse.Namespace, argv: Sequence[str]) -> None:
+    from pullwake.testing.realserver import DS_SERVER_VERSION
+
     load0 = load()
     async with Bench(args) as bench:
         print(f"soak: N = {args.soak_n}, {args.soak_wakes} wakes "
@@ -992,19 +995,30 @@ reference server; after every window the producer moves to fresh streams (so no
 stream grows long: the reference server's cost per read grows with a stream's
 length), while the worker, its subscriptions and its wake stream run on.
 
-Each pattern subscription keeps every stream it has linked, and every claim
-answer lists them all (with their offsets), so without more the claims grow by
-one stream per window and subscription, and with them the server's and the
-client's cost per wake (an earlier version of this soak: client 1.03 -> 1.90 ms
-and server 1.2 -> 9.7 ms per wake over 35k wakes, at 7 streams per claim). That
-is the benchmark's doing, not the worker's, so the soak deletes the streams it
-has retired: the reference server unlinks a deleted stream from the
-subscriptions, and the soak deletes the epoch before the one just left (idle for
-a whole window, so no wake still reads it). Claims then list at most two
-streams (the `streams/claim` column) and the soak measures the worker over a
-fixed shape of work. Deleting, rather than a fixed set of streams, keeps the
-streams short; and pattern subscriptions, rather than explicit ones, keep the
-worker's subscriptions fixed while the streams change under them.
+Two costs of the reference server grow over such a run, neither of them the
+worker's. Each pattern subscription keeps every stream it has linked, and every
+claim answer lists them all, so without more the claims grow by one stream per
+window and subscription, and with them the server's and the client's cost per
+wake (an earlier version of this soak: client 1.03 -> 1.90 ms and server
+1.2 -> 9.7 ms per wake over 35k wakes, 7 streams per claim by its end). So the
+soak deletes the streams it has retired: the reference server unlinks a deleted
+stream from the subscriptions (the next claim no longer lists it). It deletes
+the epoch before the one just left, idle for a whole window, so no wake still
+reads it, and claims list at most two streams (the `streams/claim` column).
+Deleting, rather than reusing a fixed set of streams, keeps every stream short;
+pattern subscriptions, rather than explicit ones, keep the worker's
+subscriptions fixed while the streams change under them.
+
+The other is the wake stream, which gains a wake event per wake and cannot be
+rotated under a running worker: the reference server (@durable-streams/server
+{DS_SERVER_VERSION}, in-memory store) finds a read's offset by scanning the stream's
+messages from its start (`findOffsetIndex`), so each wake event it sends on the
+worker's SSE read costs it time in proportion to the wake stream's length. Its
+CPU per wake grows with the wakes so far, and the wake rate falls with it. The
+client's CPU per wake rises as the rate falls, while the work it does per wake
+(wake events, claims, streams per claim, messages) and its RSS stay flat: the
+same work costs more per wake at a lower rate (fewer wakes share each turn of
+the event loop), not state the worker accumulates.
 
 Measured per window of {args.soak_window} wakes: client CPU per wake (`/proc`), the
 server's beside it, RSS, and the number of secrets the worker's HTTP client
