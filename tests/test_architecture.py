@@ -68,7 +68,7 @@ CYCLES_ALLOWED: set[tuple[str, ...]] = set()
 #: The one backoff.
 BACKOFF_OWNER = "pullwake.lifecycle.backoff"
 #: Modules that still keep backoff constants of their own (to be emptied).
-BACKOFF_ALLOWED = {"pullwake.runtime.control"}
+BACKOFF_ALLOWED = {"pullwake.lifecycle.spec"}
 
 
 def module_name(path: Path) -> str:
