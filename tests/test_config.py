@@ -115,7 +115,6 @@ COUPLED = {
     "header": {"run.headers", "config.runner.headers"},
     "header_env": {"run.headers", "config.runner.headers"},
     "token_env": {"run.headers", "config.runner.headers"},
-    "server": {"run.server"},
 }
 
 
@@ -135,8 +134,11 @@ def _resolved(argv: list[str], environ: dict[str, str]) -> dict[str, Any]:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     opts = resolve(parser.parse_args(argv), environ)
-    flat = _flat(dataclasses.replace(opts, config=None), "run", {})
+    assert opts.config is not None and opts.runner is opts.config.runner
+    assert opts.server == opts.config.server
+    flat = _flat(dataclasses.replace(opts, config=None, runner=None), "run", {})
     flat.pop("run.config")
+    flat.pop("run.runner")
     return _flat(opts.config, "config", flat)
 
 
@@ -298,6 +300,15 @@ def test_the_two_leases_have_two_names_in_seconds() -> None:
     with pytest.raises(ConfigError, match="heartbeat_lease"):
         RunnerConfig(base_url=SERVER, runner_id="r", heartbeat_lease=0)
     assert SubscriptionConfig(id="s", pattern="p", claim_lease=2).body()["lease_ttl_ms"] == 2000
+
+
+@pytest.mark.parametrize("key", ["pattern", "streams", "claim_lease", "wake_stream"])
+def test_the_default_subscription_fields_need_its_id(key: str) -> None:
+    value: Any = {"pattern": "e/*", "streams": ["a"], "claim_lease": 5.0,
+                  "wake_stream": "wake/other"}[key]
+    others = (SubscriptionConfig(id="s", pattern="x/*"),)
+    with pytest.raises(ConfigError, match=f"{key} describes the default subscription"):
+        WorkerConfig.from_keywords(server=SERVER, subscriptions=others, **{key: value})
 
 
 def test_unknown_keyword_and_missing_server() -> None:

@@ -54,18 +54,14 @@ from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
 from pullwake.cli.credentials import request_headers
+from pullwake.cli.run_options import RunOptions
 from pullwake.errors import ConfigError
 from pullwake.runtime.config import RunnerConfig, SubscriptionConfig
 from pullwake.runtime.failures import FailurePolicy
-from pullwake.runtime.logs import LOG_FORMATS, LOG_LEVELS
 from pullwake.runtime.settings import (
     Parser,
     Setting,
-    choice,
     nested_of,
-    number,
-    python_only,
-    setting,
     setting_of,
     text,
 )
@@ -89,96 +85,6 @@ CONFIG_ENV = "PULLWAKE_CONFIG"
 
 class UsageError(ValueError):
     """A bad option value; the message names where it came from (flag, variable, file)."""
-
-
-# ------------------------------------------------------------------ process parsers
-
-
-def _handler(value: Any) -> str:
-    spec = text(value)
-    module, sep, attr = spec.partition(":")
-    if not sep or not module or not attr:
-        raise ValueError(f"must be module:function, got {spec!r}")
-    return spec
-
-
-def _header(value: Any) -> str:
-    raw = text(value)
-    name, sep, _ = raw.partition(":")
-    if not sep or not name.strip():
-        raise ValueError("must be NAME:VALUE")
-    if any(c in raw for c in "\r\n\0"):
-        raise ValueError("must not contain line breaks")
-    return raw
-
-
-def _env_var_name(value: Any) -> str:
-    name = text(value)
-    if not name.replace("_", "a").isalnum():
-        raise ValueError(f"must be an environment variable name, got {name!r}")
-    return name
-
-
-def _header_env(value: Any) -> str:
-    raw = text(value)
-    name, sep, var = (part.strip() for part in raw.partition("="))
-    if not sep or not name or not var:
-        raise ValueError("must be NAME=ENVVAR")
-    if any(c in name for c in ":\r\n\0 "):
-        raise ValueError("NAME must be a header name")
-    _env_var_name(var)
-    return f"{name}={var}"
-
-
-# ------------------------------------------------------------------ the options
-
-
-@dataclass(frozen=True, kw_only=True)
-class RunOptions:
-    """What only the process has (its fields are options too), and the resolved config."""
-
-    handler: str | None = setting(
-        None, required=True, parse=_handler, metavar="MODULE:FUNCTION",
-        help="called with each claimed pullwake.Wake; imported from the current "
-             "directory or PYTHONPATH (async def runs on the loop, def in a thread)")
-    start_timeout: float = setting(
-        60.0, parse=number(0, 86_400, "seconds"), metavar="SECONDS",
-        help="at start, how long to keep retrying (with backoff) while the server is "
-             "unreachable or answers 5xx; 0 tries once")
-    header: tuple[str, ...] = setting(
-        (), repeat=True, parse=_header, metavar="NAME:VALUE", env=False,
-        help="an extra request header (repeatable); values never appear in logs, but "
-             "a flag's value is visible to every local user in /proc/PID/cmdline and "
-             "ps: pass secrets with --header-env or --token-env")
-    header_env: tuple[str, ...] = setting(
-        (), repeat=True, parse=_header_env, metavar="NAME=ENVVAR", env=False,
-        help="a request header NAME whose value is read from the environment variable "
-             "ENVVAR (repeatable; kept out of the process arguments)")
-    token_env: str | None = setting(
-        None, parse=_env_var_name, metavar="VAR",
-        help="name of an environment variable holding a bearer token "
-             "(sent as Authorization: Bearer ...; kept out of the process arguments)")
-    health_port: int | None = setting(
-        None, parse=number(0, 65_535, integer=True), metavar="PORT",
-        help="serve probes (/livez, /readyz), /health, /metrics and a status page (/) "
-             "on PORT (0: any free port, logged)")
-    health_host: str = setting(
-        "127.0.0.1", metavar="HOST",
-        help="address the health server binds (0.0.0.0 for a Kubernetes probe on the pod IP)")
-    log_level: str = setting(
-        "INFO", parse=choice(*LOG_LEVELS, fold=str.upper), metavar="LEVEL",
-        help="DEBUG, INFO, WARNING, ERROR or CRITICAL, any case (logs go to stderr)")
-    log_format: str = setting(
-        "text", parse=choice(*LOG_FORMATS), metavar="FORMAT",
-        help="text or json: one object per line with worker, subscription, wake and "
-             "state fields")
-    server: str = python_only("", why="resolved: the --server value (config.server)")
-    headers: Mapping[str, str] = python_only(
-        why="resolved from --header, --header-env and --token-env", repr=False,
-        default_factory=dict)
-    config: WorkerConfig | None = python_only(
-        None, why="resolved: the worker's configuration (None for a command that "
-                  "declares no subscription)")
 
 
 @dataclass(frozen=True)
@@ -264,13 +170,25 @@ def _argparse_type(parse: Parser) -> Callable[[str], Any]:
     return convert
 
 
+#: The --help sections, by where the options' fields are (in this order).
+_GROUPS = {"runner": "the server and the wake stream (RunnerConfig)",
+           "run": "the process: handler, credentials, health server, logs",
+           "subscriptions": "the subscription (SubscriptionConfig; several: --config)",
+           "": "the worker (WorkerConfig)",
+           "failure_policy": "handler failures (FailurePolicy)"}
+
+
 def add_arguments(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
     """Add the flags of the options (``only`` some keys of them) and ``--config``."""
     parser.add_argument(
         "--config", metavar="FILE", default=argparse.SUPPRESS,
         help=f"TOML file with these options as keys, and [[subscription]] tables "
              f"(variable {CONFIG_ENV}); flags and PULLWAKE_* variables override it")
-    for o in _selected(only):
+    selected = _selected(only)
+    where = {o.key: o.path[0] if len(o.path) > 1 else "" for o in selected}
+    groups = {name: parser.add_argument_group(title) for name, title in _GROUPS.items()
+              if name in where.values()}
+    for o in sorted(selected, key=lambda o: list(_GROUPS).index(where[o.key])):
         s = o.setting
         env_text = f"variable {o.env}" + (", comma-separated" if s.repeat else "") \
             if o.env else ""
@@ -281,7 +199,7 @@ def add_arguments(parser: argparse.ArgumentParser, only: Sequence[str] | None = 
                                   "default": argparse.SUPPRESS}
         if s.repeat:
             kwargs["action"] = "append"
-        parser.add_argument(o.flag, **kwargs)
+        groups[where[o.key]].add_argument(o.flag, **kwargs)
 
 
 # ------------------------------------------------------------------ resolution
@@ -394,16 +312,18 @@ def _build(opts: Sequence[Option], values: Mapping[str, Any], origin: Mapping[st
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     worker: WorkerConfig | None = None
-    if any(o.path[0] == "subscriptions" and o.path[1] == "id" for o in opts):
-        try:
+    try:
+        runner = _runner(given.get("runner", {}), headers)
+        if any(o.path[0] == "subscriptions" and o.path[1] == "id" for o in opts):
             worker = WorkerConfig(
-                runner=_runner(given.get("runner", {}), headers),
+                runner=runner,
                 subscriptions=_subscriptions(given.get("subscriptions", {}), origin, file_subs),
                 failure_policy=_failure_policy(given.get("failure_policy", {})),
                 **given.get("", {}))
-        except ConfigError as exc:
-            raise UsageError(f"invalid configuration: {exc}") from None
-    return RunOptions(**run, server=values["server"], headers=headers, config=worker)
+            runner = worker.runner
+    except ConfigError as exc:
+        raise UsageError(f"invalid configuration: {exc}") from None
+    return RunOptions(**run, headers=headers, runner=runner, config=worker)
 
 
 def _runner(given: Mapping[str, Any], headers: Mapping[str, str]) -> RunnerConfig:

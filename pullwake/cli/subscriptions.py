@@ -27,7 +27,7 @@ from pullwake.runtime.config import SubscriptionConfig
 
 __all__ = ["add_subscription_commands"]
 
-_CONNECTION = ("server", "header", "header_env", "token_env")
+_CONNECTION = ("server", "header", "header_env", "token_env", "request_timeout", "verify_tls")
 _DECLARED = (*_CONNECTION, "subscription", "pattern", "stream", "wake_stream", "claim_lease")
 
 
@@ -116,7 +116,10 @@ async def _with_client(opts: RunOptions, first_id: str, action: Action,
     from pullwake.runtime.subscriptions import SubscriptionClient
 
     # the same credentials as `pullwake run` (resolved with the options)
-    http = HttpClient(headers=dict(opts.headers) or None, clock=LoopClock(), request_timeout=10.0)
+    runner = opts.runner
+    assert runner is not None  # resolve() always builds it
+    http = HttpClient(headers=runner.headers, clock=LoopClock(),
+                      request_timeout=runner.request_timeout, verify_tls=runner.verify_tls)
     client = SubscriptionClient(opts.server)
     try:
         await client.verify_root(http, first_id)

@@ -273,6 +273,11 @@ def _from_keywords(cls: type[WorkerConfig], kw: dict[str, Any],
     subs = list(kw.pop("subscriptions", ()))
     if sub.get("id") is not None:
         subs.insert(0, SubscriptionConfig(**sub))
+    else:  # the default subscription's fields without its id would be dropped unseen
+        stray = sorted(k for k, v in sub.items() if k != "id" and v not in (None, ()))
+        if stray:
+            raise ConfigError(f"{stray[0]} describes the default subscription: give "
+                              "subscription=ID with it (or put it in a SubscriptionConfig)")
     return cls(runner=RunnerConfig(**runner), subscriptions=tuple(subs),
                failure_policy=FailurePolicy(**failure), **kw)
 
