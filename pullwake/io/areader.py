@@ -43,22 +43,23 @@ from pullwake.protocol import (
     RetryPolicy,
 )
 from pullwake.protocol.calls import (
+    DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    LIVE_READ_TIMEOUT_S,
     Collector,
     check_headers,
     check_positive_int,
     check_url,
+    mark_transport,
     start_core,
+    transient,
 )
 from pullwake.protocol.read import ERROR_BODY_LIMIT, ProgressWindow
 from pullwake.protocol.retry import Retrying
 
 __all__ = ["AsyncShell", "aiter_chunks", "aiter_items", "aread_stream"]
-
-DEFAULT_MAX_BYTES = 64 * 1024 * 1024
-DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-DEFAULT_CONNECT_TIMEOUT_S = 5.0
-DEFAULT_IDLE_TIMEOUT_S = 30.0
-LIVE_READ_TIMEOUT_S = 45.0
 
 #: pullwake's own deadlines bound every phase; a caller's session may carry
 #: aiohttp's cumulative ``total`` (300 s by default), which would cut a long read.
@@ -66,17 +67,6 @@ NO_TOTAL = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=None, so
 
 AsyncHeaders = (Mapping[str, str] | Callable[[], Mapping[str, str]]
                 | Callable[[], Awaitable[Mapping[str, str]]] | None)
-
-
-def _io(error: PullwakeError) -> PullwakeError:
-    error._io = True  # type: ignore[attr-defined]
-    return error
-
-
-def transient(error: BaseException) -> bool:
-    """A connection-level failure worth another try (statuses are the core's call)."""
-    return isinstance(error, (ConnectError, IdleTimeout)) or (
-        isinstance(error, ProtocolError) and getattr(error, "_io", False))
 
 
 class _Lazy:
@@ -165,7 +155,7 @@ class AsyncShell:
                     resp = await self.session.get(to_url(req.url(self.url)), headers=headers,
                                                   allow_redirects=False, timeout=NO_TOTAL)
         except (ConnectError, ProtocolError, IdleTimeout) as error:
-            raise _io(error)  # noqa: B904 - the cause is already chained by translate
+            raise mark_transport(error)  # noqa: B904 - the cause is already chained by translate
         self.responses += 1
         try:
             head = self.core.head(resp.status, resp.headers)
@@ -207,14 +197,15 @@ class AsyncShell:
                             async with deadline(clock, idle):
                                 piece = await content.readany()
                 except PullwakeError as error:
-                    raise _io(error) from error.__cause__
+                    raise mark_transport(error) from error.__cause__
                 if not piece:
                     break
                 self.bytes_read += len(piece)
                 out = core.feed(piece)
                 if window.update(clock.monotonic(), len(piece), bool(out)):
-                    raise _io(IdleTimeout("the answer made no progress within the idle "
-                                          "timeout (a trickle)", url=self.url))
+                    raise mark_transport(IdleTimeout("the answer made no progress within "
+                                                     "the idle timeout (a trickle)",
+                                                     url=self.url))
                 for event in out:
                     yield event
             for event in core.end():

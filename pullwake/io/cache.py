@@ -55,6 +55,7 @@ __all__ = [
 
 logger = logging.getLogger("pullwake.cache")
 
+
 class FetchCacheWarning(UserWarning):
     """A fetch-cache call was ignored (for example, a second install)."""
 

@@ -50,7 +50,7 @@ import requests.sessions
 from requests.structures import CaseInsensitiveDict
 
 from pullwake.errors import ConfigError, IdleTimeout, PullwakeError
-from pullwake.io.sync_http import body_pieces, transient, translate_exception
+from pullwake.io.sync_http import body_pieces, translate_exception
 from pullwake.protocol import (
     DEFAULT_RETRY,
     Assembler,
@@ -61,11 +61,18 @@ from pullwake.protocol import (
     RetryPolicy,
 )
 from pullwake.protocol.calls import (
+    DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    LIVE_READ_TIMEOUT_S,
     Collector,
     check_headers,
     check_positive_int,
     check_url,
+    mark_transport,
     start_core,
+    transient,
 )
 from pullwake.protocol.read import ERROR_BODY_LIMIT, ProgressWindow, ReadCore
 
@@ -81,16 +88,9 @@ __all__ = [
     "read_stream",
 ]
 
-#: Upper bound on the body bytes one :func:`read_stream` call collects.
-DEFAULT_MAX_BYTES = 64 * 1024 * 1024
-#: Upper bound on one message (or text/bytes chunk): a limit per item, not per answer.
-DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 #: ``(connect, read)`` timeouts in seconds: no headers within the first, or a
 #: silence longer than the second while reading, fails the read.
-DEFAULT_TIMEOUT_S: tuple[float, float] = (5.0, 30.0)
-#: Live requests wait at least this long for a first byte (a long-poll is held
-#: open up to the server's timeout: 30 s on the reference server).
-LIVE_READ_TIMEOUT_S = 45.0
+DEFAULT_TIMEOUT_S: tuple[float, float] = (DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_IDLE_TIMEOUT_S)
 
 Timeout = float | tuple[float, float] | None
 HeadersArg = Mapping[str, str] | Callable[[], Mapping[str, str]] | None
@@ -226,10 +226,9 @@ class _SyncShell:
                         self.bytes_read += len(piece)
                         out = core.feed(piece)
                         if window.update(self.monotonic(), len(piece), bool(out)):
-                            stalled = IdleTimeout("the answer made no progress within the "
-                                                  "read timeout (a trickle)", url=self.url)
-                            stalled._io = True  # type: ignore[attr-defined]
-                            raise stalled
+                            raise mark_transport(IdleTimeout(
+                                "the answer made no progress within the read timeout "
+                                "(a trickle)", url=self.url))
                         yield from out
                     out = core.end()
                 except PullwakeError as error:

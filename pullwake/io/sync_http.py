@@ -2,9 +2,10 @@
 
 This module is the one place where ``requests`` (and urllib3) exceptions
 become :mod:`pullwake.errors`, raised ``from`` the original, as
-:mod:`pullwake.io.http` is for aiohttp (:func:`translate_exception`); it says
-which of them are worth another try (:func:`transient`) and reads a body piece
-by piece without waiting for a full chunk (:func:`body_pieces`). The sync read
+:mod:`pullwake.io.http` is for aiohttp (:func:`translate_exception`), and it
+reads a body piece by piece without waiting for a full chunk
+(:func:`body_pieces`; its failures are marked transport failures, which
+:func:`pullwake.protocol.calls.transient` retries). The sync read
 shell, :mod:`pullwake.io.reader`, drives a read through it. No retry decisions
 (the shell's, under :class:`~pullwake.protocol.RetryPolicy`) and no protocol
 rules (:class:`~pullwake.protocol.ReadCore`'s) live here.
@@ -29,8 +30,9 @@ from pullwake.errors import (
     TransportError,
     redact_url,
 )
+from pullwake.protocol.calls import mark_transport
 
-__all__ = ["body_pieces", "transient", "translate_exception"]
+__all__ = ["body_pieces", "translate_exception"]
 
 _READ_CHUNK = 256 * 1024
 
@@ -69,12 +71,6 @@ def translate_exception(exc: BaseException, url: str, *, reading_body: bool) -> 
     return TransportError(f"request failed ({type(exc).__name__})", url=url)
 
 
-def transient(error: PullwakeError) -> bool:
-    """Connection-level failures worth another try (statuses are the core's call)."""
-    return isinstance(error, (ConnectError, IdleTimeout)) or (
-        isinstance(error, ProtocolError) and getattr(error, "_io", False))
-
-
 def body_pieces(response: requests.Response, *, url: str) -> Iterator[bytes]:
     """The body as it arrives (``read1``: whatever is there, never waiting for a full chunk)."""
     if getattr(response, "_content_consumed", False):  # cached, or already read by a layer
@@ -95,9 +91,8 @@ def body_pieces(response: requests.Response, *, url: str) -> Iterator[bytes]:
                 wrapped = rexc.ContentDecodingError(exc)
             elif isinstance(exc, ReadTimeoutError):
                 wrapped = rexc.ConnectionError(exc)
-            error = translate_exception(wrapped, url, reading_body=True)
-            error._io = True  # type: ignore[attr-defined]
-            raise error from wrapped
+            raise mark_transport(translate_exception(wrapped, url, reading_body=True)
+                                 ) from wrapped
         if not piece:
             return
         yield piece

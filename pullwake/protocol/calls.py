@@ -6,9 +6,11 @@ shell, :mod:`pullwake.io.reader`) and :func:`pullwake.aread_stream` /
 take the same arguments and give the same result. This module owns both
 halves, so they cannot drift: the argument checks (:func:`check_url`,
 :func:`check_headers`, :func:`check_positive_int`), the :class:`ReadCore` built
-from them (:func:`start_core`), and :class:`Collector`, which gathers a read's
-events into a :class:`~pullwake.protocol.items.ReadResult` and says when a
-live read is complete. No I/O: each shell moves the bytes.
+from them (:func:`start_core`), their defaults (``DEFAULT_*``), :class:`Collector`,
+which gathers a read's events into a :class:`~pullwake.protocol.items.ReadResult`
+and says when a live read is complete, and which transport failures the shells
+retry (:func:`transient`: connect and idle failures, and those they mark with
+:func:`mark_transport`). No I/O: each shell moves the bytes.
 """
 
 from __future__ import annotations
@@ -17,14 +19,48 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from pullwake.errors import ConfigError, OversizedMessage, redact_url
+from pullwake.errors import (
+    ConfigError,
+    ConnectError,
+    IdleTimeout,
+    OversizedMessage,
+    ProtocolError,
+    PullwakeError,
+    redact_url,
+)
 from pullwake.protocol.items import Assembler, Item, ReadResult
 from pullwake.protocol.read import Live, ReadCore
 
-__all__ = ["Collector", "check_headers", "check_positive_int", "check_url", "start_core"]
+__all__ = ["DEFAULT_CONNECT_TIMEOUT_S", "DEFAULT_IDLE_TIMEOUT_S", "DEFAULT_MAX_BYTES",
+           "DEFAULT_MAX_MESSAGE_BYTES", "LIVE_READ_TIMEOUT_S", "Collector", "check_headers",
+           "check_positive_int", "check_url", "mark_transport", "start_core", "transient"]
+
+#: Upper bound on the body bytes one ``read_stream`` / ``aread_stream`` call collects.
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+#: Upper bound on one message (or text/bytes chunk): a limit per item, not per answer.
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+#: No response headers within this many seconds fails the request.
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+#: A silence longer than this many seconds while reading fails the answer.
+DEFAULT_IDLE_TIMEOUT_S = 30.0
+#: Live requests wait at least this long for a first byte (a long-poll is held
+#: open up to the server's timeout: 30 s on the reference server).
+LIVE_READ_TIMEOUT_S = 45.0
 
 #: Query parameters a read sets itself: a caller's URL must not carry them.
 _RESERVED_PARAMS = frozenset({"offset", "live", "cursor"})
+
+
+def mark_transport(error: PullwakeError) -> PullwakeError:
+    """Mark ``error`` as a transport failure of a shell (a dropped or stalled answer)."""
+    error._io = True  # type: ignore[attr-defined]
+    return error
+
+
+def transient(error: BaseException) -> bool:
+    """A connection-level failure worth another try (statuses are the core's call)."""
+    return isinstance(error, (ConnectError, IdleTimeout)) or (
+        isinstance(error, ProtocolError) and getattr(error, "_io", False))
 
 
 def check_url(url: object) -> str:

@@ -45,6 +45,7 @@ async def apply_before(request: web.Request, fault: Fault) -> web.StreamResponse
                        {"Content-Type": "application/json", **headers})
     return None
 
+
 async def apply_after(request: web.Request, fault: Fault, response: web.StreamResponse
                       ) -> web.StreamResponse:
     """Act on a routed, unsent ``response``: corrupt or truncate its body, or send its
@@ -67,6 +68,7 @@ async def apply_after(request: web.Request, fault: Fault, response: web.StreamRe
     else:
         await head.write(raw[: fault.drop_after_bytes or 0])
     abort(request)
+
 
 def inject_route(faults: FaultTable, method: str, body: bytes) -> web.Response:
     """``POST`` (add) or ``DELETE`` (clear) on ``/_test/inject-error``, as the reference server."""
