@@ -173,9 +173,17 @@ class _StreamRead:
         shell = AsyncShell(http.session, core.url or "", core, headers=http.resolve_headers,
                            clock=reader.clock, connect_timeout=reader.request_timeout,
                            idle_timeout=reader.request_timeout, secrets=lambda: http.secrets)
+        wake, path = self._wake, self._stream.path
         async for event in shell.events():
-            for out in self._handle(event):
-                yield out
+            kind = type(event)
+            if kind is Checkpoint:  # (the common events inline: no generator per event)
+                wake._read_to(path, event.next_offset)
+            elif kind is Batch and not self._items and Rejected not in map(type, event.values):
+                for value in event.values:
+                    yield value
+            else:
+                for out in self._handle(event):
+                    yield out
 
     def __iter__(self) -> Iterator[Any]:
         try:
