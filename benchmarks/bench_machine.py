@@ -39,8 +39,10 @@ import yaml
 from _common import REPO, machine, median, replace_section, table  # puts the checkout on sys.path
 
 from pullwake.lifecycle import spec as spec_module
-from pullwake.lifecycle.machine import Lifecycle, WorkTicket, effect_hook_names
-from pullwake.lifecycle.spec import LifecycleSpec, default_spec_path, parse_spec
+from pullwake.lifecycle.effects import WorkTicket, effect_hook_names
+from pullwake.lifecycle.machine import Lifecycle
+from pullwake.lifecycle.model import LifecycleSpec
+from pullwake.lifecycle.spec import default_spec_path, parse_spec
 from pullwake.lifecycle.table import compute_table
 
 PERF = REPO / "docs" / "performance.md"
@@ -188,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                                 rounds=rounds, inner=1)
         pure_share = profile_share(lambda: parse_spec(text, path=str(spec_path), hooks=hooks),
                                    20, {"yaml": "/yaml/",
-                                       "pullwake.spec": "pullwake/lifecycle/spec.py"})
+                                       "pullwake.spec": "pullwake/lifecycle/"})
     finally:
         spec_module._FAST_LOADER = fast
     build_s = per_call(lambda: Lifecycle(NullEffects(), spec),  # type: ignore[arg-type]
@@ -229,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # -- where the time goes
     parse_share = profile_share(lambda: parse_spec(text, path=str(spec_path), hooks=hooks), 20,
-                                {"yaml": "/yaml/", "pullwake.spec": "pullwake/lifecycle/spec.py"})
+                                {"yaml": "/yaml/", "pullwake.spec": "pullwake/lifecycle/"})
     wake_share = profile_share(lambda: lc.fire("WAKE", wake=wake), 5_000,
                                {"transitions": "/transitions/", "logging": "/logging/",
                                 "pullwake.machine": "pullwake/lifecycle/machine.py"})
@@ -285,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         "Where the time goes (cProfile, share of own time):",
         "",
         f"- parse + validate ({loader}): {parse_share['yaml']:.0%} in PyYAML, "
-        f"{parse_share['pullwake.spec']:.0%} in pullwake.lifecycle.spec's own checks; with the "
+        f"{parse_share['pullwake.spec']:.0%} in pullwake.lifecycle's own loader and checks "
+        "(spec, validate, validate_states, model); with the "
         f"pure-Python loader only: {pure_share['yaml']:.0%} in PyYAML. The text is parsed "
         "once (the composed node gives both the data and the line numbers). libyaml's "
         "`yaml.CSafeLoader` is used when PyYAML has it; when it reports an error, the "

@@ -39,8 +39,10 @@ from pullwake.io.areader import aiter_chunks, aiter_items, aread_stream
 from pullwake.io.clock import Clock, LoopClock
 from pullwake.io.fetchcache import FetchCache
 from pullwake.io.transport import StreamFactory, StreamRequest, WakeStream
-from pullwake.lifecycle.machine import Lifecycle, LifecycleEffects, WorkTicket
-from pullwake.lifecycle.spec import LifecycleSpec, load_spec
+from pullwake.lifecycle.effects import LifecycleEffects, WorkTicket
+from pullwake.lifecycle.machine import Lifecycle
+from pullwake.lifecycle.model import LifecycleSpec
+from pullwake.lifecycle.spec import load_spec
 from pullwake.ops.healthserver import HealthServer
 from pullwake.protocol import Chunk, Item, RetryPolicy
 from pullwake.runtime.config import RunnerConfig

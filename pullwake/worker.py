@@ -140,7 +140,7 @@ class Worker:
         control = SubscriptionControlPlane(
             self._client, worker=self.worker_name, subscriptions=self.subscriptions,
             wake_stream_url=runner_config.wake_stream_url, keeper=self._runtime.recovery,
-            clock=clock)
+            clock=clock, rng=runner_config.rng)
         #: The runner: it attaches itself to the runtime and the control plane.
         self.runner = PullWakeRunner(runner_config, self._runtime, control_plane=control,
                                      http=self._http)

@@ -22,8 +22,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pullwake.lifecycle.machine import Lifecycle, WorkTicket, effect_hook_names
-from pullwake.lifecycle.spec import LifecycleSpec
+from pullwake.lifecycle.effects import WorkTicket, effect_hook_names
+from pullwake.lifecycle.machine import Lifecycle
+from pullwake.lifecycle.model import LifecycleSpec
 
 __all__ = [
     "FakeClock",

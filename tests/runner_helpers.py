@@ -68,10 +68,19 @@ def wake(stream: str = "s1", generation: int = 1, sub: str = "sub1") -> dict[str
     return {"type": "wake", "subscription_id": sub, "stream": stream, "generation": generation}
 
 
+def BOUND() -> float:
+    """A backoff rng pinned at the top of the jitter range (``rng=BOUND``): each
+    reconnect waits its bound, the original's 1 s, 2 s, 4 s … sequence."""
+    return 1.0
+
+
 def make_runner(server: EmbeddedServer, runtime: Any | None = None, *,
                 runner_id: str = "r1", **overrides: Any) -> PullWakeRunner:
+    # rng=BOUND: each reconnect waits its jitter's bound (1, 2, 4 … s), so a test
+    # that moves a ManualClock through reconnects sees one schedule on every run;
+    # pass rng=None for the default random source (the jittered reconnects).
     cfg: dict[str, Any] = {"base_url": server.url, "runner_id": runner_id,
-                           "heartbeat_interval": 30.0}
+                           "heartbeat_interval": 30.0, "rng": BOUND}
     cfg.update(overrides)
     return PullWakeRunner(RunnerConfig(**cfg), runtime or RecordingRuntime())
 

@@ -17,8 +17,10 @@ from mini_spec import MINI, edit
 from pullwake.cli.main import main
 from pullwake.errors import SpecErrors
 from pullwake.lifecycle.check import run_checks
-from pullwake.lifecycle.machine import Lifecycle, effect_hook_names
-from pullwake.lifecycle.spec import LifecycleSpec, load_spec, parse_spec
+from pullwake.lifecycle.effects import effect_hook_names
+from pullwake.lifecycle.machine import Lifecycle
+from pullwake.lifecycle.model import LifecycleSpec
+from pullwake.lifecycle.spec import load_spec, parse_spec
 
 HOOKS = effect_hook_names()
 

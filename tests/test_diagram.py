@@ -28,9 +28,6 @@ from layout_helpers import boxes, collisions, layout
 
 from pullwake.cli.main import main
 from pullwake.lifecycle.diagram import (
-    COLORS,
-    INITIAL_NODE,
-    LEGEND_NODE,
     check_diagrams,
     dot_fingerprint,
     graphviz_version,
@@ -40,7 +37,8 @@ from pullwake.lifecycle.diagram import (
     render_with_dot,
     stamp_image,
 )
-from pullwake.lifecycle.drawing import drawing_of
+from pullwake.lifecycle.diagram_dot import INITIAL_NODE, LEGEND_NODE
+from pullwake.lifecycle.drawing import COLORS, drawing_of
 from pullwake.lifecycle.spec import load_spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -411,8 +409,8 @@ def test_each_state_shows_its_work_what_it_reports_and_the_backoff() -> None:
             if t.source == path and t.kind == "ignored" and t.reason:
                 assert f"ignores {t.reason}:" in label or f"ignored: {t.reason}" in label
     reconnecting = _node_label_of(dot, "running.reconnecting")
-    assert ("backoff 1 s ×2 per attempt, cap 30 s, no jitter: 1, 2, 4, 8, 16, 30 … s; reset "
-            "by START, CONNECTED") in re.sub(r"<BR ALIGN=\"LEFT\"/>", " ", reconnecting)
+    assert ("backoff 1 s ×2 per attempt, cap 30 s, full jitter: up to 1, 2, 4, 8, 16, 30 … s; "
+            "reset by START, CONNECTED") in re.sub(r"<BR ALIGN=\"LEFT\"/>", " ", reconnecting)
     assert f"{LEGEND_NODE} [label=<" in dot and "How to read this diagram" in dot
 
 

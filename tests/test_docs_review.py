@@ -27,7 +27,7 @@ from pullwake.lifecycle.diagram import (
     render_with_dot,
     stamp_image,
 )
-from pullwake.lifecycle.machine import effect_hook_names
+from pullwake.lifecycle.effects import effect_hook_names
 from pullwake.lifecycle.review import Review, ReviewSide, review
 from pullwake.lifecycle.spec import parse_spec
 

@@ -25,9 +25,10 @@ from machine_helpers import (
 )
 
 from pullwake.errors import SpecError
-from pullwake.lifecycle.backoff import Backoff
-from pullwake.lifecycle.machine import Lifecycle, WorkTicket
-from pullwake.lifecycle.spec import BackoffSpec, LifecycleSpec, load_spec
+from pullwake.lifecycle.effects import WorkTicket
+from pullwake.lifecycle.machine import Lifecycle
+from pullwake.lifecycle.model import LifecycleSpec
+from pullwake.lifecycle.spec import load_spec
 from pullwake.lifecycle.table import Cell, compute_table
 
 SPEC = load_spec()
@@ -43,8 +44,9 @@ def expected_owned(spec: LifecycleSpec, state_path: str) -> dict[str, str]:
 
 def make(clock: FakeClock | None = None, spec: LifecycleSpec = SPEC,
          **kwargs: Any) -> tuple[Lifecycle, RecordingEffects]:
+    """A Lifecycle whose backoff rng is pinned to 1.0: each delay is the jitter's bound."""
     effects = RecordingEffects(clock=clock, **kwargs)
-    return Lifecycle(effects, spec), effects
+    return Lifecycle(effects, spec, rng=lambda: 1.0), effects
 
 
 def assert_owned_consistent(lc: Lifecycle, effects: RecordingEffects) -> None:
@@ -449,7 +451,7 @@ def test_a_late_timer_that_fires_anyway_is_dropped() -> None:
     assert lc.state == "stopping" and len(effects.transitions) == decided
 
 
-@pytest.mark.parametrize(("jitter", "factor"), [("full", 0.25), ("equal", 0.625)])
+@pytest.mark.parametrize(("jitter", "factor"), [("full", 0.25), ("equal", 0.625), ("none", 1.0)])
 def test_backoff_jitter_with_an_injected_rng(jitter: str, factor: float) -> None:
     spec = dataclasses.replace(SPEC, backoff=dataclasses.replace(SPEC.backoff, jitter=jitter))
     effects = RecordingEffects(clock=FakeClock())
@@ -459,19 +461,6 @@ def test_backoff_jitter_with_an_injected_rng(jitter: str, factor: float) -> None
         fail_connect(lc)
         effects.clock.advance(60)  # type: ignore[union-attr]
     assert delays_of(effects) == [b * factor for b in (1, 2, 4, 8, 16, 30, 30)]
-
-
-def test_backoff_policy_arithmetic() -> None:
-    values = iter([0.0, 1.0, 0.5])
-    b = Backoff(BackoffSpec(initial_s=0.5, factor=3.0, cap_s=10.0, jitter="full"),
-                lambda: next(values))
-    assert [b.next_delay() for _ in range(3)] == [0.0, 1.5, 2.25]
-    assert [b.base_delay(n) for n in range(5)] == [0.5, 1.5, 4.5, 10.0, 10.0]
-    assert b.base_delay(100_000) == 10.0  # no float overflow on a long outage
-    b.reset()
-    assert b.attempt == 0
-    flat = Backoff(BackoffSpec(initial_s=2.0, factor=1.0, cap_s=2.0))
-    assert [flat.next_delay() for _ in range(3)] == [2.0, 2.0, 2.0]
 
 
 def test_an_event_that_raises_does_not_drop_the_events_queued_behind_it() -> None:

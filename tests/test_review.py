@@ -302,7 +302,7 @@ def edited_review_dot() -> str:
     text = add_guard(add_state_with_work(MINI))
     text = edit(text, ("          DONE: {to: working, after: [report_stream_end]}\n", ""),
                 ("          stale_result: [RETRY]\n", "          stale_result: [RETRY, DONE]\n"))
-    from pullwake.lifecycle.machine import effect_hook_names
+    from pullwake.lifecycle.effects import effect_hook_names
     from pullwake.lifecycle.spec import parse_spec
 
     hooks = effect_hook_names()

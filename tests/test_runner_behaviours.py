@@ -9,10 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from runner_helpers import RecordingRuntime, eventually, make_runner, started, wake, wake_requests
+from runner_helpers import (
+    BOUND,
+    RecordingRuntime,
+    eventually,
+    make_runner,
+    started,
+    wake,
+    wake_requests,
+)
 
 from pullwake import ControlPlaneError, PullWakeRunner, RunnerConfig
 from pullwake.testing import ClaimAnswer, EmbeddedServer
@@ -435,7 +444,7 @@ async def test_22_concurrent_stops_share_one_shutdown(server: EmbeddedServer) ->
 async def test_23_connection_failures_back_off_exponentially(server: EmbeddedServer) -> None:
     clock = ManualClock()
     server.fail("/runners/r1/wake", 503)
-    runner = make_runner(server, clock=clock, heartbeat_interval=None)
+    runner = make_runner(server, clock=clock, heartbeat_interval=None, rng=BOUND)
     delays: list[float] = []
     async with started(runner):
         for _ in range(6):
@@ -444,7 +453,31 @@ async def test_23_connection_failures_back_off_exponentially(server: EmbeddedSer
             await clock.advance(clock.pending[0])
             want = len(delays) + 1
             await eventually(lambda want=want: len(wake_requests(server)) == want)
-    assert delays == [1, 2, 4, 8, 16, 30]
+    assert delays == [1, 2, 4, 8, 16, 30]  # the bounds: the jitter's rng pinned at its top
+
+
+@pytest.mark.parametrize(("rng", "expected"), [
+    (lambda: 0.25, [0.25, 0.5, 1.0, 2.0]),  # full jitter: rng() x the bound
+    (None, None),  # RunnerConfig's default random source: each delay below its bound
+])
+async def test_23_reconnects_are_jittered_by_default(
+        server: EmbeddedServer, rng: Callable[[], float] | None,
+        expected: list[float] | None) -> None:
+    clock = ManualClock()
+    server.fail("/runners/r1/wake", 503)
+    runner = make_runner(server, clock=clock, heartbeat_interval=None, rng=rng)
+    delays: list[float] = []
+    async with started(runner):
+        for _ in range(4):
+            await eventually(lambda: runner.status == "reconnecting")
+            delays.append(clock.pending[0])
+            await clock.advance(clock.pending[0])
+            want = len(delays) + 1
+            await eventually(lambda want=want: len(wake_requests(server)) == want)
+    if expected is not None:
+        assert delays == expected
+    else:
+        assert all(0.0 <= d < bound for d, bound in zip(delays, [1, 2, 4, 8], strict=True))
 
 
 async def test_24_stop_aborts_then_drains(server: EmbeddedServer) -> None:

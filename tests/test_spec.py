@@ -21,7 +21,7 @@ import yaml
 
 import pullwake.lifecycle.spec as spec_module
 from pullwake.errors import SpecError, SpecErrors
-from pullwake.lifecycle.machine import effect_hook_names
+from pullwake.lifecycle.effects import effect_hook_names
 from pullwake.lifecycle.spec import default_spec_path, load_spec, parse_spec
 
 REPO = Path(__file__).resolve().parent.parent

@@ -17,7 +17,7 @@ import yaml
 
 from pullwake.errors import SpecError, SpecErrors
 from pullwake.lifecycle import spec as spec_module
-from pullwake.lifecycle.machine import effect_hook_names
+from pullwake.lifecycle.effects import effect_hook_names
 from pullwake.lifecycle.spec import parse_spec
 
 REPO = Path(__file__).resolve().parent.parent

@@ -46,8 +46,10 @@ from pullwake.errors import (
 from pullwake.io.clock import deadline
 from pullwake.io.http import HttpClient
 from pullwake.io.transport import BadMessage, Checkpoint, Message, StreamRequest
-from pullwake.lifecycle.machine import Lifecycle, WorkTicket, effect_hook_names
-from pullwake.lifecycle.spec import LifecycleSpec, load_spec
+from pullwake.lifecycle.effects import WorkTicket, effect_hook_names
+from pullwake.lifecycle.machine import Lifecycle
+from pullwake.lifecycle.model import LifecycleSpec
+from pullwake.lifecycle.spec import load_spec
 from pullwake.runtime.control import ClaimOutcome, WakeEvent
 from pullwake.testing.clock import ManualClock
 

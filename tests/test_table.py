@@ -251,7 +251,7 @@ def test_table_is_independent_of_the_spec_location(tmp_path: Path) -> None:
     copy.write_text(Path(SPEC.path).read_text(encoding="utf-8"), encoding="utf-8")
     assert compute_table(load_spec(copy)).to_lines() == TABLE.to_lines()
     text = Path(SPEC.path).read_text(encoding="utf-8")
-    from pullwake.lifecycle.machine import effect_hook_names
+    from pullwake.lifecycle.effects import effect_hook_names
 
     assert compute_table(parse_spec(text, hooks=effect_hook_names())).to_lines() == \
         TABLE.to_lines()

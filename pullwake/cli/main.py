@@ -176,7 +176,7 @@ def _review_side(label: str, *, path: Path | None = None, text: str | None = Non
 
     try:
         if text is not None:
-            from pullwake.lifecycle.machine import effect_hook_names
+            from pullwake.lifecycle.effects import effect_hook_names
 
             spec = parse_spec(text, path=label, hooks=effect_hook_names())
         else:

@@ -145,7 +145,7 @@ async def _start(worker: Any, opts: RunOptions, signals: _Signals) -> bool:
 
     loop = asyncio.get_running_loop()
     give_up = loop.time() + opts.start_timeout
-    backoff = Backoff(worker.runner.lifecycle.spec.backoff)
+    backoff = Backoff(worker.runner.lifecycle.spec.backoff.policy)
     while True:
         try:
             return await signals.wait_or(worker.start())

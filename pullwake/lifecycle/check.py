@@ -30,19 +30,21 @@ A *configuration* is the active leaf state and the values of the machine's
 guards (``reset_pending``). From a configuration the machine can receive the
 *user* events (those no work reports: ``START``, ``STOP``) and the events that
 the work it owns now reports: a result of work that is not running cannot
-arrive (tickets drop it). Configurations are explored breadth first, so each
-counterexample starts with a shortest path from the initial state.
+arrive (tickets drop it). Configurations are explored breadth first
+(:mod:`.explore` builds the graph), so each counterexample starts with a
+shortest path from the initial state. This module owns the checks and their
+report.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from pullwake.lifecycle.machine import Lifecycle, WorkTicket
-from pullwake.lifecycle.spec import SEPARATOR, LifecycleSpec, PropertySpec
+from pullwake.lifecycle.explore import Config, Edge, Explorer, Factory, Graph, Step
+from pullwake.lifecycle.machine import Lifecycle
+from pullwake.lifecycle.model import SEPARATOR, LifecycleSpec, PropertySpec
 
 __all__ = ["BUILT_IN", "CheckResult", "Finding", "Step", "run_checks"]
 
@@ -56,19 +58,6 @@ BUILT_IN = {
     "reports-decided": "every event a work reports is decided where it can arrive",
     "cancel-on-exit": "owned work is cancelled on every exit and running in every owner",
 }
-
-Config = tuple[str, tuple[tuple[str, bool], ...]]
-
-
-@dataclass(frozen=True)
-class Step:
-    """One decided event on a counterexample path: ``event`` took ``source`` to ``config``."""
-
-    event: str
-    source: Config
-    config: Config
-    kind: str
-
 
 @dataclass(frozen=True)
 class Finding:
@@ -126,148 +115,6 @@ def _config_text(c: Config, leaf: Callable[[str], str]) -> str:
     return leaf(c[0]) + (f"{{{','.join(flags)}}}" if flags else "")
 
 
-# ----------------------------------------------------------------- effects
-
-
-class _Handle:
-    __slots__ = ("cancelled",)
-
-    def __init__(self) -> None:
-        self.cancelled = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-class _Effects:
-    """Every runner hook as a no-op; ``start_*`` hooks hand out recording handles."""
-
-    def __init__(self) -> None:
-        self.tickets: list[WorkTicket] = []
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("start_"):
-            def start(ticket: WorkTicket) -> _Handle:
-                self.tickets.append(ticket)
-                return _Handle()
-            return start
-        return lambda *args: None
-
-    def on_transition(self, source: str, event: str, dest: str, kind: str) -> None:
-        return None
-
-
-# ---------------------------------------------------------------- explorer
-
-
-@dataclass
-class _Edge:
-    event: str
-    target: Config
-    kind: str
-
-
-@dataclass
-class _Graph:
-    initial: Config
-    edges: dict[Config, list[_Edge]] = field(default_factory=dict)
-    parent: dict[Config, tuple[Config, str, str] | None] = field(default_factory=dict)
-    owned: dict[Config, dict[str, str]] = field(default_factory=dict)
-    leaks: list[tuple[Config, str, str, str]] = field(default_factory=list)
-
-    def path_to(self, c: Config) -> list[Step]:
-        steps: list[Step] = []
-        while True:
-            p = self.parent[c]
-            if p is None:
-                break
-            src, event, kind = p
-            steps.append(Step(event, src, c, kind))
-            c = src
-        return steps[::-1]
-
-
-Factory = Callable[[Any, LifecycleSpec], Lifecycle]
-
-
-class _Explorer:
-    def __init__(self, spec: LifecycleSpec, factory: Factory) -> None:
-        self.spec = spec
-        self.factory = factory
-        reported = {e for w in spec.work.values() for e in w.reports}
-        self.user_events = [e for e in spec.events if e not in reported]
-        self.reports = {w.name: w.reports for w in spec.work.values()}
-
-    def _payload(self, event: str) -> dict[str, Any]:
-        ev = self.spec.events[event]
-        return {k: None for k in ev.payload if k not in ev.optional}
-
-    def _run(self, events: Iterable[str]) -> tuple[Lifecycle, _Effects]:
-        effects = _Effects()
-        lc = self.factory(effects, self.spec)
-        for e in events:
-            lc.fire(e, **self._payload(e))
-        return lc, effects
-
-    @staticmethod
-    def config(lc: Lifecycle) -> Config:
-        return (lc.state_path, tuple(sorted(lc.guard_values().items())))
-
-    def enabled(self, owned: Mapping[str, str]) -> list[str]:
-        events = list(self.user_events)
-        for work in owned.values():
-            events += [e for e in self.reports[work] if e not in events]
-        return [e for e in self.spec.events if e in events]
-
-    def explore(self) -> _Graph:
-        lc, _ = self._run(())
-        start = self.config(lc)
-        g = _Graph(initial=start)
-        g.parent[start] = None
-        g.owned[start] = dict(lc.owned_work)
-        paths: dict[Config, list[str]] = {start: []}
-        todo = deque([start])
-        while todo:
-            c = todo.popleft()
-            g.edges[c] = []
-            for event in self.enabled(g.owned[c]):
-                lc, effects = self._run(paths[c])
-                before = {p: t for p in self.spec.ancestry(lc.state_path)
-                          if (t := lc.owned(p)) is not None}
-                lc.fire(event, **self._payload(event))
-                kind = lc.last_kind or "transition"
-                nxt = self.config(lc)
-                self._check_tickets(g, c, event, lc, before, effects)
-                g.edges[c].append(_Edge(event, nxt, kind))
-                if nxt not in g.parent:
-                    g.parent[nxt] = (c, event, kind)
-                    g.owned[nxt] = dict(lc.owned_work)
-                    paths[nxt] = [*paths[c], event]
-                    todo.append(nxt)
-        return g
-
-    def _check_tickets(self, g: _Graph, c: Config, event: str, lc: Lifecycle,
-                       before: dict[str, WorkTicket], effects: _Effects) -> None:
-        active = set(self.spec.ancestry(lc.state_path))
-        for path, ticket in before.items():
-            current = lc.owned(path)
-            if path in active and current is ticket:
-                continue
-            handle = ticket.handle
-            cancelled = isinstance(handle, _Handle) and handle.cancelled
-            if not (ticket.cancelled and cancelled):
-                g.leaks.append((c, event, path, f"work {ticket.work!r} owned by {path!r} is "
-                                f"still running after {event} left it"))
-        for path in active:
-            work = self.spec.states[path].owns
-            if work is None:
-                continue
-            current = lc.owned(path)
-            if current is None or current.cancelled:
-                g.leaks.append((c, event, path, f"{path!r} is active but its work {work!r} "
-                                f"is not running after {event}"))
-
-
 # ------------------------------------------------------------------ checks
 
 
@@ -275,7 +122,7 @@ def _within(path: str, scope: str | None) -> bool:
     return scope in (None, "*") or path == scope or path.startswith(f"{scope}{SEPARATOR}")
 
 
-def _eventually(g: _Graph, spec: LifecycleSpec, explorer: _Explorer, start: Config,
+def _eventually(g: Graph, spec: LifecycleSpec, explorer: Explorer, start: Config,
                 event: str, goal: str) -> tuple[list[Step], str] | None:
     """Fire ``event`` in ``start``; then, using only events of owned work, must every
     continuation reach ``goal``? Returns (steps after start, why) for a counterexample."""
@@ -284,7 +131,7 @@ def _eventually(g: _Graph, spec: LifecycleSpec, explorer: _Explorer, start: Conf
         return None  # the event cannot arrive here
     prefix = [Step(event, start, first.target, first.kind)]
 
-    def successors(c: Config) -> list[_Edge]:
+    def successors(c: Config) -> list[Edge]:
         allowed = {e for w in g.owned[c].values() for e in explorer.reports[w]}
         # an internal or ignored event that changes nothing is no progress (it may
         # repeat forever: WAKE while streaming); a transition back to the same
@@ -325,7 +172,7 @@ def _eventually(g: _Graph, spec: LifecycleSpec, explorer: _Explorer, start: Conf
     return prefix + found[0], found[1]
 
 
-def _check_stop(g: _Graph, spec: LifecycleSpec, ex: _Explorer) -> list[Finding]:
+def _check_stop(g: Graph, spec: LifecycleSpec, ex: Explorer) -> list[Finding]:
     if STOP_EVENT not in spec.events:
         return [Finding("stop", f"the spec declares no {STOP_EVENT} event")]
     out = []
@@ -340,7 +187,7 @@ def _check_stop(g: _Graph, spec: LifecycleSpec, ex: _Explorer) -> list[Finding]:
     return out
 
 
-def _check_reach_rest(g: _Graph, spec: LifecycleSpec) -> list[Finding]:
+def _check_reach_rest(g: Graph, spec: LifecycleSpec) -> list[Finding]:
     reaches = {c for c in g.edges if _within(c[0], spec.initial)}
     changed = True
     while changed:
@@ -364,11 +211,11 @@ def _check_reach_rest(g: _Graph, spec: LifecycleSpec) -> list[Finding]:
     return out
 
 
-def _order(g: _Graph, c: Config) -> int:
+def _order(g: Graph, c: Config) -> int:
     return list(g.edges).index(c)
 
 
-def _path_between(g: _Graph, a: Config, b: Config) -> list[Step]:
+def _path_between(g: Graph, a: Config, b: Config) -> list[Step]:
     """A shortest path of steps from ``a`` to ``b`` (breadth first, spec order)."""
     prev: dict[Config, Step | None] = {a: None}
     todo = deque([a])
@@ -388,7 +235,7 @@ def _path_between(g: _Graph, a: Config, b: Config) -> list[Step]:
     return steps[::-1]
 
 
-def _closure(g: _Graph, c: Config) -> set[Config]:
+def _closure(g: Graph, c: Config) -> set[Config]:
     seen = {c}
     todo = [c]
     while todo:
@@ -399,7 +246,7 @@ def _closure(g: _Graph, c: Config) -> set[Config]:
     return seen
 
 
-def _check_dead_end(g: _Graph, spec: LifecycleSpec) -> list[Finding]:
+def _check_dead_end(g: Graph, spec: LifecycleSpec) -> list[Finding]:
     out = []
     for c, edges in g.edges.items():
         if not any(e.target[0] != c[0] for e in edges):
@@ -411,7 +258,7 @@ def _check_dead_end(g: _Graph, spec: LifecycleSpec) -> list[Finding]:
     return out
 
 
-def _check_reports_decided(g: _Graph, spec: LifecycleSpec) -> list[Finding]:
+def _check_reports_decided(g: Graph, spec: LifecycleSpec) -> list[Finding]:
     out: list[Finding] = []
     reached: dict[str, Config] = {}
     for c in g.parent:
@@ -450,7 +297,7 @@ def _check_reports_decided(g: _Graph, spec: LifecycleSpec) -> list[Finding]:
     return out
 
 
-def _check_cancel(g: _Graph, spec: LifecycleSpec) -> list[Finding]:
+def _check_cancel(g: Graph, spec: LifecycleSpec) -> list[Finding]:
     out = []
     for c, event, _path, message in g.leaks[:1]:
         target = next(e.target for e in g.edges[c] if e.event == event)
@@ -459,7 +306,7 @@ def _check_cancel(g: _Graph, spec: LifecycleSpec) -> list[Finding]:
     return out
 
 
-def _check_property(g: _Graph, spec: LifecycleSpec, ex: _Explorer,
+def _check_property(g: Graph, spec: LifecycleSpec, ex: Explorer,
                     prop: PropertySpec) -> list[Finding]:
     name = f"property {prop.name}"
     if prop.kind == "eventually":
@@ -492,7 +339,7 @@ def _check_property(g: _Graph, spec: LifecycleSpec, ex: _Explorer,
 def run_checks(spec: LifecycleSpec, *, factory: Factory | None = None) -> CheckResult:
     """Explore ``spec``'s machine (built by ``factory``, default :class:`Lifecycle`)."""
     make: Factory = factory or (lambda effects, s: Lifecycle(effects, s))
-    ex = _Explorer(spec, make)
+    ex = Explorer(spec, make)
     g = ex.explore()
     checks: list[tuple[str, str, tuple[Finding, ...]]] = [
         ("stop", BUILT_IN["stop"], tuple(_check_stop(g, spec, ex))),

@@ -5,9 +5,14 @@ state (with the work it owns, the events that work reports, its entry/exit
 hooks, the backoff policy of a timer, its deliberate ignores) and every branch
 of every decision (kind, target, guard, hooks), in spec order. The branches
 are read off a ``transitions`` machine built from the spec, the same machine
-the runner drives, so the picture cannot drift from the behaviour;
-:mod:`pullwake.lifecycle.diagram` renders a Drawing to Graphviz and Mermaid, and
-:mod:`pullwake.lifecycle.review` merges two Drawings and marks what changed.
+the runner drives, so the picture cannot drift from the behaviour. It also
+owns what both engines agree on: where a branch is drawn (an edge, or listed
+inside its state: :func:`is_edge`, :func:`listed_inside`,
+:func:`ignore_groups`), the review marks' :data:`COLORS`, and
+:func:`graph_of`, the bridge to ``transitions``' diagram engines.
+:mod:`.diagram_dot` and :mod:`.diagram_mermaid` render a Drawing,
+:mod:`.diagram` writes and gates the files, and :mod:`.review` merges two
+Drawings and marks what changed.
 
 Branch identity: ``(source, event, n)`` where ``n`` counts the branches of
 ``event`` declared in ``source``, in the order the machine tries them. A branch
@@ -22,12 +27,26 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pullwake.lifecycle.machine import build_machine
-from pullwake.lifecycle.spec import LifecycleSpec, WorkSpec
+from pullwake.lifecycle.model import LifecycleSpec, WorkSpec
 
-__all__ = ["Drawing", "DrawnBranch", "DrawnState", "backoff_text", "drawing_of"]
+__all__ = [
+    "COLORS",
+    "Drawing",
+    "DrawnBranch",
+    "DrawnState",
+    "backoff_text",
+    "drawing_of",
+    "graph_of",
+    "ignore_groups",
+    "is_edge",
+    "listed_inside",
+    "reenters",
+]
 
 #: review status of a state or branch ("" = unchanged or not a review)
 STATUSES = ("", "added", "removed", "changed")
+#: colours of review marks (GitHub's palette: readable on white), in both engines
+COLORS = {"added": "#1a7f37", "removed": "#cf222e", "changed": "#d1680a"}
 
 
 @dataclass(frozen=True)
@@ -120,7 +139,10 @@ class Drawing:
 
 
 def backoff_text(spec: LifecycleSpec) -> str:
-    """The reconnect policy in words: ``1 s, x2 per attempt, capped at 30 s (1, 2, 4 … 30 s)``."""
+    """The reconnect policy in words.
+
+    ``backoff 1 s ×2 per attempt, cap 30 s, full jitter: up to 1, 2, 4 … 30 s; reset by …``
+    """
     b = spec.backoff
     seq: list[str] = []
     d = b.initial_s
@@ -130,11 +152,16 @@ def backoff_text(spec: LifecycleSpec) -> str:
             break
         d *= b.factor
     tail = " …" if d < b.cap_s or len(seq) == 6 else ""
-    jitter = "no jitter" if b.jitter == "none" else f"{b.jitter} jitter"
+    jitter = _JITTER_WORDS.get(b.jitter, f"{b.jitter} jitter:")
     resets = ", ".join(b.reset_on) or "nothing"
     return (f"backoff {_seconds(b.initial_s)} s ×{_number(b.factor)} per attempt, "
-            f"cap {_seconds(b.cap_s)} s, {jitter}: {', '.join(seq)}{tail} s; "
+            f"cap {_seconds(b.cap_s)} s, {jitter} {', '.join(seq)}{tail} s; "
             f"reset by {resets}")
+
+
+#: How each jitter reads before the sequence of bounds.
+_JITTER_WORDS = {"none": "no jitter:", "full": "full jitter: up to", "equal":
+                 "equal jitter: half to all of"}
 
 
 def _number(x: float) -> str:
@@ -210,3 +237,65 @@ def _guard_text(t: Any) -> str:
         name = _cb_name(cond.func)
         parts.append(name if cond.target else f"!{name}")
     return " & ".join(parts)
+
+
+# ------------------------------------------------- where a branch is drawn
+
+
+def ignore_groups(branches: list[DrawnBranch]) -> list[tuple[str, list[DrawnBranch]]]:
+    """Unguarded ignores of a state, grouped by reason (spec order)."""
+    groups: dict[str, list[DrawnBranch]] = {}
+    decided_otherwise = {b.event for b in branches if b.kind != "ignored"}
+    for b in branches:
+        if b.kind == "ignored" and b.event not in decided_otherwise:
+            groups.setdefault(b.reason or "", []).append(b)
+    return list(groups.items())
+
+
+def reenters(b: DrawnBranch) -> bool:
+    """A transition back to its own source: drawn inside the state, not as a loop."""
+    return b.kind == "transition" and b.dest == b.source
+
+
+def is_edge(b: DrawnBranch) -> bool:
+    return b.kind == "transition" and b.dest is not None and not reenters(b)
+
+
+def listed_inside(branches: list[DrawnBranch]) -> list[DrawnBranch]:
+    """Branches listed inside the state: internal ones, transitions back to the
+    state itself (exit and entry run), and ignores that are one branch of a
+    decision with other branches."""
+    decided_otherwise = {b.event for b in branches if b.kind != "ignored"}
+    return [b for b in branches if b.kind == "internal" or reenters(b)
+            or (b.kind == "ignored" and b.event in decided_otherwise)]
+
+
+# -------------------------------------------- the bridge to the engines
+
+
+def _graph_states(drawing: Drawing, parent: str | None = None) -> list[dict[str, Any]]:
+    out = []
+    for s in drawing.states:
+        if s.parent != parent:
+            continue
+        d: dict[str, Any] = {"name": s.name}
+        if s.children:
+            d["children"] = _graph_states(drawing, s.path)
+            d["initial"] = s.initial
+        out.append(d)
+    return out
+
+
+class _GraphModel:
+    state_path: str
+
+
+def graph_of(drawing: Drawing, base: type, engine: str) -> Any:
+    """The graph of a ``transitions`` graph machine (``base``, engine ``graphviz`` or
+    ``mermaid``) holding the Drawing's states: the entry to both diagram engines."""
+    cls = type("_Machine", (base,), {"drawing": drawing})
+    model = _GraphModel()
+    cls(model=model, states=_graph_states(drawing), transitions=[], initial=drawing.initial,
+        auto_transitions=False, model_attribute="state_path", title=drawing.name,
+        graph_engine=engine)
+    return model.get_graph(force_new=True)  # type: ignore[attr-defined]

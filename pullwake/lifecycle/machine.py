@@ -3,8 +3,14 @@
 This module owns *when*: which state the runner is in, which work each state
 owns, and which events are dropped as stale. It does no I/O and imports no
 asyncio or aiohttp. Every callback is synchronous and never blocks; the
-owner of the machine (the runner) implements :class:`LifecycleEffects`, which
-starts and cancels the real work and feeds its results back as events.
+owner of the machine (the runner) implements
+:class:`~pullwake.lifecycle.effects.LifecycleEffects` (the hooks protocol, in
+:mod:`.effects`, with :class:`~pullwake.lifecycle.effects.WorkTicket`; both
+are re-exported here), which starts and cancels the real work and feeds its
+results back as events. The machine implements the hooks and guards of
+:data:`~pullwake.lifecycle.effects.MACHINE_HOOKS` and ``MACHINE_GUARDS``
+itself, and asks its :class:`~pullwake.lifecycle.backoff.Backoff` (the spec's
+reconnect policy) for each timer's delay.
 
 The owned-work rule is enforced here, by construction: for every state that
 ``owns`` work, the machine adds an ``on_enter`` callback that asks the owner
@@ -33,21 +39,23 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import random
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from transitions.extensions.nesting import HierarchicalMachine, NestedState, NestedTransition
 
 from pullwake.lifecycle.backoff import Backoff
-from pullwake.lifecycle.spec import (
+from pullwake.lifecycle.effects import (
     MACHINE_GUARDS,
     MACHINE_HOOKS,
-    SEPARATOR,
-    LifecycleSpec,
-    load_spec,
+    Cancellable,
+    LifecycleEffects,
+    WorkTicket,
+    effect_hook_names,
 )
+from pullwake.lifecycle.model import SEPARATOR, LifecycleSpec
+from pullwake.lifecycle.spec import load_spec
 
 __all__ = [
     "Cancellable",
@@ -66,110 +74,6 @@ log = logging.getLogger("pullwake.machine")
 _transitions_log = logging.getLogger("transitions")
 if _transitions_log.level == logging.NOTSET:
     _transitions_log.setLevel(logging.WARNING)
-
-Payload = Mapping[str, Any]
-
-
-class Cancellable(Protocol):
-    """What a ``start_*`` hook returns: an asyncio Task, a TimerHandle, …"""
-
-    def cancel(self) -> Any: ...
-
-
-class LifecycleEffects(Protocol):
-    """The hooks a machine owner provides. ``machine_spec.yaml`` may name only these.
-
-    All are synchronous and must not block. ``start_*`` hooks start the work a
-    state owns and return something cancellable; the rest receive the event's
-    payload (its keyword arguments).
-    """
-
-    def start_heartbeat(self, ticket: WorkTicket) -> Cancellable: ...
-    def start_connect_attempt(self, ticket: WorkTicket) -> Cancellable: ...
-    def start_stream_consumer(self, ticket: WorkTicket) -> Cancellable: ...
-    def start_backoff_timer(self, ticket: WorkTicket) -> Cancellable: ...
-    def start_shutdown(self, ticket: WorkTicket) -> Cancellable: ...
-
-    def on_start(self, payload: Payload) -> None: ...
-    def on_stopped(self, payload: Payload) -> None: ...
-    def claim_wake(self, payload: Payload) -> None: ...
-    def record_offset(self, payload: Payload) -> None: ...
-    def interrupt_stream(self, payload: Payload) -> None: ...
-    def report_connect_failure(self, payload: Payload) -> None: ...
-    def report_stream_reset(self, payload: Payload) -> None: ...
-    def report_stream_end(self, payload: Payload) -> None: ...
-    def report_reset_error(self, payload: Payload) -> None: ...
-    def report_stream_closed(self, payload: Payload) -> None: ...
-    def record_shutdown_error(self, payload: Payload) -> None: ...
-
-    def on_transition(self, source: str, event: str, dest: str, kind: str) -> None:
-        """Observer: called after every decided event (kind: transition/internal/ignored)."""
-
-
-_OBSERVER_HOOKS = frozenset({"on_transition"})
-
-
-@functools.cache
-def effect_hook_names() -> frozenset[str]:
-    """Names a spec may use as hooks: the public methods of :class:`LifecycleEffects`."""
-    return frozenset(
-        n for n in vars(LifecycleEffects)
-        if not n.startswith("_") and callable(getattr(LifecycleEffects, n))
-    ) - _OBSERVER_HOOKS
-
-
-class WorkTicket:
-    """The right to report results for one start of a state's owned work.
-
-    ``delay`` is set for timers (the backoff delay); ``payload`` is the payload
-    of the event that entered the state (e.g. ``stream`` for the consumer).
-    """
-
-    __slots__ = ("_lifecycle", "cancelled", "delay", "epoch", "handle", "payload", "reports",
-                 "state", "work")
-
-    def __init__(
-        self,
-        lifecycle: Lifecycle,
-        work: str,
-        reports: frozenset[str],
-        state: str,
-        epoch: int,
-        delay: float | None,
-        payload: Payload,
-    ) -> None:
-        self._lifecycle = lifecycle
-        self.work = work
-        self.reports = reports
-        self.state = state
-        self.epoch = epoch
-        self.delay = delay
-        self.payload = payload
-        self.handle: Cancellable | None = None
-        self.cancelled = False
-
-    @property
-    def current(self) -> bool:
-        """True while the owning state is active and this is its latest start."""
-        return not self.cancelled and self._lifecycle._owned.get(self.state) is self
-
-    def report(self, event: str, **payload: Any) -> bool:
-        """Fire ``event`` if this ticket is still current; drop it otherwise.
-
-        Returns False when the result was stale (the state was left, the work
-        replaced). Reporting an event the work does not declare is a bug.
-        """
-        if event not in self.reports:
-            raise ValueError(f"work {self.work!r} does not report {event!r}")
-        if not self.current:
-            log.debug("dropped stale %s from %s#%d", event, self.work, self.epoch)
-            return False
-        self._lifecycle._enqueue(event, payload, self)
-        return True
-
-    def __repr__(self) -> str:
-        return f"<WorkTicket {self.work}#{self.epoch} {'current' if self.current else 'stale'}>"
-
 
 class _State(NestedState):
     separator = SEPARATOR
@@ -285,13 +189,13 @@ class Lifecycle:
         effects: LifecycleEffects,
         spec: LifecycleSpec | None = None,
         *,
-        rng: Callable[[], float] = random.random,
+        rng: Callable[[], float] | None = None,
         name: str = "",
     ) -> None:
         self.spec = spec if spec is not None else load_spec()
         self.effects = effects
         self.name = name
-        self.backoff = Backoff(self.spec.backoff, rng)
+        self.backoff = Backoff(self.spec.backoff.policy, rng=rng)
         self.reset_pending = False
         self.reset_error: BaseException | None = None
         self.last_kind: str | None = None

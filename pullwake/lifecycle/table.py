@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pullwake.lifecycle.machine import Lifecycle
-from pullwake.lifecycle.spec import LifecycleSpec
+from pullwake.lifecycle.model import LifecycleSpec
 
 __all__ = ["Branch", "Cell", "TransitionTable", "compute_table"]
 

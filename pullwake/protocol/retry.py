@@ -17,8 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pullwake.errors import ConfigError
-from pullwake.lifecycle.backoff import Backoff
-from pullwake.lifecycle.spec import BackoffSpec
+from pullwake.lifecycle.backoff import Backoff, BackoffPolicy
 
 __all__ = ["DEFAULT_RETRY", "NO_RETRY", "RetryPolicy", "Retrying"]
 
@@ -54,8 +53,8 @@ class RetryPolicy:
             raise ConfigError("retry cap_s must be >= initial_s")
 
     def start(self, rng: Callable[[], float] | None = None) -> Retrying:
-        return Retrying(self, Backoff(BackoffSpec(initial_s=self.initial_s, factor=self.factor,
-                                                  cap_s=self.cap_s, jitter="equal"),
+        return Retrying(self, Backoff(BackoffPolicy(initial_s=self.initial_s, factor=self.factor,
+                                                    cap_s=self.cap_s, jitter="equal"),
                                       rng=rng or random.random))
 
 
@@ -75,12 +74,9 @@ class Retrying:
         self.failures += 1
         if self.failures >= self.policy.attempts:
             return None
-        if retry_after is not None:
-            if retry_after > self.policy.max_retry_after_s:
-                return None
-            self.backoff.next_delay()  # keep the attempt count moving
-            return retry_after
-        return self.backoff.next_delay()
+        if retry_after is not None and retry_after > self.policy.max_retry_after_s:
+            return None
+        return self.backoff.next_delay(retry_after=retry_after)
 
     def progressed(self) -> None:
         """An answer was fully read: later failures start a fresh count."""

@@ -23,15 +23,17 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from pullwake.errors import ControlPlaneError, InvalidMessage
 from pullwake.io.clock import Clock, LoopClock, sleep
 from pullwake.io.http import HttpClient, raise_for_answer
+from pullwake.lifecycle.backoff import Backoff, BackoffPolicy
 
 if TYPE_CHECKING:
     from pullwake.runtime.ports import RunnerPort
 
 T = TypeVar("T")
 
-#: Claim retry backoff for transient failures: 0.1 s, doubling, capped at 5 s.
-CLAIM_RETRY_INITIAL_S = 0.1
-CLAIM_RETRY_CAP_S = 5.0
+#: How a claim that failed transiently is retried: 0.1 s doubling to 5 s (the
+#: bounds), with full jitter, so the workers an outage failed together do not
+#: retry in lock-step; a ``Retry-After`` replaces the delay, up to the cap.
+CLAIM_RETRY = BackoffPolicy(initial_s=0.1, factor=2.0, cap_s=5.0, jitter="full")
 
 
 def is_transient(exc: ControlPlaneError) -> bool:
@@ -40,12 +42,14 @@ def is_transient(exc: ControlPlaneError) -> bool:
 
 
 async def retry_transient(call: Callable[[], Awaitable[T]], *, clock: Clock,
-                          on_retry: Callable[[BaseException], None] | None = None) -> T:
-    """Run ``call`` until it answers; transient failures wait (``Retry-After``
-    honoured up to the cap) and retry. A wake is only a hint that is not
-    repeated, so giving up on a claim would strand the work; stopping the runner
-    cancels the retries."""
-    delay = CLAIM_RETRY_INITIAL_S
+                          on_retry: Callable[[BaseException], None] | None = None,
+                          rng: Callable[[], float] | None = None) -> T:
+    """Run ``call`` until it answers; transient failures wait (:data:`CLAIM_RETRY`,
+    a fresh :class:`~pullwake.lifecycle.backoff.Backoff` per call, jittered with
+    ``rng``; ``Retry-After`` honoured up to the cap) and retry. A wake is only
+    a hint that is not repeated, so giving up on a claim would strand the work;
+    stopping the runner cancels the retries."""
+    backoff: Backoff | None = None
     while True:
         try:
             return await call()
@@ -54,9 +58,12 @@ async def retry_transient(call: Callable[[], Awaitable[T]], *, clock: Clock,
                 raise
             if on_retry is not None:
                 on_retry(exc)
-            wait = delay if exc.retry_after is None else min(exc.retry_after, CLAIM_RETRY_CAP_S)
-            await sleep(clock, wait)
-            delay = min(delay * 2, CLAIM_RETRY_CAP_S)
+            if backoff is None:  # only a failed call pays for one
+                backoff = Backoff(CLAIM_RETRY, rng=rng)
+            retry_after = exc.retry_after
+            if retry_after is not None:
+                retry_after = min(max(0.0, retry_after), CLAIM_RETRY.cap_s)
+            await sleep(clock, backoff.next_delay(retry_after=retry_after))
 
 def stream_key(path: str) -> str:
     """A stream path as claim de-duplication and ``is_wake_active`` see it.
@@ -148,11 +155,13 @@ class ElectricControlPlane:
     """
 
     def __init__(self, *, claim_url: str, heartbeat_url: str, clock: Clock | None = None,
-                 on_retry: Callable[[BaseException], None] | None = None) -> None:
+                 on_retry: Callable[[BaseException], None] | None = None,
+                 rng: Callable[[], float] | None = None) -> None:
         self.claim_url = claim_url
         self.heartbeat_url = heartbeat_url
         self._clock: Clock = clock or LoopClock()
         self._on_retry = on_retry
+        self._rng = rng  # the claim retries' jitter (tests pin it)
         self._runner: RunnerPort | None = None
 
     def attach(self, runner: RunnerPort) -> None:
@@ -170,7 +179,7 @@ class ElectricControlPlane:
     async def claim(self, http: HttpClient, wake: WakeEvent) -> ClaimOutcome:
         """Claim ``wake``; transient failures (no answer, 429, 5xx) are retried."""
         return await retry_transient(lambda: self._claim_once(http, wake), clock=self._clock,
-                                     on_retry=self._retried)
+                                     on_retry=self._retried, rng=self._rng)
 
     async def _claim_once(self, http: HttpClient, wake: WakeEvent) -> ClaimOutcome:
         answer = await http.request("POST", self.claim_url, operation="claim",

@@ -32,8 +32,7 @@ from typing import Any
 
 from pullwake.errors import ConfigError
 from pullwake.io.clock import iso
-from pullwake.lifecycle.backoff import Backoff
-from pullwake.lifecycle.spec import BackoffSpec
+from pullwake.lifecycle.backoff import Backoff, BackoffPolicy
 from pullwake.runtime.settings import number, python_only, setting
 from pullwake.runtime.subscriptions import ClaimedStream
 
@@ -128,8 +127,8 @@ class FailurePolicy:
 
     def backoff(self, rng: Callable[[], float] = random.random) -> Backoff:
         """A fresh cool-down sequence (the project's one backoff, with jitter)."""
-        return Backoff(BackoffSpec(initial_s=self.cooldown, factor=2.0, cap_s=self.cooldown_cap,
-                                   jitter="equal", reset_on=()), rng=rng)
+        return Backoff(BackoffPolicy(initial_s=self.cooldown, factor=2.0, cap_s=self.cooldown_cap,
+                                     jitter="equal"), rng=rng)
 
     def exhausted(self, attempts: int) -> bool:
         return self.max_attempts is not None and attempts >= self.max_attempts

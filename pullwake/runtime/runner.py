@@ -112,7 +112,8 @@ class PullWakeRunner:
             verify_tls=config.verify_tls, connect_timeout=config.connect_timeout,
             session=config.session)
         self.control: ControlPlane = control_plane or ElectricControlPlane(
-            claim_url=config.claim_url, heartbeat_url=config.heartbeat_url, clock=self._clock)
+            claim_url=config.claim_url, heartbeat_url=config.heartbeat_url, clock=self._clock,
+            rng=config.rng)
         self._control_hooks = ControlHooks.of(self.control)
         self._runtime_hooks = RuntimeHooks.of(runtime)
         self._session = WakeStreamSession(

@@ -299,8 +299,9 @@ class SubscriptionControlPlane:
     def __init__(self, client: SubscriptionClient, *, worker: str,
                  subscriptions: Mapping[str, SubscriptionConfig], wake_stream_url: str,
                  keeper: SubscriptionKeeper | None = None, clock: Clock | None = None,
-                 ) -> None:
+                 rng: Callable[[], float] | None = None) -> None:
         self.client = client
+        self._rng = rng  # the claim retries' jitter (tests pin it)
         self.worker = worker
         self.subscriptions = subscriptions
         self.wake_stream_url = wake_stream_url
@@ -343,7 +344,7 @@ class SubscriptionControlPlane:
         while True:
             failed.clear()
             result = await retry_transient(lambda: self._claim_once(http, sub),
-                                           clock=self._clock, on_retry=on_retry)
+                                           clock=self._clock, on_retry=on_retry, rng=self._rng)
             if not (failed and isinstance(result, SkipCode) and result == "ALREADY_CLAIMED"
                     and result.holder == self.worker):
                 break
