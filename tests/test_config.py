@@ -356,3 +356,20 @@ def test_worker_keeps_the_old_keywords_working() -> None:
         worker = Worker(server=SERVER, subscription="s", pattern="e/*", handler=_handle,
                         runner_options={"heartbeat_failures_before_reset": 3})
     assert worker.runner.config.heartbeat_failures_before_reset == 3
+
+
+def test_the_documented_worker_defaults_are_the_dataclasses_defaults() -> None:
+    import ast
+    import re
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "worker.md").read_text()
+    signature = doc.split("`Worker(*, server, handler,", 1)[1].split(")`", 1)[0]
+    pairs = dict(re.findall(r"(\w+)=([^,]+?)(?:,|$)", " ".join(signature.split())))
+    assert len(pairs) > 20, pairs
+    owners = (RunnerConfig, FailurePolicy, WorkerConfig, SubscriptionConfig)
+    defaults = {f.name: f.default for cls in owners for f in dataclasses.fields(cls)}
+    not_fields = {"subscription": None, "streams": (), "subscriptions": (), "worker_name": None}
+    for name, text in pairs.items():
+        value = 16 * 1024 * 1024 if text.strip() == "16 MiB" else ast.literal_eval(text.strip())
+        expected = not_fields[name] if name in not_fields else defaults[name]
+        assert value == expected, f"docs/worker.md says {name}={text}, the default is {expected!r}"

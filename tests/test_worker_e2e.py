@@ -230,7 +230,9 @@ async def test_thousand_messages_across_twenty_streams_are_handled_and_acked(
     ds_server: DurableStreamsServer, http: aiohttp.ClientSession
 ) -> None:
     seen = Seen()
-    worker = make_worker(ds_server, reading_handler(seen, "w1"))
+    # Not a lease test: a lease long enough that a loaded machine (a slow
+    # extension, a stream reset) cannot lose one, which the asserts below forbid.
+    worker = make_worker(ds_server, reading_handler(seen, "w1"), claim_lease=10.0)
     paths = [f"events/s{i:02d}" for i in range(20)]
     async with worker:
         await produce(http, ds_server, paths, 50)

@@ -7,8 +7,10 @@ with ``interval`` 0, which turns off only the periodic ones; ``None`` turns
 off both). While a
 heartbeat is in flight, further requests coalesce into one follow-up. A
 failure is retried at once (so a hung or failing server is confirmed quickly);
-``failures_before_reset`` consecutive failures call ``on_reset`` (the runner
-then fires ``STREAM_RESET``) and the count starts again.
+``failures_before_reset`` consecutive failures call the owner's
+``heartbeat_reset`` (the runner then fires ``STREAM_RESET``) and the count
+starts again. Its owner (:class:`HeartbeatOwner`, the runner) sends each
+heartbeat and is told each result.
 
 Every timer goes through the injectable clock; :meth:`cancel` stops timers
 and the in-flight request. The send function bounds each request itself
@@ -18,36 +20,51 @@ and the in-flight request. The send function bounds each request itself
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from pullwake.io.clock import Clock, TimerHandle
 from pullwake.runtime.jobs import Jobs
 
-__all__ = ["Heartbeater"]
+__all__ = ["HeartbeatOwner", "Heartbeater"]
+
+
+class HeartbeatOwner(Protocol):
+    """What a :class:`Heartbeater` needs of the runner that owns it (the runner is one)."""
+
+    async def send_heartbeat(self) -> None:
+        """Send one heartbeat (bounded by the request timeout); raise if it failed."""
+        ...
+
+    def heartbeat_result(self, ok: bool, error: BaseException | None) -> None:
+        """Each heartbeat's (or outside liveness check's) result."""
+        ...
+
+    def heartbeat_reset(self, error: BaseException) -> None:
+        """``failures_before_reset`` failures in a row."""
+        ...
+
+    @property
+    def jobs(self) -> Jobs: ...
 
 
 class Heartbeater:
     def __init__(
         self,
+        owner: HeartbeatOwner,
         *,
-        send: Callable[[], Awaitable[None]],
         clock: Clock,
         interval: float | None,
         throttle: float,
         failures_before_reset: int,
-        on_result: Callable[[bool, BaseException | None], None],
-        on_reset: Callable[[BaseException], None],
-        jobs: Jobs,
     ) -> None:
-        self._send = send
+        self._send = owner.send_heartbeat
         self._clock = clock
         self.interval = interval
         self.throttle = throttle
         self.failures_before_reset = failures_before_reset
-        self._on_result = on_result
-        self._on_reset = on_reset
-        self._jobs = jobs
+        self._on_result = owner.heartbeat_result
+        self._on_reset = owner.heartbeat_reset
+        self._jobs = owner.jobs
         self._in_flight: asyncio.Task[Any] | None = None
         self._follow_up = False
         self._periodic: TimerHandle | None = None
@@ -98,7 +115,7 @@ class Heartbeater:
         """Count one liveness result (a heartbeat, or a lease extension).
 
         Returns True when this failure completed a run of
-        ``failures_before_reset`` and ``on_reset`` was called.
+        ``failures_before_reset`` and the owner's ``heartbeat_reset`` was called.
         """
         if ok:
             self.failures = 0

@@ -79,8 +79,10 @@ class PullWakeRunner:
     starts on enter and stops on exit. The runner is the
     :class:`~pullwake.runtime.ports.RunnerPort` of its runtime and control
     plane (``wake_free``, ``record_liveness``, ``note_error``,
-    ``claim_failed``), attached to each at construction, and the
-    :class:`~pullwake.runtime.claims.ClaimOwner` of its claims.
+    ``claim_failed``), attached to each at construction, and the owner its
+    parts report to: :class:`~pullwake.runtime.claims.ClaimOwner` (claims),
+    :class:`~pullwake.runtime.wakestream.StreamOwner` (the wake-stream
+    session), :class:`~pullwake.runtime.heartbeat.HeartbeatOwner` (heartbeats).
     """
 
     def __init__(self, config: RunnerConfig, runtime: Runtime, *,
@@ -94,7 +96,7 @@ class PullWakeRunner:
         self.log = LabelledLog(logging.getLogger("pullwake.runner"), self._label)
         self._stats = Stats()
         #: Messages read when the current run of liveness failures began
-        #: (proof of life, see _on_heartbeat_reset).
+        #: (proof of life, see heartbeat_reset).
         self._messages_at_failure = 0
         #: Every task this runner starts (claims included): the one job owner's.
         self.jobs = Jobs(clock=self._clock, label=self._label, on_error=self._job_failed)
@@ -118,12 +120,9 @@ class PullWakeRunner:
             self, config, http=self.http, clock=self._clock, stats=self._stats, log=self.log,
             recreate=self._control_hooks.recreate_wake_stream)
         self._heartbeat = Heartbeater(
-            send=self._send_heartbeat, clock=self._clock,
-            interval=config.heartbeat_interval, throttle=config.event_heartbeat_throttle,
-            failures_before_reset=config.heartbeat_failures_before_reset,
-            on_result=self._on_heartbeat_result, on_reset=self._on_heartbeat_reset,
-            jobs=self.jobs,
-        )
+            self, clock=self._clock, interval=config.heartbeat_interval,
+            throttle=config.event_heartbeat_throttle,
+            failures_before_reset=config.heartbeat_failures_before_reset)
         self.claims = ClaimScheduler(
             self, control=self.control, runtime=self._runtime_hooks, clock=self._clock,
             stats=self._stats, busy_retry=config.runtime_busy_retry)
@@ -427,7 +426,8 @@ class PullWakeRunner:
 
     # ============================================================= heartbeats
 
-    async def _send_heartbeat(self) -> None:
+    async def send_heartbeat(self) -> None:
+        """One heartbeat to the control plane (the :class:`HeartbeatOwner` side)."""
         self._stats.last_heartbeat_at = self._clock.time()
         try:
             await self.control.heartbeat(
@@ -440,7 +440,7 @@ class PullWakeRunner:
             raise
         self._stats.heartbeats_ok += 1
 
-    def _on_heartbeat_result(self, ok: bool, error: BaseException | None) -> None:
+    def heartbeat_result(self, ok: bool, error: BaseException | None) -> None:
         if not ok and self._heartbeat.failures == 1:  # a run of failures begins
             self._messages_at_failure = self._session.messages_read
         self._stats.last_heartbeat_ok = ok
@@ -452,7 +452,7 @@ class PullWakeRunner:
             self.report(error, where="heartbeat", quiet=True)
             self._heartbeat_outage.failure(f"{type(error).__name__}: {self._text(error)}")
 
-    def _on_heartbeat_reset(self, error: BaseException) -> None:
+    def heartbeat_reset(self, error: BaseException) -> None:
         # Proof of life (docs/runner.md, "Heartbeats and resets"): a stream
         # that delivered messages since this run of liveness failures began is
         # alive; resetting it cannot mend the control plane. The failures stay
