@@ -110,6 +110,16 @@ def test_the_collector_reads_directives_and_indented_fences(tmp_path: Path) -> N
         python_blocks(md)
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """In the example's child: SIGINT raises KeyboardInterrupt, as in a terminal.
+
+    A suite run as a background job (``cmd &``, nohup) ignores SIGINT, the
+    child would inherit that, and Python keeps an inherited ignore: the Ctrl-C
+    examples would never stop.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def test_a_failing_block_names_its_file_and_line(tmp_path: Path) -> None:
     md = tmp_path / "x.md"
     md.write_text("# t\n\n```python\nprint('hi')\nraise SystemExit(3)\n```\n")
@@ -133,7 +143,7 @@ async def _run_block(block: Block, workdir: Path, server: EmbeddedServer) -> str
         os.pathsep)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, name, cwd=str(workdir), env=env, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT)
+        stderr=asyncio.subprocess.STDOUT, preexec_fn=_ctrl_c_as_in_a_terminal)
     out = bytearray()
     needle = block.options.get("interrupt-on")
     interrupted = False
