@@ -82,6 +82,7 @@ __all__ = [
     "DEFAULT_TIMEOUT_S",
     "Collector",
     "ReadResult",
+    "SyncShell",
     "check_headers",
     "iter_chunks",
     "iter_items",
@@ -118,7 +119,7 @@ def _check_session(session: object) -> None:
         raise ConfigError("session must be a requests.Session")
 
 
-class _SyncShell:
+class SyncShell:
     """Drive one :class:`ReadCore` with a ``requests`` session."""
 
     def __init__(self, session: requests.Session, url: str, core: ReadCore, *,
@@ -274,7 +275,7 @@ def iter_chunks(
         headers = check_headers(headers)
     own = session is None
     active = requests.Session() if session is None else session
-    shell = _SyncShell(active, url, core, headers=headers, timeout=checked_timeout, retry=retry)
+    shell = SyncShell(active, url, core, headers=headers, timeout=checked_timeout, retry=retry)
     assembler = Assembler(core)
     try:
         for event in shell.events():
@@ -358,7 +359,7 @@ def read_stream(
         return ReadResult(messages=(), next_offset=core.offset, up_to_date=False, closed=False)
     own = session is None
     active = requests.Session() if session is None else session
-    shell = _SyncShell(active, url, core, headers=headers, timeout=checked_timeout, retry=retry,
+    shell = SyncShell(active, url, core, headers=headers, timeout=checked_timeout, retry=retry,
                        secrets=secrets)
     collector = Collector(core, limit=limit, skip_bad=skip_bad, url=url)
     events = shell.events()

@@ -195,11 +195,11 @@ class _StreamRead:
         return self._sync()
 
     def _sync(self) -> Iterator[Any]:
-        from pullwake.io.reader import _SyncShell
+        from pullwake.io.reader import SyncShell
 
         reader = self._wake._reader
         core = self._core()
-        shell = _SyncShell(reader.sync_session(), core.url or "", core,
+        shell = SyncShell(reader.sync_session(), core.url or "", core,
                            headers=reader.sync_headers, timeout=reader.request_timeout,
                            retry=DEFAULT_RETRY, secrets=reader.http.secrets)
         events = shell.events()
