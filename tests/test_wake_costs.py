@@ -417,3 +417,68 @@ async def test_a_fenced_extension_cancels_the_handler(
                        what="the next generation acked")
     assert worker.stats.leases_lost == 1
     assert any(getattr(e, "code", None) == "FENCED" for e in errors), errors
+
+
+def _pullwake_garbage(garbage: list[Any]) -> list[str]:
+    """The objects of ``garbage`` that pullwake made (its types, functions, frames)."""
+    found = []
+    for obj in garbage:
+        kind = type(obj)
+        owner = getattr(obj, "__func__", obj)  # a bound method: its function
+        module = getattr(owner, "__module__", None) if callable(owner) else None
+        if kind.__module__.startswith("pullwake") or (
+                isinstance(module, str) and module.startswith("pullwake")):
+            found.append(f"{kind.__name__} {getattr(owner, '__qualname__', '')}".strip())
+        elif kind.__name__ in ("coroutine", "async_generator", "frame"):
+            code = getattr(obj, "cr_code", None) or getattr(obj, "ag_code", None) or \
+                getattr(obj, "f_code", None)
+            if code is not None and "/pullwake/" in code.co_filename:
+                found.append(f"{kind.__name__} {code.co_qualname}")
+    return found
+
+
+async def test_a_wake_leaves_no_reference_cycles_behind(
+        embedded_ds_server: EmbeddedServer, http: aiohttp.ClientSession) -> None:
+    """A wake's objects die with it, by reference counting: a cycle per wake (closures
+    calling each other, an object holding its own bound method) is garbage the
+    collector must find, and its collections were a worker's largest cost per wake.
+    Covers a claim, its catch-up read, a lease extension and the ack."""
+    import gc
+
+    srv = embedded_ds_server
+    wakes = 20
+    seen: list[int] = []
+    worker: Worker
+
+    async def handle(wake: Wake) -> None:
+        async for m in wake.messages(STREAM):
+            seen.append(m["i"])
+        if len(seen) == 1:  # the first wake also keeps its lease by an extension
+            await wait_for(lambda: worker.stats.lease_extensions >= 1, timeout=10,
+                           what="a lease extension")
+
+    worker = make_worker(srv, handle)  # claim_lease 1 s: an extension every 0.33 s
+    await create(http, srv)
+    async with worker:
+        await append(http, srv, {"i": -1})  # warm: first-use objects are not per wake
+        await wait_for(lambda: worker.stats.wakes_acked >= 1, timeout=10, what="warm-up wake")
+        seen.clear()
+        gc.collect()
+        gc.disable()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for i in range(wakes):
+                acked = worker.stats.wakes_acked
+                await append(http, srv, {"i": i})
+                await wait_for(lambda n=acked: worker.stats.wakes_acked > n, timeout=10,
+                               what=f"wake {i} acked")
+            await wait_for(lambda: worker.stats.jobs_active == 0, timeout=10, what="jobs ended")
+            gc.collect()
+            found = _pullwake_garbage(gc.garbage)
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+    assert seen == list(range(wakes))
+    assert worker.stats.lease_extensions >= 1
+    assert found == [], sorted(set(found))

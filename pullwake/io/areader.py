@@ -70,15 +70,22 @@ AsyncHeaders = (Mapping[str, str] | Callable[[], Mapping[str, str]]
 
 
 class _Lazy:
-    """An iterable of secrets computed when iterated (only error paths iterate it)."""
+    """An iterable of secrets computed when iterated (only error paths iterate it):
+    the caller's, then the header values sent (``sent``, kept by the shell).
 
-    __slots__ = ("_get",)
+    It holds what it reads, not the shell: a shell referring to itself through
+    a bound method would be a reference cycle per read, left to the garbage
+    collector (a worker reads on every wake).
+    """
+
+    __slots__ = ("_get", "sent")
 
     def __init__(self, get: Callable[[], tuple[str, ...]]) -> None:
         self._get = get
+        self.sent: tuple[str, ...] = ()
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._get())
+        return iter((*self._get(), *self.sent))
 
 
 class AsyncShell:
@@ -100,9 +107,9 @@ class AsyncShell:
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.retry = retry
-        self._given_secrets = secrets
-        self._sent: tuple[str, ...] = ()  # header values sent: secrets too, as on the sync path
-        self._secrets = _Lazy(self.secrets)  # computed only when an error is scrubbed
+        # The caller's secrets and the header values sent (secrets too, as on the
+        # sync path), computed only when an error is scrubbed.
+        self._secrets = _Lazy(secrets)
         self.responses = 0
         self.cached = 0
         self.bytes_read = 0
@@ -115,13 +122,14 @@ class AsyncShell:
         out = check_headers(value)
         sent = tuple(v for v in out.values() if len(v) >= 4)
         sent += tuple(v.split(" ", 1)[1] for v in sent if " " in v)
-        if sent and not set(sent) <= set(self._sent):
-            self._sent = tuple(dict.fromkeys((*self._sent, *sent)))[-64:]  # bounded
+        known = self._secrets.sent
+        if sent and not set(sent) <= set(known):
+            self._secrets.sent = tuple(dict.fromkeys((*known, *sent)))[-64:]  # bounded
         return out
 
     def secrets(self) -> tuple[str, ...]:
         """Everything scrubbed from error text: the caller's secrets and header values sent."""
-        return (*self._given_secrets(), *self._sent)
+        return tuple(self._secrets)
 
     def _wait_for_head(self, live: Live) -> float | None:
         if live == "long-poll":  # held open up to the server's timeout

@@ -9,6 +9,7 @@ when a job ends (awaited at stop). It decides only "held" or "lost": the job
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -58,50 +59,7 @@ class LeaseKeeper:
         is tried again after a tenth of the TTL, not a third, so a single slow
         answer does not let the lease run out.
         """
-        lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        ttl = claim.lease_ttl_ms / 1000
-        interval = max(0.2, ttl / 3)
-        retry = max(0.05, ttl / 10)
-        clock = self._clock
-        held_until = clock.monotonic() + ttl  # as of the claim answer
-        timer: TimerHandle | None = None
-        task: asyncio.Task[bool | LeaseLost] | None = None
-
-        def extend() -> None:
-            nonlocal timer, task
-            timer = None
-            if not lost.done():
-                started = clock.monotonic()
-                left = max(retry, held_until - started)
-                task = self._jobs.spawn(self._extend(claim, left),
-                                        f"pullwake-lease[{claim.subscription_id}]")
-                task.add_done_callback(lambda t: extended(t, started))
-
-        def extended(t: asyncio.Task[bool | LeaseLost], started: float) -> None:
-            nonlocal timer, task, held_until
-            task = None
-            if lost.done() or t.cancelled() or t.exception() is not None:
-                return  # (an extension that raised is a bug, reported by the jobs)
-            result = t.result()
-            if isinstance(result, LeaseLost):
-                lost.set_exception(result)
-            elif result:
-                held_until = started + ttl
-                timer = clock.call_later(interval, extend)
-            else:
-                timer = clock.call_later(retry, extend)
-
-        def stop(_f: asyncio.Future[None]) -> None:
-            if timer is not None:
-                timer.cancel()
-            if task is not None:  # an extension in flight: cancelled, awaited at stop
-                task.cancel()
-                self._strays.add(task)
-                task.add_done_callback(self._strays.discard)
-
-        lost.add_done_callback(stop)
-        timer = self._clock.call_later(interval, extend)
-        return lost
+        return _Lease(self, claim).lost
 
     async def _extend(self, claim: Claim, left: float) -> bool | LeaseLost:
         """One lease extension, bounded by the lease time ``left``; True when it held.
@@ -128,3 +86,68 @@ class LeaseKeeper:
             self._liveness(True, None)
             return True
         return False
+
+
+class _Lease:
+    """One claim's extensions (:meth:`LeaseKeeper.keep`): a timer, at most one
+    extension in flight, and the ``lost`` future its job holds.
+
+    An object, not closures calling each other: those would be a reference
+    cycle per wake, left to the garbage collector. Its references to itself
+    (through the timer, the extension's callback, ``lost``'s callback) all end
+    when the lease does: a fired or cancelled timer, a done task and a done
+    future drop their callbacks.
+    """
+
+    __slots__ = ("claim", "held_until", "interval", "keeper", "lost", "retry", "task", "timer",
+                 "ttl")
+
+    def __init__(self, keeper: LeaseKeeper, claim: Claim) -> None:
+        self.keeper = keeper
+        self.claim = claim
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.ttl = ttl = claim.lease_ttl_ms / 1000
+        self.interval = max(0.2, ttl / 3)
+        self.retry = max(0.05, ttl / 10)
+        clock = keeper._clock
+        self.held_until = clock.monotonic() + ttl  # as of the claim answer
+        self.task: asyncio.Task[bool | LeaseLost] | None = None
+        self.lost.add_done_callback(self._stop)
+        self.timer: TimerHandle | None = clock.call_later(self.interval, self._extend)
+
+    def _extend(self) -> None:
+        self.timer = None
+        if self.lost.done():
+            return
+        keeper = self.keeper
+        started = keeper._clock.monotonic()
+        left = max(self.retry, self.held_until - started)
+        task = self.task = keeper._jobs.spawn(keeper._extend(self.claim, left),
+                                              f"pullwake-lease[{self.claim.subscription_id}]")
+        task.add_done_callback(functools.partial(self._extended, started=started))
+
+    def _extended(self, t: asyncio.Task[bool | LeaseLost], *, started: float) -> None:
+        self.task = None
+        lost = self.lost
+        if lost.done() or t.cancelled() or t.exception() is not None:
+            return  # (an extension that raised is a bug, reported by the jobs)
+        result = t.result()
+        clock = self.keeper._clock
+        if isinstance(result, LeaseLost):
+            lost.set_exception(result)
+        elif result:
+            self.held_until = started + self.ttl
+            self.timer = clock.call_later(self.interval, self._extend)
+        else:
+            self.timer = clock.call_later(self.retry, self._extend)
+
+    def _stop(self, _f: asyncio.Future[None]) -> None:
+        timer, task = self.timer, self.task
+        self.timer = self.task = None
+        if timer is not None:
+            timer.cancel()
+        if task is not None:  # an extension in flight: cancelled, awaited at stop
+            task.cancel()
+            strays = self.keeper._strays
+            strays.add(task)
+            task.add_done_callback(strays.discard)
