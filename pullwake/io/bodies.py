@@ -38,7 +38,7 @@ async def _chunk(resp: aiohttp.ClientResponse, idle: float | None, clock: Clock 
         return data
     if idle is None or clock is None:
         return await (content.readany() if n < 0 else content.read(n))
-    async with deadline(clock, idle):
+    with deadline(clock, idle):
         return await (content.readany() if n < 0 else content.read(n))
 
 
