@@ -132,7 +132,7 @@ class AsyncShell:
         # The answer step() is reading, and its bounds.
         self._resp: aiohttp.ClientResponse | None = None
         self._idle: float | None = None
-        self._window = ProgressWindow(None)
+        self._window: ProgressWindow | None = None  # made for an answer read in pieces
         self._retrying: Retrying | None = None  # made at the first failure: most reads have none
 
     async def _headers(self) -> Mapping[str, str]:
@@ -259,7 +259,9 @@ class AsyncShell:
 
         Returns a non-empty list until the read is finished, then ``[]``.
         Call :meth:`close` if the read is abandoned before that (it closes the
-        answer being read).
+        answer being read). An answer that is complete once a piece is read
+        (a small one arrives with its head) ends at once: no further read, and
+        no progress window (no piece will follow for it to bound).
         """
         core = self.core
         while True:
@@ -271,15 +273,25 @@ class AsyncShell:
                     resp, live = await self.open()
                     self._resp = resp
                     self._idle = self._read_idle(live)
-                    self._window = ProgressWindow(self._idle)
+                    self._window = None
                 piece = await self._piece(resp, self._idle)
                 if piece:
-                    out = self._take(self._window, piece)
-                else:
-                    out = core.end()
-                    self.close()
-                    if self._retrying is not None:
-                        self._retrying.progressed()
+                    if resp.content.is_eof():
+                        self.bytes_read += len(piece)
+                        out = core.feed(piece)
+                        if out:
+                            return out  # the answer ends at the next step
+                    else:
+                        if self._window is None:
+                            self._window = ProgressWindow(self._idle)
+                        out = self._take(self._window, piece)
+                        if out:
+                            return out
+                        continue
+                out = core.end()
+                self.close()
+                if self._retrying is not None:
+                    self._retrying.progressed()
                 if out:
                     return out
             except PullwakeError as error:
