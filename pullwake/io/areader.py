@@ -276,7 +276,7 @@ class AsyncShell:
                     self._window = None
                 piece = await self._piece(resp, self._idle)
                 if piece:
-                    if resp.content.is_eof():
+                    if resp.content.at_eof():  # (buffer drained, and no more to come)
                         self.bytes_read += len(piece)
                         out = core.feed(piece)
                         if out:
