@@ -178,20 +178,6 @@ class Head:
     retry_after: float | None = None
 
 
-#: The kind of each content type seen (a stream's type repeats on every answer).
-_kinds: dict[str | None, Kind] = {}
-
-
-def _kind_of(content_type: str | None) -> Kind:
-    """:func:`~pullwake.protocol.framing.kind_of`, remembered (bounded: 256 types)."""
-    kind = _kinds.get(content_type)
-    if kind is None:
-        kind = kind_of(content_type)
-        if len(_kinds) < 256:
-            _kinds[content_type] = kind
-    return kind
-
-
 #: The heads of usable answers (immutable: one each, shared).
 _HEAD_OK = {status: Head(status, True) for status in (200, 204, 304)}
 
@@ -314,7 +300,7 @@ class ReadCore:
             body_type = headers.get("Content-Type")
             if body_type or self.kind is None:
                 self.content_type = body_type or self.content_type
-                self.kind = _kind_of(body_type)
+                self.kind = kind_of(body_type)
             self._framer = BodyFramer(self.kind, self.max_message_bytes)
         else:
             self._framer = None
