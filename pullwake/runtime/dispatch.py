@@ -234,19 +234,17 @@ class WorkerRuntime:
         fails.begin(claim.streams)
         wake = Wake(subscription_id=sub, wake_id=claim.wake_id,
                     generation=claim.generation, streams=claim.streams, _reader=self._reader)
-        keeper = self.leases.keep(claim)
         task = asyncio.current_task()
         assert task is not None
         lost: list[BaseException] = []  # the lease ended while the handler ran
         attempting = False
 
-        def lease_ended(f: asyncio.Future[None]) -> None:
-            if f.cancelled() or not attempting:
-                return  # stopped by the job, or lost after the handler (the ack says so)
-            lost.append(f.exception() or LeaseLost("lease lost", operation="extend lease"))
-            task.cancel()  # the attempt winds the handler down (CANCEL_GRACE_S)
+        def lease_lost(error: LeaseLost) -> None:
+            if attempting:  # (lost after the handler: the ack says so)
+                lost.append(error)
+                task.cancel()  # the attempt winds the handler down (CANCEL_GRACE_S)
 
-        keeper.add_done_callback(lease_ended)
+        keeper = self.leases.keep(claim, lease_lost)
         try:
             if fails.dead:
                 # Given up on earlier (attempts exhausted) but its record or ack
@@ -266,7 +264,7 @@ class WorkerRuntime:
                 finally:
                     attempting = False
                 if error is None:
-                    await self._stop_keeper(keeper)
+                    keeper.stop()
                     self.stats.wakes_handled += 1
                     self._sub(claim).wakes_handled += 1
                     fails.succeeded()
@@ -277,7 +275,7 @@ class WorkerRuntime:
                     fails.dead = True
             if fails.dead and (fails.recorded is not None
                                or await self.dead_letter(wake, fails, reason="max_attempts")):
-                await self._stop_keeper(keeper)
+                keeper.stop()
                 recorded = fails.recorded or claim.streams
                 if await self._finish(claim, wake, acks=[
                         (s.path, s.tail_offset) for s in recorded
@@ -286,19 +284,15 @@ class WorkerRuntime:
                 return
             if fails.dead:  # the record could not be written: retry it after a cool-down
                 self._free_after(fails.cool(self._clock.monotonic()), sub, fails)
-            await self._stop_keeper(keeper)
+            keeper.stop()
             await self._release(claim, why="handler failed")
         except asyncio.CancelledError:
             # (the attempt wound the handler down first, the lease kept meanwhile)
-            await self._stop_keeper(keeper)
+            keeper.stop()
             await self._release(claim, why="stopped")
             raise
-
-    @staticmethod
-    async def _stop_keeper(keeper: asyncio.Future[Any]) -> None:
-        """Stop the lease extensions. The keeper is a future, not a task: cancelling
-        it is all (its callback cancels the timer and an extension in flight)."""
-        keeper.cancel()
+        finally:
+            keeper.stop()  # (already, but for a bug raising here: no lease kept forever)
 
     async def attempt(self, wake: Wake) -> BaseException | None:
         """Run the handler once (:meth:`HandlerAttempts.attempt`)."""
