@@ -173,3 +173,129 @@ def test_runner_observer_is_the_reference(level: int, listening: str,
     assert seen[0] == seen[1]
     if level == logging.DEBUG:
         assert any("--WAKE-->" in m for _, m, _ in seen[0]["records"])
+
+
+# ------------------------------------------------- the claim's first attempt
+
+#: How the scripted claim route answers each step.
+_ANSWERS: dict[str, tuple[int, Any]] = {
+    "grant": (200, {"wake_id": "w-2", "generation": 2, "token": "tok", "lease_ttl_ms": 2000,
+                    "streams": [{"path": "e/a", "acked_offset": "0_1", "tail_offset": "0_2"}]}),
+    "503": (503, {"error": {"code": "UNAVAILABLE"}}),
+    "429": (429, {"error": {"code": "RATE_LIMITED"}}),
+    "404": (404, {"error": {"code": "SUBSCRIPTION_NOT_FOUND"}}),
+    "400": (400, {"error": {"code": "BAD_REQUEST"}}),
+    "no-work": (409, {"error": {"code": "NO_PENDING_WORK"}}),
+    "held-by:w1": (409, {"error": {"code": "ALREADY_CLAIMED", "current_holder": "w1"}}),
+    "held-by:w2": (409, {"error": {"code": "ALREADY_CLAIMED", "current_holder": "w2"}}),
+    "not-an-object": (200, [1, 2]),
+    "bad-field": (200, {"wake_id": 7, "generation": 2, "token": "tok"}),
+}
+
+SCRIPTS = [["grant"], ["503", "grant"], ["429", "503", "held-by:w2"], ["404", "grant"],
+           ["404", "503", "grant"], ["400"], ["no-work"], ["held-by:w1"], ["not-an-object"],
+           ["bad-field"], ["503", "400"], ["lost", "held-by:w1", "grant"],
+           ["lost", "held-by:w2"]]
+
+
+@pytest.fixture
+async def scripted_claims() -> Any:
+    """A claim route answering a script of steps (``lost``: never answered)."""
+    import asyncio
+
+    from aiohttp import web
+
+    script: list[str] = []
+    seen: list[str] = []
+    release = asyncio.Event()
+
+    async def claim(request: web.Request) -> web.StreamResponse:
+        step = script.pop(0) if script else "grant"
+        seen.append(step)
+        if step == "lost":
+            await release.wait()
+            step = "grant"
+        status, body = _ANSWERS[step]
+        return web.json_response(body, status=status)
+
+    app = web.Application()
+    app.router.add_post("/v1/stream/__ds/subscriptions/sub1/claim", claim)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}/v1/stream", script, seen
+    finally:
+        release.set()
+        await runner.cleanup()
+
+
+class _Port:
+    """The runner port and keeper of a control plane: records what it is told."""
+
+    def __init__(self) -> None:
+        self.told: list[tuple[str, str]] = []
+
+    def claim_failed(self, error: BaseException) -> None:
+        self.told.append(("claim_failed", f"{type(error).__name__}: {error}"))
+
+    async def recreate(self, http: Any, sub: Any) -> None:
+        self.told.append(("recreate", sub.id))
+
+
+def _claim_result(outcome: Any) -> Any:
+    if not outcome.claimed:
+        return ("skip", str(outcome.reason))
+    return ("claimed", outcome.notification["claim"])
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("keeper", [True, False], ids=["keeper", "no-keeper"])
+@pytest.mark.parametrize("script", SCRIPTS, ids=["+".join(s) for s in SCRIPTS])
+async def test_claim_first_attempt_is_the_retrying_claim(
+        scripted_claims: Any, script: list[str], keeper: bool,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """claim() (its first attempt inline) answers, raises, retries, reports, re-creates
+    and logs exactly what the retrying claim does from its first attempt on."""
+    from pullwake.io.clock import LoopClock
+    from pullwake.io.http import HttpClient
+    from pullwake.runtime.control import WakeEvent
+    from pullwake.runtime.subscriptions import (
+        SubscriptionClient,
+        SubscriptionConfig,
+        SubscriptionControlPlane,
+    )
+
+    root, steps, seen = scripted_claims
+    sub = SubscriptionConfig(id="sub1", wake_stream="wake/pool", pattern="e/*",
+                             claim_lease=1.0)
+    results = []
+    for side in ("fast", "general"):
+        steps[:] = script
+        seen.clear()
+        port = _Port()
+        plane = SubscriptionControlPlane(
+            SubscriptionClient(root), worker="w1", subscriptions={"sub1": sub},
+            wake_stream_url=f"{root}/wake/pool", keeper=port if keeper else None,  # type: ignore[arg-type]
+            clock=LoopClock(), rng=lambda: 0.0)  # every retry at once
+        plane.attach(port)  # type: ignore[arg-type]
+        http = HttpClient(headers=None, clock=LoopClock(), request_timeout=0.3)
+        caplog.clear()
+        try:
+            with caplog.at_level(logging.DEBUG, logger="pullwake.subscriptions"):
+                if side == "fast":
+                    got: Any = _claim_result(await plane.claim(
+                        http, WakeEvent(stream="e/a", subscription_id="sub1")))
+                else:
+                    raw = await plane._claim_retrying(http, sub)
+                    got = ("skip", str(raw)) if isinstance(raw, str) else ("claimed", raw)
+        except Exception as exc:  # noqa: BLE001 - compared below
+            got = ("raised", type(exc).__name__, str(exc), getattr(exc, "status", None),
+                   getattr(exc, "code", None))
+        finally:
+            await http.close()
+        results.append({"result": got, "seen": list(seen), "told": port.told,
+                        "log": [(r.levelname, r.getMessage()) for r in caplog.records]})
+    assert results[0] == results[1]
