@@ -7,23 +7,46 @@ same inputs, observing everything the general path makes observable:
   ``OFFSET`` while streaming, every ignore) against ``transitions``' own
   trigger, for every (leaf state, event), with hooks that raise, with an
   observer that raises, and with events fired from inside a hook (queued);
-- the runner's observer (``on_transition``) with debug logging off and on.
+- the runner's observer (``on_transition``) with debug logging off and on;
+- the subscription claim's first attempt (made inline) against the retrying
+  claim, for scripts of answers from a real aiohttp route on 127.0.0.1;
+- an SSE event's JSON decoded by the C scanner alone (``whole_json``)
+  against ``json.loads``/``frame_sse_data`` (Hypothesis, exact types).
 
-No sockets, no sleeping (the machine runs on recording effects).
+The machine runs on recording effects (no asyncio); the claim route is a real
+socket; every retry waits 0 s (rng pinned), nothing asserts on time.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from typing import Any
 
 import pytest
+from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from machine_helpers import RecordingEffects, drive_to, fire_or_report, payload_for
 from runner_helpers import RecordingRuntime
 
+import pullwake.protocol.read as read
 from pullwake import PullWakeRunner, RunnerConfig
+from pullwake.io.clock import LoopClock
+from pullwake.io.http import HttpClient
 from pullwake.lifecycle.machine import Lifecycle
 from pullwake.lifecycle.spec import load_spec
+from pullwake.protocol.framing import Rejected, frame_sse_data
+from pullwake.protocol.jsontext import NOT_WHOLE, whole_json
+from pullwake.protocol.read import ReadCore
+from pullwake.protocol.sse import SSEEvent
+from pullwake.runtime.control import WakeEvent
+from pullwake.runtime.subscriptions import (
+    SubscriptionClient,
+    SubscriptionConfig,
+    SubscriptionControlPlane,
+)
 from pullwake.testing.clock import ManualClock
 
 SPEC = load_spec()
@@ -201,10 +224,6 @@ SCRIPTS = [["grant"], ["503", "grant"], ["429", "503", "held-by:w2"], ["404", "g
 @pytest.fixture
 async def scripted_claims() -> Any:
     """A claim route answering a script of steps (``lost``: never answered)."""
-    import asyncio
-
-    from aiohttp import web
-
     script: list[str] = []
     seen: list[str] = []
     release = asyncio.Event()
@@ -259,15 +278,6 @@ async def test_claim_first_attempt_is_the_retrying_claim(
         caplog: pytest.LogCaptureFixture) -> None:
     """claim() (its first attempt inline) answers, raises, retries, reports, re-creates
     and logs exactly what the retrying claim does from its first attempt on."""
-    from pullwake.io.clock import LoopClock
-    from pullwake.io.http import HttpClient
-    from pullwake.runtime.control import WakeEvent
-    from pullwake.runtime.subscriptions import (
-        SubscriptionClient,
-        SubscriptionConfig,
-        SubscriptionControlPlane,
-    )
-
     root, steps, seen = scripted_claims
     sub = SubscriptionConfig(id="sub1", wake_stream="wake/pool", pattern="e/*",
                              claim_lease=1.0)
@@ -299,3 +309,141 @@ async def test_claim_first_attempt_is_the_retrying_claim(
         results.append({"result": got, "seen": list(seen), "told": port.told,
                         "log": [(r.levelname, r.getMessage()) for r in caplog.records]})
     assert results[0] == results[1]
+
+
+# ------------------------------------------------- an SSE event's JSON
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner,
+                                                                max_size=4),
+    max_leaves=12)
+_JUNK = st.sampled_from(["", " ", "\n", "\ufeff", "x", "]", ",", "\u00e9", "\x00", "\t",
+                         "NaN", "1", "{", "\ud800", "\\"])
+
+
+@st.composite
+def _json_texts(draw: st.DrawFn) -> str:
+    """JSON texts as a server might send them, and ways they can be wrong."""
+    value = draw(_JSON_VALUES)
+    sep = draw(st.sampled_from([(",", ":"), (", ", ": ")]))
+    text = json.dumps(value, separators=sep, ensure_ascii=draw(st.booleans()))
+    if draw(st.booleans()):
+        cut = draw(st.integers(min_value=0, max_value=len(text)))
+        text = text[:cut] + draw(_JUNK) + text[cut:]
+    return draw(_JUNK) + text + draw(_JUNK) if draw(st.booleans()) else text
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal values of equal types all the way down (1 == 1.0 == True is not enough;
+    NaN is itself)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, float) and a != a:
+        return b != b
+    return bool(a == b)
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(text=_json_texts())
+def test_whole_json_is_json_loads(text: str) -> None:
+    """whole_json answers json.loads's value, or leaves the text to json.loads."""
+    got = whole_json(text)
+    if got is NOT_WHOLE:
+        return
+    assert _same(got, json.loads(text))
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(value=_JSON_VALUES)
+def test_whole_json_takes_a_compact_value(value: Any) -> None:
+    text = json.dumps(value, separators=(",", ":"))
+    got = whole_json(text)
+    assert got is not NOT_WHOLE and _same(got, json.loads(text))
+
+
+def _rejected_or_value(item: Any) -> Any:
+    if isinstance(item, Rejected):
+        return ("rejected", type(item.error).__name__, str(item.error),
+                getattr(item.error, "size", None), item.damaged)
+    return ("value", item)
+
+
+def _sse_core(limit: int, kind: Any = "json") -> Any:
+    core = ReadCore(offset="-1", live="sse", kind="json", max_message_bytes=limit)
+    core.request()
+    core.head(200, {"Content-Type": "text/event-stream"})
+    core.kind = kind  # None: not known (read as JSON)
+    return core
+
+
+def _decoded(text: str) -> bool:
+    """A text the SSE parser can hand over (it decodes with errors="replace")."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(text=(_json_texts() | st.text(max_size=40)).filter(_decoded),
+       limit=st.sampled_from([4, 16, 40, 1 << 20]), kind=st.sampled_from([None, "json"]))
+def test_sse_data_event_values_are_frame_sse_datas(text: str, limit: int, kind: Any) -> None:
+    """A data event's values (or rejections) are frame_sse_data's, at any size limit."""
+    core = _sse_core(limit, kind)
+    assert list(core._sse_event(SSEEvent("data", text))) == []
+    want = frame_sse_data(text, "json", base64=False, limit=limit)
+    got = core._pending
+    assert [_rejected_or_value(v) for v in got] == [_rejected_or_value(v) for v in want]
+    assert all(_same(a, b) for a, b in zip(got, want, strict=True)
+               if _rejected_or_value(a)[0] != "rejected")
+
+
+def test_sse_data_event_at_the_limit_in_multibyte_text() -> None:
+    """Near the limit, the size that counts is the encoded one (é is two bytes)."""
+    for n in range(1, 12):
+        text = '["' + "\u00e9" * n + '"]'
+        for limit in range(len(text), 2 * len(text) + 2):
+            core = _sse_core(limit)
+            core._sse_event(SSEEvent("data", text))
+            want = frame_sse_data(text, "json", base64=False, limit=limit)
+            assert [_rejected_or_value(v) for v in core._pending] == \
+                [_rejected_or_value(v) for v in want], (n, limit)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(text=(_json_texts() | st.sampled_from(['{"streamNextOffset":"0_5"}',
+                                             ' {"streamNextOffset":"0_5"} ',
+                                             '{"streamNextOffset":"0_5","upToDate":true}',
+                                             '\ufeff{"streamNextOffset":"0_5"}'])).filter(_decoded))
+def test_sse_control_event_reads_like_json_loads(text: str) -> None:
+    """A control event decoded by whole_json is decided as json.loads's value is."""
+    def decide(core: Any) -> Any:
+        try:
+            return [_rejected_or_value(e) if not hasattr(e, "next_offset") else
+                    ("checkpoint", e.next_offset, e.cursor, e.up_to_date, e.closed)
+                    for e in core._sse_event(SSEEvent("control", text))]
+        except Exception as exc:  # noqa: BLE001 - compared
+            return ("raised", type(exc).__name__, str(exc))
+
+    fast = decide(_sse_core(1 << 20))
+    general = _sse_core(1 << 20)
+    original = read.whole_json
+    read.whole_json = lambda text: read.NOT_WHOLE  # type: ignore[assignment]
+    try:
+        slow = decide(general)
+    finally:
+        read.whole_json = original
+    assert fast == slow
+    try:
+        json.loads(text)
+    except ValueError:
+        assert fast[0] == ("rejected", "MalformedMessage",
+                           "SSE control event is not a JSON object", None, False) \
+            or fast[0] == "raised"
