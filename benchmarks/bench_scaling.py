@@ -742,8 +742,9 @@ async def latency(bench: Bench, ns: Sequence[int], rounds: int, seconds: float,
 # =============================================================== 4. soak
 
 
-async def soak(bench: Bench, n: int, wakes: int, limit_s: float, window: int
-               ) -> tuple[str, dict[str, Any]]:
+async def soak(bench: Bench, n: int, wakes: int, limit_s: float, window: int,
+               rate: float | None = None) -> tuple[str, dict[str, Any]]:
+    """The soak; ``rate`` (appends/s in total) None: keep every stream busy (backlog)."""
     import aiohttp
 
     layout = bench.layout(n)
@@ -751,7 +752,14 @@ async def soak(bench: Bench, n: int, wakes: int, limit_s: float, window: int
     counters = Counters(os.path.join(bench.tmp, f"{layout.prefix}.e0"), n)
     consumer = WorkerLoop(layout, counters)
     await consumer.start()
-    bench.producer.keep_busy(layout.stream_urls, bench.args.backlog, counters)
+
+    def produce() -> None:
+        if rate is None:
+            bench.producer.keep_busy(layout.stream_urls, bench.args.backlog, counters)
+        else:
+            bench.producer.produce(layout.stream_urls, rate)
+
+    produce()
     session = aiohttp.ClientSession()
 
     async def next_epoch() -> None:
@@ -769,7 +777,7 @@ async def soak(bench: Bench, n: int, wakes: int, limit_s: float, window: int
         old, counters = counters, Counters(
             os.path.join(bench.tmp, f"{layout.prefix}.e{layout.epoch}"), n)
         consumer.consumed = counters.view
-        bench.producer.keep_busy(layout.stream_urls, bench.args.backlog, counters)
+        produce()
         old.close()
         if layout.epoch >= 2:
             retired = Layout(layout.root, layout.prefix, n, epoch=layout.epoch - 2)
@@ -971,7 +979,7 @@ async def main_soak(args: argparse.Namespace, argv: Sequence[str]) -> None:
         print(f"soak: N = {args.soak_n}, {args.soak_wakes} wakes "
               f"(at most {args.soak_seconds:g} s)", flush=True)
         text, s = await soak(bench, args.soak_n, args.soak_wakes, args.soak_seconds,
-                             args.soak_window)
+                             args.soak_window, args.soak_rate)
     print(text)
     reached = (f"{s['wakes']} wakes in {s['seconds']:.0f} s"
                + ("" if s["wakes"] >= args.soak_wakes
@@ -986,11 +994,27 @@ async def main_soak(args: argparse.Namespace, argv: Sequence[str]) -> None:
                f"{s['streams_max']:.2f} streams per claim (window mean); "
                + ", ".join(f"{v} {k}" for k, v in s["errors"].items()) + ".")
     print(summary)
+    if args.soak_rate is None:
+        feed = (f"kept busy by a producer (at most {args.backlog} unconsumed messages per "
+                "stream)")
+        pace = ("Kept busy, the wake rate falls with it, and the client's CPU per wake rises "
+                "as the rate falls, while the work it does per wake (wake events, claims, "
+                "streams per claim, messages) and its RSS stay flat: the same work costs "
+                "more per wake at a lower rate (fewer wakes share each turn of the event "
+                "loop; the bare loop too), not state the worker accumulates. `--soak-rate` "
+                "measures every window at the same rate instead.")
+    else:
+        feed = (f"fed by a producer appending at a fixed {args.soak_rate:g} messages/s in "
+                "total")
+        pace = ("So the producer appends at a fixed rate the server sustains to the end: "
+                "every window runs at the same wake rate and the client's CPU per wake "
+                "compares like with like. (Kept busy instead, the wake rate falls as the "
+                "server slows, and the client's cost per wake rises with the falling rate, "
+                "the bare loop's too: fewer wakes share each turn of the event loop.)")
     body = f"""Command: `{command(argv)}`. {machine_line()} Load average {load0} at the start,
 {load()} at the end (a shared machine: window-to-window rates are noisy).
 
-A `Worker` at N = {args.soak_n} subscriptions (by pattern) kept busy by a
-producer (at most {args.backlog} unconsumed messages per stream) against the
+A `Worker` at N = {args.soak_n} subscriptions (by pattern) {feed} against the
 reference server; after every window the producer moves to fresh streams (so no
 stream grows long: the reference server's cost per read grows with a stream's
 length), while the worker, its subscriptions and its wake stream run on.
@@ -1014,11 +1038,7 @@ rotated under a running worker: the reference server (@durable-streams/server
 {DS_SERVER_VERSION}, in-memory store) finds a read's offset by scanning the stream's
 messages from its start (`findOffsetIndex`), so each wake event it sends on the
 worker's SSE read costs it time in proportion to the wake stream's length. Its
-CPU per wake grows with the wakes so far, and the wake rate falls with it. The
-client's CPU per wake rises as the rate falls, while the work it does per wake
-(wake events, claims, streams per claim, messages) and its RSS stay flat: the
-same work costs more per wake at a lower rate (fewer wakes share each turn of
-the event loop), not state the worker accumulates.
+CPU per wake grows with the wakes so far. {pace}
 
 Measured per window of {args.soak_window} wakes: client CPU per wake (`/proc`), the
 server's beside it, RSS, and the number of secrets the worker's HTTP client
@@ -1071,6 +1091,10 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
                    help="bound on the soak's duration (900)")
     p.add_argument("--soak-window", type=int, default=None, help="wakes per sample (5000)")
     p.add_argument("--soak-n", type=int, default=16, help="subscriptions in the soak (16)")
+    p.add_argument("--soak-rate", type=float, default=None,
+                   help="instead of --backlog: append at this fixed total rate (appends/s), "
+                        "one the server sustains to the end, so every window is measured "
+                        "at the same wake rate")
     args = p.parse_args(argv)
     parts = set(args.parts.split(","))
     every = {"scaling", "calls", "reads", "latency"}
