@@ -800,8 +800,16 @@ async def soak(bench: Bench, n: int, wakes: int, limit_s: float, window: int,
         s0, m0, l0 = cpu_seconds(server), consumer.messages, consumer.streams_listed
         e0, k0 = events_claims()
         start_wakes = w0
+        last_wakes, last_progress = consumer.wakes, time.perf_counter()
         while consumer.wakes - start_wakes < wakes and time.perf_counter() - t_start < limit_s:
             await asyncio.sleep(0.05)
+            now = time.perf_counter()
+            if consumer.wakes != last_wakes:
+                last_wakes, last_progress = consumer.wakes, now
+            elif now - last_progress > 60:  # a stall: say what the worker reports
+                print(f"  soak: no wake acked for {now - last_progress:.0f} s; worker health: "
+                      f"{json.dumps(consumer.worker.health(), default=str)}", flush=True)
+                last_progress = now
             if consumer.wakes - w0 >= window:
                 w1, c1, t1 = consumer.wakes, cpu_seconds(), time.perf_counter()
                 s1, m1, l1 = cpu_seconds(server), consumer.messages, consumer.streams_listed
