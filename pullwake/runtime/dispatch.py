@@ -2,12 +2,14 @@
 
 This module owns :class:`WorkerRuntime`, the :class:`~pullwake.runtime.runner.Runtime`
 a :class:`~pullwake.worker.Worker` gives its runner (a private object of the
-worker, not its public surface): each claimed wake becomes a job, one per
-subscription at a time, that keeps the lease (:mod:`.leases`), runs the
-handler (:mod:`.attempts`), and acks ``done`` or releases. The job runs on in
-the claim's own task (``dispatch_wake`` returns it to the runner), so a wake
-costs that task and the handler's; every other task of the worker (handler
-runs, lease extensions, recoveries) is a job of its
+worker, not its public surface): each claimed wake becomes a job
+(:class:`~pullwake.runtime.wakejob.WakeJob`), one per subscription at a
+time, that keeps the lease (:mod:`.leases`), runs the handler
+(:mod:`.attempts`), and acks ``done`` or releases. The job runs on in the
+claim's own task (``dispatch_wake`` returns it to the runner), an async
+handler too, so a wake costs that one task; every other task of the worker
+(a job handed over by a handler ignoring its cancellation, lease
+extensions, recoveries and their handlers) is a job of its
 :class:`~pullwake.runtime.jobs.Jobs`, whose failures are reported like any
 worker error. Failures follow the
 retry policy (:mod:`.failures`: cool-down, dead letter after
