@@ -234,7 +234,8 @@ class _AlwaysGeneral(SSEParser):
 
 
 _LINES = st.sampled_from([b"event: data", b"event: control", b"data: x", b"data:y", b"data",
-                          b"data: \xc3\xa9", b"\xc3", b"\xa9", b": comment", b"id: 7",
+                          b"data: \xc3\xa9", b"\xc3", b"\xa9", b"data: \xe2\x82", b"\xf0\x9f\x98",
+                          b"data: \xff\xfe", b"\xed\xa0\x80", b": comment", b"id: 7",
                           b"id: a\x00b", b"retry: 5", b"junk", b"", b"data: " + b"z" * 40])
 
 

@@ -140,10 +140,11 @@ class WorkTicket:
         """
         if event not in self.reports:
             raise ValueError(f"work {self.work!r} does not report {event!r}")
-        if not self.current:
+        lifecycle = self._lifecycle
+        if self.cancelled or lifecycle._owned.get(self.state) is not self:  # not current
             log.debug("dropped stale %s from %s#%d", event, self.work, self.epoch)
             return False
-        self._lifecycle._enqueue(event, payload, self)
+        lifecycle._enqueue(event, payload, self)
         return True
 
     def __repr__(self) -> str:

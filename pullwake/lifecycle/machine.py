@@ -26,7 +26,11 @@ what ``Transition.execute`` runs for an internal transition (before, after,
 the machine's after_state_change) — without the nested trigger machinery. The
 decision still comes from the loaded machine: the shortcut is looked up with
 ``get_transitions(event, source, delegate=True)`` and used only when the first
-applicable transition is internal and unguarded.
+applicable transition is internal and unguarded. Such a decision whose hooks are
+all the owner's is compiled once per (state, event) into a :class:`_Plan` (the
+owner's hooks, in order, and what ``_after`` reports), and an event that
+arrives while nothing else runs is decided at once, without the queue: the
+cost of a wake's ``WAKE`` and ``OFFSET`` is their hooks and one observer call.
 
 The machine class is the plain synchronous ``HierarchicalMachine``
 (``auto_transitions`` off): the async machines cancel unrelated in-flight
@@ -41,7 +45,7 @@ import inspect
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from transitions.extensions.nesting import HierarchicalMachine, NestedState, NestedTransition
 
@@ -206,6 +210,10 @@ class Lifecycle:
         self._source = self.spec.initial
         self._reset_on = frozenset(self.spec.backoff.reset_on)
         self._shortcuts: dict[tuple[str, str], Any] = {}
+        #: {state path: {event: compiled decision or None}} (see _plan).
+        self._plans: dict[str, dict[str, _Plan | None]] = {}
+        #: {spec hook callback: (name, the owner's hook)}, filled as the machine is built.
+        self._raw_hooks: dict[Callable[..., Any], tuple[str, Callable[..., Any]]] = {}
         self._leaf_names = {p: s.name for p, s in self.spec.states.items()}
         self._check_effects(effects)
         self.machine = build_machine(
@@ -252,9 +260,30 @@ class Lifecycle:
             )
 
     def _enqueue(self, event: str, payload: Mapping[str, Any], ticket: WorkTicket | None) -> None:
+        if not self._busy and not self._queue:
+            # The hot path: nothing is running, so this event runs now. A
+            # compiled decision (see _plan) runs without the queue; the rest
+            # go through it as usual.
+            plans = self._plans.get(self.state_path)
+            if plans is None:
+                plans = self._plans_for(self.state_path)
+            plan = plans.get(event)
+            if plan is not None and (ticket is None or (
+                    not ticket.cancelled and self._owned.get(ticket.state) is ticket)):
+                self._busy = True
+                try:
+                    self._run_plan(plan, payload)
+                finally:
+                    self._busy = False
+                if self._queue:  # fired by its hooks: run now, in order
+                    self._drain()
+                return
         self._queue.append((event, payload, ticket))
-        if self._busy:
-            return
+        if not self._busy:
+            self._drain()
+
+    def _drain(self) -> None:
+        """Run queued events until none is left (run-to-completion)."""
         self._busy = True
         first_error: BaseException | None = None
         try:
@@ -265,6 +294,10 @@ class Lifecycle:
                     continue
                 self._source = self.state_path
                 try:
+                    plan = self._plans_for(self._source).get(ev)
+                    if plan is not None:
+                        self._run_plan(plan, pl)
+                        continue
                     fast = self._shortcut(self._source, ev)
                     if fast is not None:
                         self._run_internal(fast, ev, pl)
@@ -280,6 +313,47 @@ class Lifecycle:
             self._busy = False
         if first_error is not None:
             raise first_error
+
+    def _plans_for(self, state_path: str) -> dict[str, _Plan | None]:
+        """The compiled decisions of every event in ``state_path`` (see :class:`_Plan`)."""
+        plans = self._plans.get(state_path)
+        if plans is None:
+            plans = self._plans[state_path] = {ev: self._plan(state_path, ev)
+                                               for ev in self.spec.events}
+        return plans
+
+    def _plan(self, state_path: str, event: str) -> _Plan | None:
+        """The shortcut transition of (state, event) compiled, if all its hooks are the
+        owner's (a machine hook reads the event data: those run the transition)."""
+        transition = self._shortcut(state_path, event)
+        if transition is None:
+            return None
+        hooks = []
+        for cb in [*transition.before, *transition.after]:
+            raw = self._raw_hooks.get(cb)
+            if raw is None:
+                return None
+            hooks.append(raw)
+        kind = transition.kind
+        return _Plan(event, tuple(hooks), self._leaf_names[state_path], kind,
+                     kind != "ignored" and event in self._reset_on)
+
+    def _run_plan(self, plan: _Plan, payload: Mapping[str, Any]) -> None:
+        """What :meth:`_run_internal` does for ``plan``'s transition: its hooks with the
+        payload (each guarded like :meth:`_callback`'s), then :meth:`_after`'s report."""
+        for name, fn in plan.hooks:
+            try:
+                fn(payload)
+            except Exception:
+                log.exception("%shook %s raised; the lifecycle continues", self._prefix, name)
+        kind = plan.kind
+        self.last_kind = kind
+        if plan.resets:
+            self.backoff.reset()
+        try:
+            self.effects.on_transition(plan.source, plan.event, plan.source, kind)
+        except Exception:
+            log.exception("%son_transition raised", self._prefix)
 
     def _shortcut(self, state_path: str, event: str) -> Any:
         """The machine's transition for (state, event) if it is internal and unguarded."""
@@ -317,7 +391,9 @@ class Lifecycle:
             except Exception:
                 log.exception("%shook %s raised; the lifecycle continues", self._prefix, name)
 
-        return _named(name, call)
+        named = _named(name, call)
+        self._raw_hooks[named] = (name, fn)  # what a compiled decision calls (see _plan)
+        return named
 
     def _guard(self, name: str) -> Callable[..., Any]:
         return _named(name, getattr(self, "_guard_" + name))
@@ -384,6 +460,19 @@ class Lifecycle:
 
     def _guard_reset_pending(self, ev: Any = None) -> bool:
         return self.reset_pending
+
+
+class _Plan(NamedTuple):
+    """A compiled internal or ignored decision without guards (the hot path):
+    ``hooks`` are ``(name, hook)`` of the transition's ``before`` then ``after``
+    callbacks, all the owner's; ``source`` the leaf's name (an internal or
+    ignored event stays in it); ``resets`` whether it resets the backoff."""
+
+    event: str
+    hooks: tuple[tuple[str, Callable[..., Any]], ...]
+    source: str
+    kind: str
+    resets: bool
 
 
 class _InternalEvent:

@@ -14,6 +14,8 @@ rules cannot drift.
   per message, never per answer), ``text/*`` into text, anything else into
   bytes, base64 SSE data (§5.8).
 - :mod:`.sse` — the incremental SSE parser (linear in the bytes fed).
+- :mod:`.jsontext` — a whole JSON text decoded exactly as ``json.loads`` does,
+  by its C scanner alone (an SSE event's data).
 - :mod:`.items` — :class:`Item`, :class:`Chunk`, :class:`ReadResult`.
 - :mod:`.retry` — :class:`RetryPolicy`: what is transient, how long to wait.
 - :mod:`.answers` — control-plane answers listing streams, read item by item

@@ -157,6 +157,12 @@ def _finite(text: str) -> float:
     return value
 
 
+#: ``json.loads(text, parse_constant=_reject_constant, parse_float=_finite)`` with its
+#: decoder built once (``json.loads`` builds one per call when given options; a
+#: leading BOM, which it rejects itself, fails this decoder's scan all the same).
+_decode = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite).decode
+
+
 def _parse_small(body: bytes, *, items_key: str, max_items: int,
                  keep_fields: tuple[str, ...] | None,
                  select: Callable[[Mapping[str, Any]], bool] | None) -> ItemsAnswer | None:
@@ -168,8 +174,7 @@ def _parse_small(body: bytes, *, items_key: str, max_items: int,
     if b"\\" in body or body.count(b'"' + items_key.encode() + b'"') > 1:
         return None  # escapes (keys spelt two ways), or a repeated items key
     try:
-        value = json.loads(body.decode("utf-8"), parse_constant=_reject_constant,
-                           parse_float=_finite)
+        value = _decode(body.decode("utf-8"))
     except (ValueError, RecursionError):
         return None  # not JSON, or not as ijson reads it: its errors, not ours
     out = ItemsAnswer()

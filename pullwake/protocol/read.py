@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
@@ -47,6 +47,7 @@ from pullwake.errors import (
     redact_text,
 )
 from pullwake.protocol.framing import BodyFramer, Kind, Rejected, frame_sse_data, kind_of
+from pullwake.protocol.jsontext import NOT_WHOLE, whole_json
 from pullwake.protocol.sse import Oversized, SSEParser
 
 __all__ = [
@@ -409,25 +410,36 @@ class ReadCore:
         return [Batch(e.values, e.start, nxt, e.first) if isinstance(e, Batch)
                 and e.offset != nxt else e for e in events]
 
-    def _sse_event(self, ev: Any) -> list[Event]:
+    def _sse_event(self, ev: Any) -> Sequence[Event]:
         if isinstance(ev, Oversized):
             if ev.event == "control":
                 raise ProtocolError("SSE control event exceeds the size limit", url=self.url)
             self._pending.append(Rejected(OversizedMessage(
                 f"SSE {ev.event} event of {ev.size} bytes exceeds the {ev.limit}-byte limit",
                 size=ev.size)))
-            return []
+            return ()
         if ev.event == "data":
-            self._pending.extend(frame_sse_data(ev.data, self.kind or "json",
+            data = ev.data
+            if (not self._base64 and (self.kind is None or self.kind == "json")
+                    and len(data) * 4 <= self.max_message_bytes):
+                # The common event: within the limit however it encodes (<= 4 bytes
+                # a character), and a JSON array here is one for frame_sse_data.
+                values = whole_json(data)
+                if type(values) is list:
+                    self._pending.extend(values)
+                    return ()
+            self._pending.extend(frame_sse_data(data, self.kind or "json",
                                                 base64=self._base64,
                                                 limit=self.max_message_bytes))
-            return []
+            return ()
         if ev.event != "control":
-            return []  # unknown event types are ignored (forward compatible)
-        try:
-            ctl = json.loads(ev.data)
-        except (ValueError, RecursionError):
-            ctl = None
+            return ()  # unknown event types are ignored (forward compatible)
+        ctl = whole_json(ev.data)
+        if ctl is NOT_WHOLE:
+            try:
+                ctl = json.loads(ev.data)
+            except (ValueError, RecursionError):
+                ctl = None
         if not isinstance(ctl, dict):
             # Skippable on the wake stream (the next control event carries the
             # offset); a read for a caller raises it.

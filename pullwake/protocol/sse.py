@@ -118,15 +118,19 @@ class SSEParser:
         """:meth:`feed` for the common chunk: LF line ends only, no line carried over,
         and too small to overflow an event (so no size check can trigger). The
         same events as :meth:`_any_lines`, line by line without its bookkeeping."""
-        lines = chunk.split(b"\n")
-        tail = lines.pop()  # after the last LF: the start of a line still to come
-        for raw in lines:
-            if not raw:
+        end = chunk.rfind(b"\n")
+        if end < 0:
+            if chunk:
+                self._line += chunk  # the start of a line still to come
+            return out
+        # One decode for all the chunk's whole lines: LF is never part of a UTF-8
+        # sequence, so a bad sequence is replaced as it is in each line alone.
+        for text in chunk[:end].decode("utf-8", errors="replace").split("\n"):
+            if not text:
                 item = self._dispatch()
                 if item is not None:
                     out.append(item)
                 continue
-            text = raw.decode("utf-8", errors="replace")
             if text[0] == ":":
                 continue
             field, sep, value = text.partition(":")
@@ -139,8 +143,8 @@ class SSEParser:
                 self._event = value
             elif field == "id" and "\0" not in value:
                 self._id = value
-        if tail:
-            self._line += tail
+        if end + 1 < len(chunk):
+            self._line += chunk[end + 1:]  # after the last LF: a line still to come
         return out
 
     # ---------------------------------------------------------------- internals

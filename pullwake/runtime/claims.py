@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from pullwake.errors import ControlPlaneError, RequestTimeout
@@ -109,6 +109,7 @@ class ClaimScheduler:
         stats: Stats,
         busy_retry: float,
         max_keys: int = MAX_CLAIM_KEYS,
+        activity: Callable[[], None] | None = None,
     ) -> None:
         self.max_keys = max_keys
         #: Wakes dropped because ``max_keys`` keys were already busy (each reported).
@@ -122,7 +123,8 @@ class ClaimScheduler:
         #: How often a held wake re-asks a runtime that never announces free keys.
         self._busy_retry: float | None = None if runtime.notifies_wake_free else busy_retry
         self._log = LabelledLog(log, owner.log.label)  # the runner's id, this module's logger
-        self._notify = owner.activity
+        #: Says something a heartbeat reports changed (default: ``owner.activity``).
+        self._notify = activity if activity is not None else owner.activity
         self._jobs = owner.jobs
         self._in_flight: dict[str, asyncio.Task[Any]] = {}
         self._held: dict[str, WakeEvent] = {}  # keys waiting for the runtime, each's wake

@@ -116,16 +116,19 @@ class PullWakeRunner:
             rng=config.rng)
         self._control_hooks = ControlHooks.of(self.control)
         self._runtime_hooks = RuntimeHooks.of(runtime)
-        self._session = WakeStreamSession(
-            self, config, http=self.http, clock=self._clock, stats=self._stats, log=self.log,
-            recreate=self._control_hooks.recreate_wake_stream)
         self._heartbeat = Heartbeater(
             self, clock=self._clock, interval=config.heartbeat_interval,
             throttle=config.event_heartbeat_throttle,
             failures_before_reset=config.heartbeat_failures_before_reset)
+        # The session and the claims tell the heartbeat of activity directly
+        # (what activity() does, one call less, several times a wake).
+        self._session = WakeStreamSession(
+            self, config, http=self.http, clock=self._clock, stats=self._stats, log=self.log,
+            recreate=self._control_hooks.recreate_wake_stream, activity=self._heartbeat.notify)
         self.claims = ClaimScheduler(
             self, control=self.control, runtime=self._runtime_hooks, clock=self._clock,
-            stats=self._stats, busy_retry=config.runtime_busy_retry)
+            stats=self._stats, busy_retry=config.runtime_busy_retry,
+            activity=self._heartbeat.notify)
         spec = load_spec(config.spec_path) if config.spec_path else None
         kwargs: dict[str, Any] = {"name": self._label}
         if config.rng is not None:
@@ -270,19 +273,22 @@ class PullWakeRunner:
     # ====================================================== lifecycle effects
 
     def on_transition(self, source: str, event: str, dest: str, kind: str) -> None:
-        if kind == "ignored":
-            self.log.debug("%s ignored in %s", event, source)
-        else:
-            self.log.debug("%s --%s--> %s", source, event, dest)
+        # Twice per wake (WAKE, OFFSET): each step costs nothing when it has nothing to do.
+        if self.log.logger.isEnabledFor(logging.DEBUG):
+            if kind == "ignored":
+                self.log.debug("%s ignored in %s", event, source)
+            else:
+                self.log.debug("%s --%s--> %s", source, event, dest)
         if kind == "transition":
             self._stats.note_transition(self._clock.time(), source, event, dest)
-        for listener in self._listeners:
-            try:
-                listener(source, event, dest, kind)
-            except Exception:
-                self.log.exception("transition listener raised; ignoring")
-        note, self._backoff_note = self._backoff_note, None
-        if note is not None:
+        if self._listeners:
+            for listener in self._listeners:
+                try:
+                    listener(source, event, dest, kind)
+                except Exception:
+                    self.log.exception("transition listener raised; ignoring")
+        if self._backoff_note is not None:
+            note, self._backoff_note = self._backoff_note, None
             # Logged here, after the transition's `after` hooks reported the
             # error that caused it, so the log reads in the order things happened.
             self.log.warning("reconnecting in %.3gs (attempt %d)", *note)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import shlex
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pullwake.errors import ConfigError, ControlPlaneError, LeaseLost, SubscriptionError, redact_url
@@ -93,6 +93,7 @@ class SubscriptionClient:
         self.max_claim_streams = max_claim_streams
         self.max_item_bytes = max_item_bytes
         self._urls: dict[tuple[str, str | None], str] = {}
+        self._read_claim = self._consume_claim  # bound once, not per claim
 
     def _remember(self, key: tuple[str, str | None], url: str) -> str:
         if len(self._urls) >= self.URL_CACHE:
@@ -199,20 +200,18 @@ class SubscriptionClient:
     async def claim(self, http: HttpClient, sub_id: str, worker: str) -> Claim | str:
         """A Claim, or the skip code (``NO_PENDING_WORK`` / ``ALREADY_CLAIMED``)."""
         url = self.subscription_url(sub_id, "claim")
-
-        async def consume(reader: BodyReader) -> Any:
-            return await read_items_answer(reader, operation="claim",
-                                           max_items=self.max_claim_streams)
-
         # Read as it arrives, bounded per stream entry: any number of linked
         # streams can be claimed (issue 14, class 1).
         answer = await http.request("POST", url, operation="claim", json_body={"worker": worker},
-                                    consume=consume, item_limit=self.max_item_bytes)
-        if answer.status == 409 and answer.code in SKIP_CODES:
-            err = (answer.json() or {}).get("error") if isinstance(answer.json(), dict) else None
-            holder = err.get("current_holder") if isinstance(err, dict) else None
-            return SkipCode(str(answer.code), holder=holder if isinstance(holder, str) else None)
-        self._raise(answer, "claim", url, http)
+                                    consume=self._read_claim, item_limit=self.max_item_bytes)
+        if not answer.ok:
+            if answer.status == 409 and answer.code in SKIP_CODES:
+                err = (answer.json() or {}).get("error") if isinstance(answer.json(), dict) \
+                    else None
+                holder = err.get("current_holder") if isinstance(err, dict) else None
+                return SkipCode(str(answer.code),
+                                holder=holder if isinstance(holder, str) else None)
+            self._raise(answer, "claim", url, http)
         parsed = answer.streamed
         if parsed is None or not parsed.is_object:
             raise ControlPlaneError("claim answer is not a JSON object", operation="claim",
@@ -222,6 +221,11 @@ class SubscriptionClient:
             body["streams"] = parsed.items
         return Claim.parse(sub_id, body, status=answer.status,
                            deferred_streams=parsed.deferred)
+
+    async def _consume_claim(self, reader: BodyReader) -> Any:
+        """A claim answer's body, read item by item (the ``consume`` of :meth:`claim`)."""
+        return await read_items_answer(reader, operation="claim",
+                                       max_items=self.max_claim_streams)
 
     async def ack(self, http: HttpClient, claim: Claim, *,
                   acks: Sequence[tuple[str, str]] = (), done: bool = False,
@@ -334,29 +338,13 @@ class SubscriptionControlPlane:
         sub = self.subscriptions.get(wake.subscription_id or "")
         if sub is None:
             return ClaimOutcome.skip("not_ours")
-        failed: list[BaseException] = []
-
-        def on_retry(exc: BaseException) -> None:
-            failed.append(exc)
-            if self._runner is not None:
-                self._runner.claim_failed(exc)
-
-        while True:
-            failed.clear()
-            result = await retry_transient(lambda: self._claim_once(http, sub),
-                                           clock=self._clock, on_retry=on_retry, rng=self._rng)
-            if not (failed and isinstance(result, SkipCode) and result == "ALREADY_CLAIMED"
-                    and result.holder == self.worker):
-                break
-            # An attempt that failed (timed out, cut) did reach the server: the
-            # wake is claimed by us, but its token never arrived. It cannot be
-            # released; the lease ends in lease_ttl_ms, then it is ours to claim
-            # again (issue 14, class 13): never skipped as someone else's.
-            wait = sub.claim_lease + 0.1
-            self._log.warning("claim of %s: an earlier attempt succeeded but its answer was "
-                              "lost (%s); claiming again when its lease ends in %.3gs", sub.id,
-                              type(failed[-1]).__name__, wait)
-            await sleep(self._clock, wait)
+        # The first attempt is made here, without the retry machinery (no closure,
+        # no backoff, one coroutine less on every resume): only a failed one
+        # continues on the general path, exactly as if that had made it.
+        try:
+            result: Claim | str = await self.client.claim(http, sub.id, self.worker)
+        except Exception as exc:  # noqa: BLE001 - the general path decides (or re-raises)
+            result = await self._claim_retrying(http, sub, exc)
         if isinstance(result, str):
             return ClaimOutcome.skip(result)
         if result.deferred_streams:
@@ -366,8 +354,44 @@ class SubscriptionControlPlane:
                               self.client.max_claim_streams)
         return ClaimOutcome(True, {"claim": result})
 
-    async def _claim_once(self, http: HttpClient, sub: SubscriptionConfig) -> Claim | str:
+    async def _claim_retrying(self, http: HttpClient, sub: SubscriptionConfig,
+                              first: Exception | None = None) -> Claim | str:
+        """The claim with its retries (the general path), after a first attempt that
+        raised ``first`` (None: from the first attempt on)."""
+        failed: list[BaseException] = []
+        pending = [first] if first is not None else []
+
+        def on_retry(exc: BaseException) -> None:
+            failed.append(exc)
+            if self._runner is not None:
+                self._runner.claim_failed(exc)
+
+        def attempt() -> Awaitable[Claim | str]:
+            return self._claim_once(http, sub, pending.pop() if pending else None)
+
+        while True:
+            failed.clear()
+            result = await retry_transient(attempt, clock=self._clock, on_retry=on_retry,
+                                           rng=self._rng)
+            if not (failed and isinstance(result, SkipCode) and result == "ALREADY_CLAIMED"
+                    and result.holder == self.worker):
+                return result
+            # An attempt that failed (timed out, cut) did reach the server: the
+            # wake is claimed by us, but its token never arrived. It cannot be
+            # released; the lease ends in lease_ttl_ms, then it is ours to claim
+            # again (issue 14, class 13): never skipped as someone else's.
+            wait = sub.claim_lease + 0.1
+            self._log.warning("claim of %s: an earlier attempt succeeded but its answer was "
+                              "lost (%s); claiming again when its lease ends in %.3gs", sub.id,
+                              type(failed[-1]).__name__, wait)
+            await sleep(self._clock, wait)
+
+    async def _claim_once(self, http: HttpClient, sub: SubscriptionConfig,
+                          raised: Exception | None = None) -> Claim | str:
+        """One claim attempt (``raised``: the attempt already made raised it)."""
         try:
+            if raised is not None:
+                raise raised
             return await self.client.claim(http, sub.id, self.worker)
         except SubscriptionError as exc:
             if exc.code != NOT_FOUND or self._keeper is None:

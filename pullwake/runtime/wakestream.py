@@ -59,8 +59,11 @@ class WakeStreamSession:
 
     def __init__(self, owner: StreamOwner, config: RunnerConfig, *, http: HttpClient,
                  clock: Clock, stats: Stats, log: LabelledLog,
-                 recreate: Callable[[HttpClient], Awaitable[bool]] | None) -> None:
+                 recreate: Callable[[HttpClient], Awaitable[bool]] | None,
+                 activity: Callable[[], None] | None = None) -> None:
         self._owner = owner
+        #: Says something a heartbeat reports changed (default: ``owner.activity``).
+        self._activity = activity if activity is not None else owner.activity
         self.config = config
         self._http = http
         self._clock = clock
@@ -78,7 +81,7 @@ class WakeStreamSession:
     def record_offset(self, offset: str) -> None:
         if offset != self.offset:
             self.offset = offset
-            self._owner.activity()
+            self._activity()
 
     # ============================================================ connecting
 
@@ -154,7 +157,7 @@ class WakeStreamSession:
     def _restart_offset(self) -> None:
         self.offset = None
         self._cursor = None
-        self._owner.activity()
+        self._activity()
 
     # ============================================================= consuming
 

@@ -1,0 +1,32 @@
+"""JSON text decoded exactly as ``json.loads`` decodes it, without its Python layers.
+
+Owns one shortcut: :func:`whole_json` calls the C scanner ``json.loads`` ends in
+(``JSONDecoder.scan_once``) on a text that is one JSON value from its first
+character to its last (a wake stream's SSE events are). Anything else
+(whitespace around the value, a BOM, invalid JSON, trailing data) answers
+:data:`NOT_WHOLE`, and the caller decodes it the general way, so results and
+errors stay ``json.loads``'s. No I/O.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+__all__ = ["NOT_WHOLE", "whole_json"]
+
+#: What :func:`whole_json` answers for a text it leaves to ``json.loads``.
+NOT_WHOLE: Any = type("NotWhole", (), {"__repr__": lambda self: "<not whole>"})()
+
+#: The scanner of a default decoder: the one ``json.loads`` uses, without the
+#: wrappers around it (loads, decode, raw_decode, the whitespace matches).
+_scan: Any = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def whole_json(text: str) -> Any:
+    """``json.loads(text)`` if ``text`` is exactly one JSON value, else :data:`NOT_WHOLE`."""
+    try:
+        value, end = _scan(text, 0)
+    except (StopIteration, ValueError, RecursionError):
+        return NOT_WHOLE
+    return value if end == len(text) else NOT_WHOLE
