@@ -11,7 +11,7 @@ connections, stalled answers) are retried under a bounded
 :class:`~pullwake.protocol.RetryPolicy` on the injected clock; a retried answer
 never repeats an item already handed out. Each network read is bounded by the
 idle timeout and each answer by lack of progress
-(:class:`~pullwake.protocol.read.ProgressWindow`), never by total duration.
+(:class:`~pullwake.protocol.progress.ProgressWindow`), never by total duration.
 Redirects are never followed.
 """
 
