@@ -539,3 +539,48 @@ async def test_small_claim_answer_read_at_once_is_the_item_by_item_claim(
         await http.close()
         await runner.cleanup()
     assert read_at_once > 50  # the fast path was taken, not only the general one
+
+
+# ------------------------------------------------- what a dispatch returns
+
+
+class _Awaitable:
+    def __await__(self) -> Any:
+        return iter(())
+
+
+async def _nothing() -> None:
+    return None
+
+
+@pytest.mark.parametrize("returns", ["none", "coroutine", "future", "awaitable", "value"])
+async def test_dispatch_runs_on_what_inspect_calls_awaitable(returns: str) -> None:
+    """The claim runs on exactly what inspect.isawaitable accepts (a coroutine is
+    recognised by its type first)."""
+    import inspect
+
+    from test_wake_costs import _Owner
+
+    from pullwake.runtime.claims import ClaimScheduler
+    from pullwake.runtime.health import Stats
+    from pullwake.runtime.ports import RuntimeHooks
+
+    made: list[Any] = []
+
+    class Runtime:
+        def dispatch_wake(self, notification: Any, **kw: Any) -> Any:
+            value: Any = {"none": lambda: None, "coroutine": _nothing,
+                          "future": asyncio.get_running_loop().create_future,
+                          "awaitable": _Awaitable, "value": lambda: 42}[returns]()
+            if returns == "future":
+                value.set_result(None)
+            made.append(value)
+            return value
+
+    claims = ClaimScheduler(_Owner(ManualClock()), control=None,  # type: ignore[arg-type]
+                            runtime=RuntimeHooks.of(Runtime()),  # type: ignore[arg-type]
+                            clock=ManualClock(), stats=Stats(), busy_retry=1.0)
+    work = claims._dispatch({})
+    assert work is (made[0] if inspect.isawaitable(made[0]) else None)
+    if work is not None:
+        await work
