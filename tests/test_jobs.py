@@ -242,3 +242,43 @@ async def test_settle_with_nothing_to_wait_for_arms_no_timer() -> None:
     jobs = Jobs(clock=clock)
     assert await jobs.settle(10.0) == []
     assert clock.pending == []
+
+
+async def test_a_stuck_jobs_work_handed_over_is_waited_for_in_its_new_job() -> None:
+    """Jobs.hand_over: a settle in progress (of another group) waits for the new job
+    instead of the stuck task; the stuck task's own group no longer waits for it."""
+    clock = ManualClock()
+    runner, worker = Jobs(clock=clock, label="r"), Jobs(clock=clock, label="w")
+    let_go, go_on = asyncio.Event(), asyncio.Event()
+    cancels: list[str] = []
+
+    async def stubborn() -> None:
+        while not let_go.is_set():
+            try:
+                await let_go.wait()
+            except asyncio.CancelledError:
+                cancels.append("stubborn")  # ignores it
+
+    async def rest() -> str:
+        await go_on.wait()
+        return "released"
+
+    stuck = runner.spawn(stubborn(), "claim")
+    try:
+        await settle_loop()
+        settling = asyncio.ensure_future(worker.settle(0, jobs=[stuck]))  # cancels, then waits
+        await settle_loop()
+        assert cancels == ["stubborn"] and not settling.done()
+        new = worker.hand_over(stuck, rest(), "job")
+        assert new.get_name() == "job[w]" and new in worker and stuck not in runner
+        await settle_loop()
+        assert not settling.done()  # waiting for the new job now
+        go_on.set()
+        assert await asyncio.wait_for(settling, 10) == [stuck] and await new == "released"
+        assert not stuck.done()
+        # its group does not wait for it any more (nor cancels it again)
+        assert await asyncio.wait_for(runner.cancel(), 10) == [] and cancels == ["stubborn"]
+    finally:
+        let_go.set()  # (a failed test must not leave it running: teardown would hang)
+    await asyncio.wait({stuck})
+    assert runner.failed == worker.failed == 0

@@ -2,12 +2,14 @@
 
 This module owns :class:`WorkerRuntime`, the :class:`~pullwake.runtime.runner.Runtime`
 a :class:`~pullwake.worker.Worker` gives its runner (a private object of the
-worker, not its public surface): each claimed wake becomes a job, one per
-subscription at a time, that keeps the lease (:mod:`.leases`), runs the
-handler (:mod:`.attempts`), and acks ``done`` or releases. The job runs on in
-the claim's own task (``dispatch_wake`` returns it to the runner), so a wake
-costs that task and the handler's; every other task of the worker (handler
-runs, lease extensions, recoveries) is a job of its
+worker, not its public surface): each claimed wake becomes a job
+(:class:`~pullwake.runtime.wakejob.WakeJob`), one per subscription at a
+time, that keeps the lease (:mod:`.leases`), runs the handler
+(:mod:`.attempts`), and acks ``done`` or releases. The job runs on in the
+claim's own task (``dispatch_wake`` returns it to the runner), an async
+handler too, so a wake costs that one task; every other task of the worker
+(a job handed over by a handler ignoring its cancellation, lease
+extensions, recoveries and their handlers) is a job of its
 :class:`~pullwake.runtime.jobs.Jobs`, whose failures are reported like any
 worker error. Failures follow the
 retry policy (:mod:`.failures`: cool-down, dead letter after
@@ -46,7 +48,7 @@ from pullwake.runtime.health import (
 )
 from pullwake.runtime.jobs import Jobs
 from pullwake.runtime.leases import LeaseKeeper
-from pullwake.runtime.logs import LabelledLog, log_context
+from pullwake.runtime.logs import LabelledLog
 from pullwake.runtime.recovery import Recovery
 from pullwake.runtime.subscriptions import (
     INVALID_OFFSET,
@@ -55,6 +57,7 @@ from pullwake.runtime.subscriptions import (
     SubscriptionConfig,
 )
 from pullwake.runtime.wake import Wake, WakeReader
+from pullwake.runtime.wakejob import WakeJob
 
 if TYPE_CHECKING:
     from pullwake.runtime.ports import RunnerPort
@@ -98,7 +101,7 @@ class WorkerRuntime:
         self._request_timeout = request_timeout
         self._on_error = on_error
         self._runner: RunnerPort | None = None
-        self._jobs: dict[str, asyncio.Task[Any]] = {}
+        self._jobs: dict[str, WakeJob] = {}  # per subscription, until acked or ended
         #: Per subscription: the current wake's failures and the cool-down.
         self._failures: dict[str, WakeFailures] = {}
         self._failure_log = FailureLog(log, failure_policy.log_interval)
@@ -125,6 +128,14 @@ class WorkerRuntime:
         if self._runner is None:  # pragma: no cover - a runner attaches at its construction
             raise RuntimeError("no runner is attached to this runtime")
         return self._runner
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    @property
+    def reader(self) -> WakeReader:
+        return self._reader
 
     def begin(self) -> None:
         """A new run: the stop grace of an earlier stop is forgotten."""
@@ -176,7 +187,7 @@ class WorkerRuntime:
 
     def dispatch_wake(self, notification: Any, *, claim_headers: Any,
                       claim_token_header: str | None) -> Awaitable[None]:
-        """The wake's job, for the runner to run on in the claim's task (no task of its own)."""
+        """The wake's job (:class:`WakeJob`), for the runner to run on in the claim's task."""
         claim: Claim = notification["claim"]
         task = asyncio.current_task()
         if task is None:  # pragma: no cover - the runner calls it from the claim's task
@@ -188,24 +199,14 @@ class WorkerRuntime:
         # The claim token is scrubbed from any text while, and only while, its job runs.
         scope = self._http.hold_secrets(claim.token)
         scope.__enter__()
-        self._jobs[key] = task  # busy from now on (is_wake_active), until acked or ended
-        self.stats.jobs_active = len(self._jobs)
-        return self._run_job(claim, task, scope)
+        job = self._jobs[key] = WakeJob(self, claim, task, scope)  # busy from now on
+        self.stats.jobs_active = len(self._jobs)  # (is_wake_active), until acked or ended
+        return job.run()
 
-    async def _run_job(self, claim: Claim, task: asyncio.Task[Any], scope: Any) -> None:
-        key = claim.subscription_id
-        try:
-            task.set_name(f"pullwake-job[{key}#{claim.generation}]")
-            with log_context(subscription=key, wake=claim.generation):
-                await self._job(claim)
-        finally:
-            scope.__exit__(None, None, None)
-            self._sub(claim).ended(claim.generation)
-            self._job_over(key, task)
-
-    def _job_over(self, key: str, task: asyncio.Future[Any]) -> None:
-        """``key`` is free once its job acked (or ended): tell the runner at once."""
-        if self._jobs.get(key) is not task:
+    def job_over(self, job: WakeJob) -> None:
+        """``job``'s key is free once it acked (or ended): tell the runner at once."""
+        key = job.claim.subscription_id
+        if self._jobs.get(key) is not job:
             return
         full = len(self._jobs) + self.attempts.outliving >= self.max_concurrency
         del self._jobs[key]
@@ -217,96 +218,34 @@ class WorkerRuntime:
 
     async def drain_wakes(self) -> None:
         # Recovered wakes get the same grace: nothing else would hand them over.
-        jobs = [*self._jobs.values(), *self.recovery.tasks]
+        wakes = {job.task: job for job in self._jobs.values()}
+        jobs = [*wakes, *self.recovery.tasks]
+
+        def cancel(task: asyncio.Task[Any]) -> None:
+            job = wakes.get(task)
+            if job is None:  # a recovery, or a job handed over meanwhile
+                task.cancel()
+            else:
+                job.cancel()  # its handler gets CANCEL_GRACE_S (then is abandoned)
+
         # The grace (cut short by end_grace), then cancel: a job releases its
         # claim on the way out; then wait for them.
-        pending = await self.jobs.settle(max(0.0, self.stop_grace), jobs=jobs)
+        pending = await self.jobs.settle(max(0.0, self.stop_grace), jobs=jobs, cancel=cancel)
         if pending:
             self.log.warning("%d handler(s) still running after %.3gs: released",
                              len(pending), self.stop_grace)
 
     # ================================================================= jobs
 
-    async def _job(self, claim: Claim) -> None:
-        sub = claim.subscription_id
-        self.recovery.learn(sub, claim.streams)
-        fails = self._failures_of(sub)
-        fails.begin(claim.streams)
-        wake = Wake(subscription_id=sub, wake_id=claim.wake_id,
-                    generation=claim.generation, streams=claim.streams, _reader=self._reader)
-        keeper = self.leases.keep(claim)
-        task = asyncio.current_task()
-        assert task is not None
-        lost: list[BaseException] = []  # the lease ended while the handler ran
-        attempting = False
-
-        def lease_ended(f: asyncio.Future[None]) -> None:
-            if f.cancelled() or not attempting:
-                return  # stopped by the job, or lost after the handler (the ack says so)
-            lost.append(f.exception() or LeaseLost("lease lost", operation="extend lease"))
-            task.cancel()  # the attempt winds the handler down (CANCEL_GRACE_S)
-
-        keeper.add_done_callback(lease_ended)
-        try:
-            if fails.dead:
-                # Given up on earlier (attempts exhausted) but its record or ack
-                # did not get through: do not run the handler again.
-                error = fails.last_error
-            else:
-                attempting = True
-                try:
-                    error = await self.attempt(wake)
-                except asyncio.CancelledError:
-                    if not lost or task.uncancel() > 0:
-                        raise  # a stop (too): released below
-                    self.stats.leases_lost += 1  # the lease is gone: nothing to release
-                    self._sub(claim).leases_lost += 1
-                    self.report(lost[0])
-                    return
-                finally:
-                    attempting = False
-                if error is None:
-                    await self._stop_keeper(keeper)
-                    self.stats.wakes_handled += 1
-                    self._sub(claim).wakes_handled += 1
-                    fails.succeeded()
-                    await self._finish(claim, wake)
-                    return
-                self.handler_failed(wake, fails, error)
-                if self.failure_policy.exhausted(fails.attempts):
-                    fails.dead = True
-            if fails.dead and (fails.recorded is not None
-                               or await self.dead_letter(wake, fails, reason="max_attempts")):
-                await self._stop_keeper(keeper)
-                recorded = fails.recorded or claim.streams
-                if await self._finish(claim, wake, acks=[
-                        (s.path, s.tail_offset) for s in recorded
-                        if s.tail_offset > s.acked_offset]):
-                    fails.succeeded()
-                return
-            if fails.dead:  # the record could not be written: retry it after a cool-down
-                self._free_after(fails.cool(self._clock.monotonic()), sub, fails)
-            await self._stop_keeper(keeper)
-            await self._release(claim, why="handler failed")
-        except asyncio.CancelledError:
-            # (the attempt wound the handler down first, the lease kept meanwhile)
-            await self._stop_keeper(keeper)
-            await self._release(claim, why="stopped")
-            raise
-
-    @staticmethod
-    async def _stop_keeper(keeper: asyncio.Future[Any]) -> None:
-        """Stop the lease extensions. The keeper is a future, not a task: cancelling
-        it is all (its callback cancels the timer and an extension in flight)."""
-        keeper.cancel()
-
     async def attempt(self, wake: Wake) -> BaseException | None:
-        """Run the handler once (:meth:`HandlerAttempts.attempt`)."""
+        """Run the handler once, in a task of its own (a recovery's; see
+        :meth:`HandlerAttempts.attempt`)."""
         return await self.attempts.attempt(wake)
 
-    async def _finish(self, claim: Claim, wake: Wake,
-                      acks: list[tuple[str, str]] | None = None) -> bool:
+    async def finish(self, job: WakeJob, acks: list[tuple[str, str]] | None = None) -> bool:
         """Ack ``done`` (default: what was handed over or read); True if the server took it."""
+        claim, wake = job.claim, job.wake
+        assert wake is not None
         if acks is None:
             acks = []
             for s in claim.streams:
@@ -336,16 +275,14 @@ class WorkerRuntime:
         self.stats.wakes_acked += 1
         self._sub(claim).acked(claim.generation)
         self.recovery.acked(claim.subscription_id, acks)
-        task = asyncio.current_task()
-        if task is not None:  # acked: the next wake may be claimed before this task ends
-            self._job_over(claim.subscription_id, task)
+        self.job_over(job)  # acked: the next wake may be claimed before this job ends
         return True
 
     @staticmethod
     def _tail_of(claim: Claim, path: str) -> str:
         return next(s.tail_offset for s in claim.streams if s.path == path)
 
-    async def _release(self, claim: Claim, *, why: str) -> None:
+    async def release(self, claim: Claim, *, why: str) -> None:
         try:
             await asyncio.shield(self._client.release(self._http, claim,
                                                       timeout=min(self._request_timeout, 5.0)))
@@ -357,9 +294,9 @@ class WorkerRuntime:
         self._sub(claim).wakes_released += 1
 
     def _sub(self, claim: Claim) -> SubscriptionStats:
-        return self._sub_of(claim.subscription_id)
+        return self.sub_of(claim.subscription_id)
 
-    def _sub_of(self, sub_id: str) -> SubscriptionStats:
+    def sub_of(self, sub_id: str) -> SubscriptionStats:
         stats = self.sub_stats.get(sub_id)  # (not setdefault: no new stats per call)
         if stats is None:
             stats = self.sub_stats[sub_id] = SubscriptionStats()
@@ -370,7 +307,7 @@ class WorkerRuntime:
     def _slot_freed(self) -> None:
         self.runner.wake_free(None)
 
-    def _free_after(self, delay: float, sub_id: str, fails: WakeFailures) -> None:
+    def free_after(self, delay: float, sub_id: str, fails: WakeFailures) -> None:
         """A cool-down of ``fails``: tell the runner when it ends (held wakes are not polled).
 
         The cool-down ends when its timer fires (not at a later clock reading),
@@ -389,9 +326,9 @@ class WorkerRuntime:
         """Count, log (traceback, rate-limited) and report one failed attempt; the cool-down."""
         now, wall = self._clock.monotonic(), self._clock.time()
         delay = fails.failed(error, now, wall)
-        self._free_after(delay, wake.subscription_id, fails)
+        self.free_after(delay, wake.subscription_id, fails)
         self.stats.handler_errors += 1
-        errs = self._sub_of(wake.subscription_id)
+        errs = self.sub_of(wake.subscription_id)
         errs.handler_errors += 1
         if isinstance(error, HandlerTimeout):
             self.stats.handler_timeouts += 1
@@ -415,7 +352,7 @@ class WorkerRuntime:
         self._notify(herr, "handler")
         return delay
 
-    def _failures_of(self, sub_id: str) -> WakeFailures:
+    def failures_of(self, sub_id: str) -> WakeFailures:
         fails = self._failures.get(sub_id)
         if fails is None:
             fails = self._failures[sub_id] = WakeFailures(backoff=self.failure_policy.backoff())
@@ -424,7 +361,7 @@ class WorkerRuntime:
     async def dead_letter(self, wake: Wake, fails: WakeFailures, *, reason: str) -> bool:
         """Append the wake's record to the dead-letter stream; True once it is written."""
         stream = self.failure_policy.dead_letter_stream
-        errs = self._sub_of(wake.subscription_id)
+        errs = self.sub_of(wake.subscription_id)
         if stream is None:  # pragma: no cover - FailurePolicy never exhausts without one
             return False
         record = dead_letter_record(

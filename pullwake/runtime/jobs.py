@@ -26,6 +26,11 @@ Rules:
   no task of its own; it never waits for the task that calls it.
 - **Cheap on the per-wake path**: a spawn is one task and one done callback;
   a settle is one future and at most one timer.
+- **A job's work may be handed over** (:meth:`Jobs.hand_over`): when a job is
+  stuck in code that ignores its cancellation (an application's handler), the
+  rest of its work goes on in a new job and the stuck task is abandoned: no
+  group waits for it any more, and a wait in progress for it waits for the
+  new job instead.
 - A thread that needs a coroutine's answer (a sync handler resolving the
   worker's credentials) uses :func:`run_from_thread`: the thread waits for it,
   so that task is the thread's call, not a background job.
@@ -41,6 +46,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import logging
+import weakref
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -61,7 +67,12 @@ class Jobs:
     runner's id, so a test or a task dump can tell whose a task is).
     """
 
-    __slots__ = ("_clock", "_cut", "_gate", "_label", "_on_error", "_tasks", "failed")
+    __slots__ = ("__weakref__", "_clock", "_cut", "_gate", "_label", "_on_error", "_tasks",
+                 "_waits", "failed")
+
+    #: Every group, for :meth:`hand_over` (a claim task is the runner's job, the
+    #: work it hands over the worker's).
+    _groups: weakref.WeakSet[Jobs] = weakref.WeakSet()
 
     def __init__(self, *, clock: Clock, label: str = "",
                  on_error: Callable[[JobError], Any] | None = None) -> None:
@@ -71,8 +82,10 @@ class Jobs:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._cut = False
         self._gate: asyncio.Future[None] | None = None
+        self._waits: list[_Waiting] = []  # waits in progress (a settle's)
         #: Jobs that ended by raising (each one reported).
         self.failed = 0
+        Jobs._groups.add(self)
 
     # ------------------------------------------------------------------ spawn
 
@@ -84,6 +97,22 @@ class Jobs:
             coro, name=f"{name}[{label}]" if label else name, context=context)
         self._tasks.add(task)
         task.add_done_callback(self._ended)
+        return task
+
+    def hand_over(self, stuck: asyncio.Task[Any], coro: Coroutine[Any, Any, T], name: str
+                  ) -> asyncio.Task[T]:
+        """Go on with ``stuck``'s work in ``coro``, a new job of this group, returned.
+
+        ``stuck`` (a task that ignored its cancellation) is abandoned: no group
+        tracks it any more (no settle or cancel waits for it, :func:`len`
+        leaves it out), and every wait in progress for it waits for the new
+        job instead. If it ever ends by raising, that is still reported.
+        """
+        task = self.spawn(coro, name)
+        for group in Jobs._groups:
+            group._tasks.discard(stuck)
+            for waiting in group._waits:
+                waiting.swap(stuck, task)
         return task
 
     def __len__(self) -> int:
@@ -135,7 +164,9 @@ class Jobs:
         self._cut = False
 
     async def settle(self, grace: float | None, *, jobs: Iterable[asyncio.Task[Any]] | None = None,
-                     abandon_after: float | None = None) -> list[asyncio.Task[Any]]:
+                     abandon_after: float | None = None,
+                     cancel: Callable[[asyncio.Task[Any]], object] | None = None
+                     ) -> list[asyncio.Task[Any]]:
         """Wait up to ``grace`` seconds for ``jobs`` (default: all of them), cancel the
         rest, then wait for those; returns the ones it cancelled.
 
@@ -144,19 +175,25 @@ class Jobs:
         bounds the wait after cancelling (``None``: until they end); a job
         still running then is abandoned, logged, and stays tracked. The
         calling task is never waited for, even when it is one of the jobs.
+        ``cancel(task)`` cancels one (default: ``task.cancel()``), for an
+        owner that must know (the worker's handler attempts). A job handed
+        over meanwhile (:meth:`hand_over`) is waited for in its new task.
         """
         me = asyncio.current_task()
         tasks = [t for t in (self._tasks if jobs is None else jobs) if t is not me and not t.done()]
         if not tasks:
             return []
         if (grace is None or grace > 0) and not self._cut:
-            await self._wait(tasks, grace, cuttable=True)
+            tasks = await self._wait(tasks, grace, cuttable=True)
         pending = [t for t in tasks if not t.done()]
         for t in pending:
-            t.cancel()
+            if cancel is None:
+                t.cancel()
+            else:
+                cancel(t)
         if pending:
-            await self._wait(pending, abandon_after, cuttable=False)
-            stuck = [t.get_name() for t in pending if not t.done()]
+            left = await self._wait(pending, abandon_after, cuttable=False)
+            stuck = [t.get_name() for t in left if not t.done()]
             if stuck:
                 log.warning("%d job(s) did not end within %.3gs of being cancelled: "
                             "abandoned: %s", len(stuck), abandon_after, ", ".join(stuck))
@@ -168,39 +205,67 @@ class Jobs:
         return await self.settle(0, jobs=jobs)
 
     async def _wait(self, tasks: list[asyncio.Task[Any]], seconds: float | None, *,
-                    cuttable: bool) -> None:
+                    cuttable: bool) -> list[asyncio.Task[Any]]:
         """Until every task is done, ``seconds`` pass on the clock, or (``cuttable``)
-        the grace is ended. Shielded from nothing: a cancelled caller stops waiting."""
+        the grace is ended; the tasks waited for (handed-over ones replaced).
+        Shielded from nothing: a cancelled caller stops waiting."""
         loop = asyncio.get_running_loop()
         gate: asyncio.Future[None] = loop.create_future()
-        left = len(tasks)
-
-        def one_done(_t: asyncio.Future[Any]) -> None:
-            nonlocal left
-            left -= 1
-            if left == 0 and not gate.done():
-                gate.set_result(None)
+        waiting = _Waiting(gate, tasks)
 
         def ring() -> None:
             if not gate.done():
                 gate.set_result(None)
 
-        for t in tasks:
-            t.add_done_callback(one_done)
         handle: TimerHandle | None = None
         if seconds is not None:
             handle = self._clock.call_later(seconds, ring)
         if cuttable:
             self._gate = gate
+        self._waits.append(waiting)
         try:
             await gate
         finally:
+            self._waits.remove(waiting)
             if cuttable and self._gate is gate:
                 self._gate = None
             if handle is not None:
                 handle.cancel()
-            for t in tasks:
-                t.remove_done_callback(one_done)
+            waiting.close()
+        return list(waiting.tasks)
+
+
+class _Waiting:
+    """One wait of :meth:`Jobs._wait`: the tasks not yet done (in order), and the
+    gate it opens when the last one is."""
+
+    __slots__ = ("gate", "tasks")
+
+    def __init__(self, gate: asyncio.Future[None], tasks: list[asyncio.Task[Any]]) -> None:
+        self.gate = gate
+        self.tasks: dict[asyncio.Task[Any], None] = {}
+        for t in tasks:
+            self.add(t)
+
+    def add(self, task: asyncio.Task[Any]) -> None:
+        self.tasks[task] = None
+        task.add_done_callback(self.ended)
+
+    def ended(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.pop(task, None)
+        if not self.tasks and not self.gate.done():
+            self.gate.set_result(None)
+
+    def swap(self, stuck: asyncio.Task[Any], task: asyncio.Task[Any]) -> None:
+        """Wait for ``task`` instead of ``stuck`` (if this wait was waiting for it)."""
+        if stuck in self.tasks:
+            stuck.remove_done_callback(self.ended)
+            del self.tasks[stuck]
+            self.add(task)
+
+    def close(self) -> None:
+        for t in self.tasks:
+            t.remove_done_callback(self.ended)
 
 
 def run_from_thread(coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop

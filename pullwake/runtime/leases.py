@@ -3,7 +3,8 @@
 This module owns the extensions of claim leases (an ``ack`` without offsets
 every third of the TTL, on the injected clock) and the extensions cut short
 when a job ends (awaited at stop). It decides only "held" or "lost": the job
-(:mod:`.dispatch`) cancels the handler when the lease is lost.
+(:mod:`.dispatch`) is called back when the lease is lost, and cancels the
+handler.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pullwake.runtime.subscriptions import NOT_FOUND, Claim, SubscriptionClient
 if TYPE_CHECKING:
     from pullwake.runtime.health import WorkerStats
 
-__all__ = ["LeaseKeeper"]
+__all__ = ["Lease", "LeaseKeeper"]
 
 
 class LeaseKeeper:
@@ -49,17 +50,17 @@ class LeaseKeeper:
         if self._strays:
             await self._jobs.settle(None, jobs=list(self._strays))
 
-    def keep(self, claim: Claim) -> asyncio.Future[None]:
-        """Extend the lease every third of its TTL; the future fails when the lease is lost.
+    def keep(self, claim: Claim, lost: Callable[[LeaseLost], object]) -> Lease:
+        """Extend the lease every third of its TTL; ``lost(error)`` once it is lost.
 
-        Cancelling the future stops the extensions. Between extensions nothing
+        :meth:`Lease.stop` stops the extensions. Between extensions nothing
         runs but a timer on the clock (no task per wake): most wakes end before
         the first extension is due. An extension may take as long as the lease
         has left (a slow or loaded server is not a lost lease); one that failed
         is tried again after a tenth of the TTL, not a third, so a single slow
         answer does not let the lease run out.
         """
-        return _Lease(self, claim).lost
+        return Lease(self, claim, lost)
 
     async def _extend(self, claim: Claim, left: float) -> bool | LeaseLost:
         """One lease extension, bounded by the lease time ``left``; True when it held.
@@ -88,66 +89,77 @@ class LeaseKeeper:
         return False
 
 
-class _Lease:
+class Lease:
     """One claim's extensions (:meth:`LeaseKeeper.keep`): a timer, at most one
-    extension in flight, and the ``lost`` future its job holds.
+    extension in flight, and the job's ``lost`` callback, called only when the
+    lease is lost.
 
-    An object, not closures calling each other: those would be a reference
-    cycle per wake, left to the garbage collector. Its references to itself
-    (through the timer, the extension's callback, ``lost``'s callback) all end
-    when the lease does: a fired or cancelled timer, a done task and a done
-    future drop their callbacks.
+    A plain object, not a future: the common wake ends before the first
+    extension is due, and :meth:`stop` then cancels one timer, nothing more
+    (no future, no callback scheduled). Nor closures calling each other: those
+    would be a reference cycle per wake, left to the garbage collector. Its
+    references to itself (the timer, the extension's callback) and to its job
+    (``lost``) all end when it stops or is lost.
     """
 
-    __slots__ = ("claim", "held_until", "interval", "keeper", "lost", "retry", "task", "timer",
-                 "ttl")
+    __slots__ = ("_claim", "_held_until", "_interval", "_keeper", "_lost", "_retry", "_task",
+                 "_timer", "_ttl")
 
-    def __init__(self, keeper: LeaseKeeper, claim: Claim) -> None:
-        self.keeper = keeper
-        self.claim = claim
-        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.ttl = ttl = claim.lease_ttl_ms / 1000
-        self.interval = max(0.2, ttl / 3)
-        self.retry = max(0.05, ttl / 10)
+    def __init__(self, keeper: LeaseKeeper, claim: Claim,
+                 lost: Callable[[LeaseLost], object]) -> None:
+        self._keeper = keeper
+        self._claim = claim
+        self._lost: Callable[[LeaseLost], object] | None = lost
+        self._ttl = ttl = claim.lease_ttl_ms / 1000
+        self._interval = max(0.2, ttl / 3)
+        self._retry = max(0.05, ttl / 10)
         clock = keeper._clock
-        self.held_until = clock.monotonic() + ttl  # as of the claim answer
-        self.task: asyncio.Task[bool | LeaseLost] | None = None
-        self.lost.add_done_callback(self._stop)
-        self.timer: TimerHandle | None = clock.call_later(self.interval, self._extend)
+        self._held_until = clock.monotonic() + ttl  # as of the claim answer
+        self._task: asyncio.Task[bool | LeaseLost] | None = None
+        self._timer: TimerHandle | None = clock.call_later(self._interval, self._extend)
+
+    def stop(self) -> None:
+        """No more extensions (the job is over, or acks or releases now); idempotent.
+
+        An extension in flight is cancelled and awaited at stop
+        (:meth:`LeaseKeeper.wait`); ``lost`` is never called after this.
+        """
+        timer, task = self._timer, self._task
+        self._timer = self._task = None
+        self._lost = None
+        if timer is not None:
+            timer.cancel()
+        if task is not None:
+            task.cancel()
+            strays = self._keeper._strays
+            strays.add(task)
+            task.add_done_callback(strays.discard)
 
     def _extend(self) -> None:
-        self.timer = None
-        if self.lost.done():
+        self._timer = None
+        if self._lost is None:  # pragma: no cover - stop() cancels the timer
             return
-        keeper = self.keeper
+        keeper = self._keeper
         started = keeper._clock.monotonic()
-        left = max(self.retry, self.held_until - started)
-        task = self.task = keeper._jobs.spawn(keeper._extend(self.claim, left),
-                                              f"pullwake-lease[{self.claim.subscription_id}]")
+        left = max(self._retry, self._held_until - started)
+        task = self._task = keeper._jobs.spawn(keeper._extend(self._claim, left),
+                                               f"pullwake-lease[{self._claim.subscription_id}]")
         task.add_done_callback(functools.partial(self._extended, started=started))
 
     def _extended(self, t: asyncio.Task[bool | LeaseLost], *, started: float) -> None:
-        self.task = None
-        lost = self.lost
-        if lost.done() or t.cancelled() or t.exception() is not None:
+        if self._task is not t:
+            return  # stopped meanwhile (and cancelled)
+        self._task = None
+        lost = self._lost
+        if lost is None or t.cancelled() or t.exception() is not None:
             return  # (an extension that raised is a bug, reported by the jobs)
         result = t.result()
-        clock = self.keeper._clock
+        clock = self._keeper._clock
         if isinstance(result, LeaseLost):
-            lost.set_exception(result)
+            self._lost = None
+            lost(result)
         elif result:
-            self.held_until = started + self.ttl
-            self.timer = clock.call_later(self.interval, self._extend)
+            self._held_until = started + self._ttl
+            self._timer = clock.call_later(self._interval, self._extend)
         else:
-            self.timer = clock.call_later(self.retry, self._extend)
-
-    def _stop(self, _f: asyncio.Future[None]) -> None:
-        timer, task = self.timer, self.task
-        self.timer = self.task = None
-        if timer is not None:
-            timer.cancel()
-        if task is not None:  # an extension in flight: cancelled, awaited at stop
-            task.cancel()
-            strays = self.keeper._strays
-            strays.add(task)
-            task.add_done_callback(strays.discard)
+            self._timer = clock.call_later(self._retry, self._extend)
