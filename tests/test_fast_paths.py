@@ -447,3 +447,140 @@ def test_sse_control_event_reads_like_json_loads(text: str) -> None:
         assert fast[0] == ("rejected", "MalformedMessage",
                            "SSE control event is not a JSON object", None, False) \
             or fast[0] == "raised"
+
+
+# ------------------------------------------------- a small claim answer
+
+
+def _claim_bodies() -> list[bytes]:
+    """Claim answers: well-formed ones and every way a field can be wrong (seeded)."""
+    import random
+
+    rng = random.Random(15)
+    entry = {"path": "e/a", "acked_offset": "0_1", "tail_offset": "0_2", "has_pending": True}
+    base: dict[str, Any] = {"wake_id": "w-2", "generation": 2, "token": "tok",
+                            "lease_ttl_ms": 2000, "streams": [entry]}
+    odd: list[Any] = ["x", 7, 7.5, True, False, None, {"a": 1}, [1], "", -1, 2**70, "\u00e9"]
+    bodies = [json.dumps(base).encode(), json.dumps(base, indent=1).encode(),
+              b" " + json.dumps(base).encode() + b"\n", b"[]", b"{}", b"not json",
+              b'{"wake_id":"w","generation":1,"token":"t","streams":[],"streams":[]}',
+              b'{"wake_id":"w\\u00e9","generation":1,"token":"t"}',
+              b'{"wake_id":"w","generation":NaN,"token":"t"}',
+              b'{"wake_id":"w","generation":1,"token":"t","lease_ttl_ms":1e400}',
+              json.dumps({**base, "streams": {"item": 1}}).encode()]
+    for _ in range(300):
+        body: dict[str, Any] = json.loads(json.dumps(base))
+        body["streams"] = [dict(entry, path=f"e/{i}", has_pending=rng.random() < 0.7)
+                           for i in range(rng.choice([0, 1, 2, 3, 4, 6]))]
+        for _ in range(rng.choice([0, 1, 1, 2])):
+            what = rng.random()
+            if what < 0.3:
+                body[rng.choice(["wake_id", "generation", "token", "lease_ttl_ms",
+                                 "streams"])] = rng.choice(odd)
+            elif what < 0.5 and isinstance(body.get("streams"), list) and body["streams"]:
+                s = rng.choice(body["streams"])
+                if rng.random() < 0.2:
+                    body["streams"][body["streams"].index(s)] = rng.choice(odd)
+                else:
+                    s[rng.choice(["path", "acked_offset", "tail_offset", "has_pending",
+                                  "extra", "a.b"])] = rng.choice(odd)
+            elif what < 0.7:
+                body.pop(rng.choice(["wake_id", "generation", "token", "lease_ttl_ms",
+                                     "streams"]), None)
+            else:
+                body[rng.choice(["extra", "a.b", "", "item"])] = rng.choice(odd)
+        bodies.append(json.dumps(body).encode())
+    return bodies
+
+
+@pytest.mark.timeout(120)
+async def test_small_claim_answer_read_at_once_is_the_item_by_item_claim(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every answer gives the same Claim (or the same error) read at once as item by
+    item (claim_fields off): real HTTP on 127.0.0.1, the client's own reader."""
+    import pullwake.runtime.subscriptions as subscriptions
+
+    current: list[bytes] = [b""]
+
+    async def claim(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=current[0], content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/stream/__ds/subscriptions/sub1/claim", claim)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    client = SubscriptionClient(f"http://127.0.0.1:{port}/v1/stream", max_claim_streams=3)
+    http = HttpClient(headers=None, clock=LoopClock(), request_timeout=10.0)
+
+    async def outcome() -> Any:
+        try:
+            got = await client.claim(http, "sub1", "w1")
+        except Exception as exc:  # noqa: BLE001 - compared
+            return ("raised", type(exc).__name__, str(exc), getattr(exc, "status", None),
+                    getattr(exc, "code", None))
+        return ("claim", got, type(got).__name__)
+
+    read_at_once = 0
+    try:
+        original = subscriptions.claim_fields
+        for body in _claim_bodies():
+            current[0] = body
+            fields = subscriptions.claim_fields
+            fast = await outcome()
+            monkeypatch.setattr(subscriptions, "claim_fields", lambda value, n: None)
+            general = await outcome()
+            monkeypatch.setattr(subscriptions, "claim_fields", fields)
+            assert fast == general, body
+            read_at_once += original(subscriptions.decode_small(body), 3) is not None
+    finally:
+        await http.close()
+        await runner.cleanup()
+    assert read_at_once > 50  # the fast path was taken, not only the general one
+
+
+# ------------------------------------------------- what a dispatch returns
+
+
+class _Awaitable:
+    def __await__(self) -> Any:
+        return iter(())
+
+
+async def _nothing() -> None:
+    return None
+
+
+@pytest.mark.parametrize("returns", ["none", "coroutine", "future", "awaitable", "value"])
+async def test_dispatch_runs_on_what_inspect_calls_awaitable(returns: str) -> None:
+    """The claim runs on exactly what inspect.isawaitable accepts (a coroutine is
+    recognised by its type first)."""
+    import inspect
+
+    from test_wake_costs import _Owner
+
+    from pullwake.runtime.claims import ClaimScheduler
+    from pullwake.runtime.health import Stats
+    from pullwake.runtime.ports import RuntimeHooks
+
+    made: list[Any] = []
+
+    class Runtime:
+        def dispatch_wake(self, notification: Any, **kw: Any) -> Any:
+            value: Any = {"none": lambda: None, "coroutine": _nothing,
+                          "future": asyncio.get_running_loop().create_future,
+                          "awaitable": _Awaitable, "value": lambda: 42}[returns]()
+            if returns == "future":
+                value.set_result(None)
+            made.append(value)
+            return value
+
+    claims = ClaimScheduler(_Owner(ManualClock()), control=None,  # type: ignore[arg-type]
+                            runtime=RuntimeHooks.of(Runtime()),  # type: ignore[arg-type]
+                            clock=ManualClock(), stats=Stats(), busy_retry=1.0)
+    work = claims._dispatch({})
+    assert work is (made[0] if inspect.isawaitable(made[0]) else None)
+    if work is not None:
+        await work

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from pullwake.errors import (
     ConfigError,
@@ -31,7 +33,7 @@ from pullwake.errors import (
     PullwakeError,
 )
 from pullwake.io.clock import Clock, LoopClock, deadline, sleep
-from pullwake.io.http import make_session, to_url, translate
+from pullwake.io.http import make_session, translate
 from pullwake.protocol import (
     DEFAULT_RETRY,
     Assembler,
@@ -65,8 +67,12 @@ __all__ = ["AsyncShell", "aiter_chunks", "aiter_items", "aread_stream"]
 #: aiohttp's cumulative ``total`` (300 s by default), which would cut a long read.
 NO_TOTAL = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=None, sock_read=None)
 
-AsyncHeaders = (Mapping[str, str] | Callable[[], Mapping[str, str]]
-                | Callable[[], Awaitable[Mapping[str, str]]] | None)
+AsyncHeaders = (Mapping[str, str]
+                | Callable[[], Mapping[str, str] | Awaitable[Mapping[str, str]]] | None)
+
+
+#: Header mappings that are never awaitable (skips the awaitable check per request).
+_MAPPINGS = frozenset({dict, MappingProxyType})
 
 
 class _Lazy:
@@ -89,7 +95,13 @@ class _Lazy:
 
 
 class AsyncShell:
-    """Drive one :class:`ReadCore` with an aiohttp session on an injectable clock."""
+    """Drive one :class:`ReadCore` with an aiohttp session on an injectable clock.
+
+    :meth:`step` is the whole read, one awaited call per group of events (no
+    generator per layer: a worker reads on every wake); :meth:`events` is the
+    same as an async iterator; :meth:`open` and :meth:`answer` are its two
+    halves, for a live read that chains answers itself (the wake stream).
+    """
 
     def __init__(self, session: aiohttp.ClientSession, url: str, core: ReadCore, *,
                  headers: AsyncHeaders = None, clock: Clock,
@@ -97,12 +109,15 @@ class AsyncShell:
                  idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT_S,
                  retry: RetryPolicy = DEFAULT_RETRY,
                  secrets: Callable[[], tuple[str, ...]] = tuple,
-                 live_floor: bool = True) -> None:
+                 live_floor: bool = True, checked_headers: bool = False) -> None:
         self.live_floor = live_floor
         self.session = session
         self.url = url
         self.core = core
         self.headers = headers
+        #: ``headers`` yields mappings already validated, whose values ``secrets``
+        #: already holds (the worker's HTTP client): sent as they are.
+        self.checked_headers = checked_headers
         self.clock = clock
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
@@ -110,15 +125,23 @@ class AsyncShell:
         # The caller's secrets and the header values sent (secrets too, as on the
         # sync path), computed only when an error is scrubbed.
         self._secrets = _Lazy(secrets)
+        self._reading = translate("read", url=url, secrets=self._secrets)
         self.responses = 0
         self.cached = 0
         self.bytes_read = 0
+        # The answer step() is reading, and its bounds.
+        self._resp: aiohttp.ClientResponse | None = None
+        self._idle: float | None = None
+        self._window: ProgressWindow | None = None  # made for an answer read in pieces
+        self._retrying: Retrying | None = None  # made at the first failure: most reads have none
 
-    async def _headers(self) -> dict[str, str]:
+    async def _headers(self) -> Mapping[str, str]:
         source: Any = self.headers
         value = source() if callable(source) else source
-        if inspect.isawaitable(value):
+        if type(value) not in _MAPPINGS and inspect.isawaitable(value):
             value = await value
+        if self.checked_headers:
+            return value  # type: ignore[no-any-return]
         out = check_headers(value)
         sent = tuple(v for v in out.values() if len(v) >= 4)
         sent += tuple(v.split(" ", 1)[1] for v in sent if " " in v)
@@ -148,20 +171,23 @@ class AsyncShell:
         """Send the core's next request; returns the response once its head is good.
 
         Raises the typed error of a final status, or of a transport failure
-        (transient ones carry ``_io``); does not retry (see :meth:`events`).
+        (transient ones carry ``_io``); does not retry (see :meth:`step`).
         """
         req = self.core.request()
         headers = await self._headers()
-        headers.update(req.headers)
-        secrets = self._secrets
+        if req.headers:
+            headers = {**headers, **dict(req.headers)}
         # A long-poll is a read of a live stream: its wait is bounded as silence
         # (IdleTimeout), like the rest of an open stream; anything else is a connect.
         phase: Any = "read" if req.live == "long-poll" else "connect"
         try:
-            with translate(phase, url=self.url, secrets=secrets):
-                async with deadline(self.clock, self._wait_for_head(req.live)):
-                    resp = await self.session.get(to_url(req.url(self.url)), headers=headers,
-                                                  allow_redirects=False, timeout=NO_TOTAL)
+            with translate(phase, url=self.url, secrets=self._secrets), \
+                    deadline(self.clock, self._wait_for_head(req.live)):
+                # (not to_url: each read's query is new, and would evict the
+                # control-plane URLs that repeat every wake from its cache)
+                resp = await self.session.get(URL(req.url(self.url), encoded=True),
+                                              headers=headers or None,
+                                              allow_redirects=False, timeout=NO_TOTAL)
         except (ConnectError, ProtocolError, IdleTimeout) as error:
             raise mark_transport(error)  # noqa: B904 - the cause is already chained by translate
         self.responses += 1
@@ -171,7 +197,7 @@ class AsyncShell:
                 body = b""
                 if resp.status >= 400:
                     try:
-                        async with deadline(self.clock, self.connect_timeout):
+                        with deadline(self.clock, self.connect_timeout):
                             body = await resp.content.read(ERROR_BODY_LIMIT)
                     except (aiohttp.ClientError, OSError, TimeoutError):
                         body = b""
@@ -185,65 +211,120 @@ class AsyncShell:
             raise
         return resp, req.live
 
-    async def answer(self, resp: aiohttp.ClientResponse, live: Live) -> AsyncIterator[Any]:
-        """The events of one open answer; closes it. Transport failures carry ``_io``.
+    async def _piece(self, resp: aiohttp.ClientResponse, idle: float | None) -> bytes:
+        """The next piece of the answer: what is buffered at once, else within ``idle``.
 
-        What aiohttp already buffered is taken at once; only a read that has
-        to wait arms the idle deadline (a small answer arrives with its head).
+        Only a read that has to wait arms the idle deadline (a small answer
+        arrives with its head). Transport failures carry ``_io``.
         """
-        core = self.core
+        content = resp.content
+        try:
+            with self._reading:
+                piece = content.read_nowait()
+                if not piece and not content.is_eof():
+                    with deadline(self.clock, idle):
+                        piece = await content.readany()
+        except PullwakeError as error:
+            raise mark_transport(error) from error.__cause__
+        return piece
+
+    def _take(self, window: ProgressWindow, piece: bytes) -> list[Any]:
+        """Frame one piece; the events it completes (a trickle raises IdleTimeout)."""
+        self.bytes_read += len(piece)
+        out = self.core.feed(piece)
+        # (the clock is read only for an unfinished unit: a completed one resets)
+        if window.update(0.0 if out else self.clock.monotonic(), len(piece), bool(out)):
+            raise mark_transport(IdleTimeout("the answer made no progress within "
+                                             "the idle timeout (a trickle)", url=self.url))
+        return out
+
+    async def answer(self, resp: aiohttp.ClientResponse, live: Live) -> AsyncIterator[Any]:
+        """The events of one open answer; closes it. Transport failures carry ``_io``."""
         idle = self._read_idle(live)
         window = ProgressWindow(idle)
-        content = resp.content
-        clock = self.clock
         try:
             while True:
-                try:
-                    with translate("read", url=self.url, secrets=self._secrets):
-                        piece = content.read_nowait()
-                        if not piece and not content.is_eof():
-                            async with deadline(clock, idle):
-                                piece = await content.readany()
-                except PullwakeError as error:
-                    raise mark_transport(error) from error.__cause__
+                piece = await self._piece(resp, idle)
                 if not piece:
                     break
-                self.bytes_read += len(piece)
-                out = core.feed(piece)
-                if window.update(clock.monotonic(), len(piece), bool(out)):
-                    raise mark_transport(IdleTimeout("the answer made no progress within "
-                                                     "the idle timeout (a trickle)",
-                                                     url=self.url))
-                for event in out:
+                for event in self._take(window, piece):
                     yield event
-            for event in core.end():
+            for event in self.core.end():
                 yield event
         finally:
             resp.close()
 
-    async def events(self) -> AsyncIterator[Any]:
-        """Every event of the read, with bounded retries of transient failures."""
+    async def step(self) -> list[Any]:
+        """The next events of the read, with bounded retries of transient failures.
+
+        Returns a non-empty list until the read is finished, then ``[]``.
+        Call :meth:`close` if the read is abandoned before that (it closes the
+        answer being read). An answer that is complete once a piece is read
+        (a small one arrives with its head) ends at once: no further read, and
+        no progress window (no piece will follow for it to bound).
+        """
         core = self.core
-        retrying: Retrying | None = None  # made at the first failure: most reads have none
-        while not core.done:
+        while True:
             try:
-                resp, live = await self.open()
-                async for event in self.answer(resp, live):
-                    yield event
+                resp = self._resp
+                if resp is None:
+                    if core.done:
+                        return []
+                    resp, live = await self.open()
+                    self._resp = resp
+                    self._idle = self._read_idle(live)
+                    self._window = None
+                piece = await self._piece(resp, self._idle)
+                if piece:
+                    if resp.content.at_eof():  # (buffer drained, and no more to come)
+                        self.bytes_read += len(piece)
+                        out = core.feed(piece)
+                        if out:
+                            return out  # the answer ends at the next step
+                    else:
+                        if self._window is None:
+                            self._window = ProgressWindow(self._idle)
+                        out = self._take(self._window, piece)
+                        if out:
+                            return out
+                        continue
+                out = core.end()
+                self.close()
+                if self._retrying is not None:
+                    self._retrying.progressed()
+                if out:
+                    return out
             except PullwakeError as error:
+                self.close()
                 retry_after = getattr(error, "retry_after", None)
                 if not (transient(error) or getattr(error, "_transient", False)):
                     raise
                 core.broken()
-                if retrying is None:
-                    retrying = self.retry.start()
-                delay = retrying.delay(retry_after)
+                if self._retrying is None:
+                    self._retrying = self.retry.start()
+                delay = self._retrying.delay(retry_after)
                 if delay is None:
                     raise
                 await sleep(self.clock, delay)
-                continue
-            if retrying is not None:
-                retrying.progressed()
+            except BaseException:
+                self.close()
+                raise
+
+    def close(self) -> None:
+        """Close the answer being read, if any (idempotent)."""
+        resp, self._resp = self._resp, None
+        if resp is not None:
+            resp.close()
+
+    async def events(self) -> AsyncIterator[Any]:
+        """Every event of the read (:meth:`step` as an async iterator)."""
+        step = self.step
+        try:
+            while out := await step():
+                for event in out:
+                    yield event
+        finally:
+            self.close()
 
 
 def _core(url: str, offset: str, live: object, *, cursor: str | None, until: str | None,

@@ -38,7 +38,7 @@ async def _chunk(resp: aiohttp.ClientResponse, idle: float | None, clock: Clock 
         return data
     if idle is None or clock is None:
         return await (content.readany() if n < 0 else content.read(n))
-    async with deadline(clock, idle):
+    with deadline(clock, idle):
         return await (content.readany() if n < 0 else content.read(n))
 
 
@@ -59,6 +59,8 @@ async def read_bounded(resp: aiohttp.ClientResponse, limit: int, *, idle: float 
     # Count while reading, each chunk within ``idle`` of the last. A small
     # answer is one chunk (returned as it is); only several chunks are joined.
     body = await _chunk(resp, idle, clock)
+    if len(body) <= limit and resp.content.at_eof():
+        return body  # the whole body came with the head: no further read
     more: list[bytes] = []
     size = len(body)
     while True:
@@ -142,7 +144,9 @@ class BodyReader:
                 body += more  # rare: the answer arrived in pieces
         content = resp.content
         data = content.read_nowait()
-        if content.is_eof() and len(data) <= self.item_limit:
+        # at_eof, not is_eof: reading the buffer may resume the parser, which
+        # can buffer more of the body (and its end) before read_nowait returns.
+        if content.at_eof() and len(data) <= self.item_limit:
             self.total += len(data)
             return data
         self._unread = data

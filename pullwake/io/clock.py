@@ -48,15 +48,18 @@ class LoopClock:
         return time.time()
 
     def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> TimerHandle:
-        return asyncio.get_running_loop().call_later(max(0.0, delay), callback, *args)
+        loop = asyncio.get_running_loop()
+        return loop.call_at(loop.time() + max(0.0, delay), callback, *args)
 
 
-class deadline:  # lower case: used like a function, `async with deadline(clock, 5):`
+class deadline:  # lower case: used like a function, `with deadline(clock, 5):`
     """Cancel the body after ``seconds`` on ``clock`` and raise ``TimeoutError``.
 
     Like ``asyncio.timeout`` but driven by the injectable clock. A cancellation
     that did not come from this deadline propagates untouched. ``None`` means
-    no deadline. (A class, not a generator: it runs on every request.)
+    no deadline. A plain ``with`` (it awaits nothing itself: no coroutine per
+    use) or ``async with``, inside a task. (A class, not a generator: it runs
+    on every request.)
     """
 
     __slots__ = ("_clock", "_expired", "_handle", "_seconds", "_task")
@@ -68,7 +71,7 @@ class deadline:  # lower case: used like a function, `async with deadline(clock,
         self._handle: TimerHandle | None = None
         self._expired = False
 
-    async def __aenter__(self) -> None:
+    def __enter__(self) -> None:
         if self._seconds is None:
             return
         self._task = asyncio.current_task()
@@ -81,14 +84,21 @@ class deadline:  # lower case: used like a function, `async with deadline(clock,
         assert self._task is not None
         self._task.cancel()
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: object) -> None:
         if self._handle is not None:
             self._handle.cancel()
         if self._expired and exc_type is asyncio.CancelledError:
             assert self._task is not None
             if self._task.uncancel() == 0:
                 raise TimeoutError(f"no progress within {self._seconds:g}s") from None
+
+    async def __aenter__(self) -> None:
+        self.__enter__()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: object) -> None:
+        self.__exit__(exc_type, exc, tb)
 
 
 def iso(ts: float | None) -> str | None:

@@ -30,6 +30,7 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Literal
 
 import aiohttp
@@ -74,6 +75,7 @@ HeadersSource = (
 #: Control-plane answers larger than this are an error (they are small JSON).
 MAX_CONTROL_BODY = 1024 * 1024
 _NO_SCOPE = contextlib.nullcontext()
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 #: ``json.dumps(value, separators=(",", ":"))`` without building an encoder per call.
 _compact = json.JSONEncoder(separators=(",", ":")).encode
 
@@ -89,14 +91,21 @@ def to_url(url: str) -> URL:
 
 def make_session(*, verify_tls: bool = True, connect_timeout: float | None = None,
                  limit: int = 100) -> aiohttp.ClientSession:
-    """A session for one runner: no cumulative timeout; TLS verified unless told not to."""
+    """A session for one runner: no cumulative timeout; TLS verified unless told not to.
+
+    It keeps no cookies (``aiohttp.DummyCookieJar``): the Durable Streams
+    protocol uses none, and the TypeScript original's ``fetch`` keeps none
+    either, so a ``Set-Cookie`` from a server (or a proxy) is never sent back,
+    and no request pays for filtering a jar.
+    """
     timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=connect_timeout,
                                     sock_read=None)
     ssl_ctx: ssl.SSLContext | bool = bool(verify_tls)
     connector = aiohttp.TCPConnector(limit=limit, ssl=ssl_ctx, enable_cleanup_closed=False,
                                      socket_factory=_socket_factory(connect_timeout))
     return aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=True,
-                                 raise_for_status=False, trust_env=False)
+                                 raise_for_status=False, trust_env=False,
+                                 cookie_jar=aiohttp.DummyCookieJar())
 
 
 def _socket_factory(user_timeout: float | None) -> Callable[[Any], socket.socket]:
@@ -356,6 +365,20 @@ class HttpClient:
             self._static = dict(out)
         return out
 
+    def read_headers(self) -> Mapping[str, str] | Awaitable[Mapping[str, str]]:
+        """The configured headers for a stream read, validated, their values kept secret.
+
+        A fixed mapping (validated once) is returned itself, not a copy: the
+        caller must not change it; a provider is resolved (awaitable), as
+        :meth:`resolve_headers` does before every request.
+        """
+        src = self._headers
+        if src is None:
+            return _NO_HEADERS
+        if not callable(src) and self._static is not None:
+            return self._static
+        return self.resolve_headers()
+
     async def request(self, method: str, url: str, *, operation: str, json_body: Any = None,
                       headers: Mapping[str, str] | None = None, timeout: float | None = None,
                       max_body: int = MAX_CONTROL_BODY,
@@ -378,7 +401,7 @@ class HttpClient:
                     break
         with scoped, translate("request", url=url, operation=operation,
                                secrets=self._secrets):
-            async with deadline(self._clock, limit):
+            with deadline(self._clock, limit):
                 src = self._headers
                 if src is None:
                     hdrs: dict[str, str] = {}

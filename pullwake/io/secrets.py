@@ -81,7 +81,7 @@ class Secrets:
             n = held.get(v, 0)
             held[v] = n + 1
             if n == 0 and v not in self._kept:
-                self._changed()
+                self._snapshot = self._pattern = None  # (inline: per wake)
 
     def _drop_held(self, vals: tuple[str, ...]) -> None:
         held = self._held
@@ -92,7 +92,7 @@ class Secrets:
             else:
                 del held[v]
                 if v not in self._kept:
-                    self._changed()
+                    self._snapshot = self._pattern = None
 
     def _changed(self) -> None:
         self._snapshot = None

@@ -38,8 +38,9 @@ from typing import Any, Protocol
 import ijson
 
 from pullwake.errors import ControlPlaneError
+from pullwake.protocol.jsontext import NOT_WHOLE, whole_json
 
-__all__ = ["ItemsAnswer", "read_items_answer"]
+__all__ = ["NOT_SMALL", "ItemsAnswer", "decode_small", "read_items_answer", "small_body"]
 
 #: Values of these ijson events are scalars.
 _SCALARS = frozenset({"string", "number", "boolean", "null"})
@@ -75,27 +76,26 @@ class ItemsAnswer:
 async def read_items_answer(reader: _Reader, *, operation: str, items_key: str = "streams",
                             max_items: int, keep_fields: tuple[str, ...] | None = None,
                             select: Callable[[Mapping[str, Any]], bool] | None = None,
-                            status: int | None = None) -> ItemsAnswer:
+                            status: int | None = None, small: Any = None) -> ItemsAnswer:
     """Parse a JSON object answer incrementally; keep at most ``max_items`` entries.
 
     ``keep_fields`` (if given) are the only entry fields kept (others are
     skipped as they stream by); entries ``select`` rejects are neither kept
     nor counted as deferred. An entry counts as pending unless its
-    ``has_pending`` is ``false``.
+    ``has_pending`` is ``false``. ``small``: what ``await reader.small_body()``
+    answered, if the caller asked already (:func:`small_body`).
 
     The parser is pushed chunks (``ijson.parse_coro``): every wait is this
     coroutine's own ``await reader.read()``, so cancellation and deadlines
     behave as anywhere else.
     """
-    small = getattr(reader, "small_body", None)
-    if small is not None:
-        body = await small()
-        if body is not None:
-            fast = _parse_small(body, items_key=items_key, max_items=max_items,
-                                keep_fields=keep_fields, select=select)
-            if fast is not None:
-                return fast
-            reader = _Bytes(body)  # the incremental parser decides (its results, its errors)
+    body = await small_body(reader) if small is None else small
+    if body is not NOT_SMALL:
+        fast = _parse_small(body, items_key=items_key, max_items=max_items,
+                            keep_fields=keep_fields, select=select)
+        if fast is not None:
+            return fast
+        reader = _Bytes(body)  # the incremental parser decides (its results, its errors)
     parser = _ItemsParser(reader, items_key=items_key, max_items=max_items,
                           keep_fields=keep_fields, select=select)
     events: Any = ijson.sendable_list()
@@ -124,6 +124,33 @@ async def read_items_answer(reader: _Reader, *, operation: str, items_key: str =
             with contextlib.suppress(Exception):
                 coro.close()
     return parser.result()
+
+
+#: What :func:`small_body` answers for a body it cannot hand over whole (an empty
+#: one included: nothing to decode at once), and :func:`decode_small` for one it
+#: leaves to the incremental parser (no JSON value is bytes).
+NOT_SMALL = b""
+
+
+async def small_body(reader: Any) -> bytes:
+    """``await reader.small_body()`` if the reader offers it and it has the whole
+    body, else :data:`NOT_SMALL` (then the reader hands out the body from its start)."""
+    ask = getattr(reader, "small_body", None)
+    body = await ask() if ask is not None else None
+    return NOT_SMALL if body is None else body
+
+
+def decode_small(body: bytes, items_key: str = "streams") -> Any:
+    """A small answer's value decoded at once, or :data:`NOT_SMALL` if the one-shot
+    decode might differ from the incremental parse (:func:`_parse_small`'s rules)."""
+    if b"\\" in body or body.count(b'"' + items_key.encode() + b'"') > 1:
+        return NOT_SMALL  # escapes (keys spelt two ways), or a repeated items key
+    try:
+        text = body.decode("utf-8")
+        value = whole_json(text, _scan)  # the common answer: compact, nothing around it
+        return _decode(text) if value is NOT_WHOLE else value
+    except (ValueError, RecursionError):
+        return NOT_SMALL  # not JSON, or not as ijson reads it: its errors, not ours
 
 
 #: Bytes asked of the reader at a time.
@@ -160,7 +187,9 @@ def _finite(text: str) -> float:
 #: ``json.loads(text, parse_constant=_reject_constant, parse_float=_finite)`` with its
 #: decoder built once (``json.loads`` builds one per call when given options; a
 #: leading BOM, which it rejects itself, fails this decoder's scan all the same).
-_decode = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite).decode
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite)
+_decode = _DECODER.decode
+_scan: Any = _DECODER.scan_once  # type: ignore[attr-defined]
 
 
 def _parse_small(body: bytes, *, items_key: str, max_items: int,
@@ -171,12 +200,9 @@ def _parse_small(body: bytes, *, items_key: str, max_items: int,
     None when the one-shot decode might differ from the incremental parse:
     then the caller parses the same bytes incrementally.
     """
-    if b"\\" in body or body.count(b'"' + items_key.encode() + b'"') > 1:
-        return None  # escapes (keys spelt two ways), or a repeated items key
-    try:
-        value = _decode(body.decode("utf-8"))
-    except (ValueError, RecursionError):
-        return None  # not JSON, or not as ijson reads it: its errors, not ours
+    value = decode_small(body, items_key)
+    if value is NOT_SMALL:
+        return None
     out = ItemsAnswer()
     if not isinstance(value, dict):
         out.is_object = False

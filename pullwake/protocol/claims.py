@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from pullwake.errors import ControlPlaneError
 
-__all__ = ["Claim", "ClaimedStream", "SkipCode"]
+__all__ = ["Claim", "ClaimFields", "ClaimedStream", "SkipCode", "claim_fields"]
 
 
 class SkipCode(str):
@@ -106,6 +106,52 @@ class Claim:
 
     def fence(self) -> dict[str, Any]:
         return {"wake_id": self.wake_id, "generation": self.generation}
+
+
+class ClaimFields(NamedTuple):
+    """A claim answer's fields read at once: ``Claim(subscription_id, *fields)``."""
+
+    wake_id: str
+    generation: int
+    token: str
+    streams: tuple[ClaimedStream, ...]
+    lease_ttl_ms: int
+
+    def __repr__(self) -> str:  # never the token
+        return f"ClaimFields(wake_id={self.wake_id!r}, generation={self.generation!r})"
+
+
+def claim_fields(value: Any, max_streams: int) -> ClaimFields | None:
+    """What reading a small answer item by item and :meth:`Claim.parse` give, from its
+    decoded ``value`` (:func:`~pullwake.protocol.answers.decode_small`), when the
+    answer is an object whose fields all have their exact types, that lists at most
+    ``max_streams`` streams (all kept, in order) and has no dotted key; else None
+    (the general path decides, and names what is wrong)."""
+    if type(value) is not dict:
+        return None
+    raw = value.get("streams", [])
+    wake_id, gen, token = value.get("wake_id"), value.get("generation"), value.get("token")
+    ttl = value.get("lease_ttl_ms", 30_000)
+    if type(raw) is not list or len(raw) > max_streams or type(wake_id) is not str \
+            or type(gen) is not int or type(token) is not str or type(ttl) is not int:
+        return None
+    for key in value:
+        if not key or "." in key:
+            return None
+    streams = []
+    for s in raw:
+        if type(s) is not dict:
+            return None
+        path, acked, tail = s.get("path"), s.get("acked_offset"), s.get("tail_offset")
+        pending = s.get("has_pending", True)
+        if type(path) is not str or type(acked) is not str or type(tail) is not str \
+                or type(pending) is not bool:
+            return None
+        for key in s:
+            if "." in key:
+                return None
+        streams.append(ClaimedStream(path, acked, tail, pending))
+    return ClaimFields(wake_id, gen, token, tuple(streams), ttl)
 
 
 def _fast_claim(subscription_id: str, body: Mapping[str, Any],

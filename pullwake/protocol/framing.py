@@ -25,6 +25,7 @@ it. Framing never stalls: every byte is looked at a bounded number of times.
 from __future__ import annotations
 
 import codecs
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -43,8 +44,12 @@ _SKIP_IN = re.compile(r'["\\]')
 _SCAN: Any = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
+@functools.lru_cache(maxsize=256)
 def kind_of(content_type: str | None) -> Kind:
-    """How a stream of this content type is framed (PROTOCOL.md §5.8's split)."""
+    """How a stream of this content type is framed (PROTOCOL.md §5.8's split).
+
+    Remembered: a stream's type repeats on every answer.
+    """
     ctype = (content_type or "").split(";", 1)[0].strip().lower()
     if ctype == "application/json" or ctype.endswith("+json"):
         return "json"

@@ -23,10 +23,14 @@ NOT_WHOLE: Any = type("NotWhole", (), {"__repr__": lambda self: "<not whole>"})(
 _scan: Any = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
-def whole_json(text: str) -> Any:
-    """``json.loads(text)`` if ``text`` is exactly one JSON value, else :data:`NOT_WHOLE`."""
+def whole_json(text: str, scan: Any = _scan) -> Any:
+    """``json.loads(text)`` if ``text`` is exactly one JSON value, else :data:`NOT_WHOLE`.
+
+    ``scan``: another decoder's scanner (``JSONDecoder(...).scan_once``), for
+    what that decoder's ``decode`` gives.
+    """
     try:
-        value, end = _scan(text, 0)
+        value, end = scan(text, 0)
     except (StopIteration, ValueError, RecursionError):
         return NOT_WHOLE
     return value if end == len(text) else NOT_WHOLE

@@ -139,8 +139,8 @@ class Request:
 
     def url(self, base: str) -> str:
         sep = "&" if "?" in base else "?"
-        return base + sep + "&".join(
-            f"{k}={v if _UNRESERVED.match(v) else quote(v, safe='')}" for k, v in self.params)
+        return base + sep + "&".join([
+            f"{k}={v if _UNRESERVED.match(v) else quote(v, safe='')}" for k, v in self.params])
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +231,7 @@ class ReadCore:
         self._base64 = False
         self._pending: list[Any] = []
         self._head: Mapping[str, str] | None = None
+        self._next: str | None = None  # the answer's Stream-Next-Offset, as sent
         self._emitted = 0  # values delivered from the current answer
         self._drop = 0  # values to drop from a retried answer (already delivered)
         self._not_modified = False
@@ -280,6 +281,7 @@ class ReadCore:
             return Head(status, False, transient,
                         parse_retry_after(headers.get("Retry-After")) if transient else None)
         self._head = headers
+        self._next = headers.get("Stream-Next-Offset")
         self._start = self.offset
         self._not_modified = status == 304
         self._status = status
@@ -329,7 +331,8 @@ class ReadCore:
             return out
         if self._framer is None or not data:
             return []
-        return self._batch(self._framer.feed(data))
+        values = self._framer.feed(data)  # (usually none: a small body is framed at its end)
+        return self._batch(values) if values else []
 
     def end(self) -> list[Event]:
         """The body ended normally. For SSE: the server closed the connection."""
@@ -345,7 +348,7 @@ class ReadCore:
         if self._not_modified:
             nxt = self.offset  # 304: nothing new at this offset
         else:
-            nxt_raw = headers.get("Stream-Next-Offset")
+            nxt_raw = self._next
             if nxt_raw is None:
                 raise ProtocolError("answer has no Stream-Next-Offset header", url=self.url)
             if not valid_offset(nxt_raw):
@@ -396,10 +399,14 @@ class ReadCore:
                 return []
         first = self._emitted
         self._emitted += len(values)
-        nxt = (self._head or {}).get("Stream-Next-Offset") or self.offset
-        return [Batch(values, self._start, nxt, first)]
+        return [Batch(values, self._start, self._next or self.offset, first)]
 
     def _stamp(self, events: list[Event], nxt: str) -> list[Event]:
+        for e in events:
+            if type(e) is Batch and e.offset != nxt:
+                break
+        else:
+            return events  # (the usual case: stamped with this offset when framed)
         return [Batch(e.values, e.start, nxt, e.first) if isinstance(e, Batch)
                 and e.offset != nxt else e for e in events]
 

@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pullwake.errors import ConfigError, ControlPlaneError, LeaseLost, SubscriptionError, redact_url
 from pullwake.io.clock import Clock, LoopClock, sleep
 from pullwake.io.http import BodyReader, HttpAnswer, HttpClient, raise_for_answer
-from pullwake.protocol.answers import read_items_answer
-from pullwake.protocol.claims import Claim, ClaimedStream, SkipCode
+from pullwake.protocol.answers import NOT_SMALL, decode_small, read_items_answer, small_body
+from pullwake.protocol.claims import Claim, ClaimedStream, ClaimFields, SkipCode, claim_fields
 from pullwake.protocol.urls import encode_path, join_url, segment
 from pullwake.runtime.config import SubscriptionConfig
 from pullwake.runtime.control import (
@@ -213,6 +213,8 @@ class SubscriptionClient:
                                 holder=holder if isinstance(holder, str) else None)
             self._raise(answer, "claim", url, http)
         parsed = answer.streamed
+        if type(parsed) is ClaimFields:  # a small, well-formed answer, read at once
+            return Claim(sub_id, *parsed)
         if parsed is None or not parsed.is_object:
             raise ControlPlaneError("claim answer is not a JSON object", operation="claim",
                                     status=answer.status, url=url)
@@ -223,9 +225,15 @@ class SubscriptionClient:
                            deferred_streams=parsed.deferred)
 
     async def _consume_claim(self, reader: BodyReader) -> Any:
-        """A claim answer's body, read item by item (the ``consume`` of :meth:`claim`)."""
+        """A claim answer's body (the ``consume`` of :meth:`claim`): its
+        :class:`ClaimFields` if it is small and well-formed, else read item by item."""
+        body = await small_body(reader)
+        if body is not NOT_SMALL:
+            fields = claim_fields(decode_small(body), self.max_claim_streams)
+            if fields is not None:
+                return fields
         return await read_items_answer(reader, operation="claim",
-                                       max_items=self.max_claim_streams)
+                                       max_items=self.max_claim_streams, small=body)
 
     async def ack(self, http: HttpClient, claim: Claim, *,
                   acks: Sequence[tuple[str, str]] = (), done: bool = False,

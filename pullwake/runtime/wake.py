@@ -170,20 +170,25 @@ class _StreamRead:
         reader = self._wake._reader
         http = reader.http
         core = self._core()
-        shell = AsyncShell(http.session, core.url or "", core, headers=http.resolve_headers,
-                           clock=reader.clock, connect_timeout=reader.request_timeout,
+        shell = AsyncShell(http.session, core.url or "", core, headers=http.read_headers,
+                           checked_headers=True, clock=reader.clock,
+                           connect_timeout=reader.request_timeout,
                            idle_timeout=reader.request_timeout, secrets=lambda: http.secrets)
-        wake, path = self._wake, self._stream.path
-        async for event in shell.events():
-            kind = type(event)
-            if kind is Checkpoint:  # (the common events inline: no generator per event)
-                wake._read_to(path, event.next_offset)
-            elif kind is Batch and not self._items and Rejected not in map(type, event.values):
-                for value in event.values:
-                    yield value
-            else:
-                for out in self._handle(event):
-                    yield out
+        wake, path, items, step = self._wake, self._stream.path, self._items, shell.step
+        try:
+            while out := await step():  # (one awaited call per answer: no generator per layer)
+                for event in out:
+                    kind = type(event)
+                    if kind is Checkpoint:  # (the common events inline: no generator per event)
+                        wake._read_to(path, event.next_offset)
+                    elif kind is Batch and not items and Rejected not in map(type, event.values):
+                        for value in event.values:
+                            yield value
+                    else:
+                        for value in self._handle(event):
+                            yield value
+        finally:
+            shell.close()
 
     def __iter__(self) -> Iterator[Any]:
         try:
