@@ -473,6 +473,43 @@ async def test_a_fenced_extension_cancels_the_handler(
     assert any(getattr(e, "code", None) == "FENCED" for e in errors), errors
 
 
+async def test_a_lost_lease_whose_handler_ignores_cancellation_frees_its_key(
+        embedded_ds_server: EmbeddedServer, http: aiohttp.ClientSession) -> None:
+    """The handler runs in its job's task: one that ignores the cancellation keeps
+    that task, and the rest of the job (count the lost lease, release nothing,
+    free the key) goes on in a new job after CANCEL_GRACE_S."""
+    srv = embedded_ds_server
+    swallowed, let_go, started = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def handle(wake: Wake) -> None:
+        if started.is_set():
+            return  # the next generation: done at once
+        started.set()
+        while not let_go.is_set():
+            try:
+                await let_go.wait()
+            except asyncio.CancelledError:
+                swallowed.set()  # and carry on
+
+    worker = make_worker(srv, handle, max_concurrency=2)
+    await create(http, srv)
+    try:
+        async with worker:
+            await append(http, srv, {"i": 0})
+            await asyncio.wait_for(started.wait(), 10)
+            srv.fail(ACK_PATH, 409, body={"error": {"code": "FENCED"}}, count=1)
+            await asyncio.wait_for(swallowed.wait(), 10)
+            await wait_for(lambda: worker.stats.wakes_acked == 1, timeout=15,
+                           what="the next generation acked")
+            assert worker.stats.leases_lost == 1 and worker.stats.wakes_released == 0
+            assert worker.stats.handlers_abandoned == 1 and worker.abandoned_handlers() == 1
+            assert worker.runner.runtime.jobs_active == 0
+    finally:
+        let_go.set()
+    await wait_for(lambda: worker.abandoned_handlers() == 0, timeout=5,
+                   what="the stubborn handler ended once told to")
+
+
 def _pullwake_garbage(garbage: list[Any]) -> list[str]:
     """The objects of ``garbage`` that pullwake made (its types, functions, frames)."""
     found = []
