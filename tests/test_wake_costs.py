@@ -389,6 +389,60 @@ async def test_a_long_handler_keeps_its_lease_by_timed_extensions(
         assert worker.stats.wakes_claimed == 1  # never lost, never claimed again
 
 
+class _TimerLog(ManualClock):
+    """A ManualClock that records what arms each timer (the clock is the seam)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed: list[str] = []
+
+    def call_later(self, delay: float, callback: Any, *args: Any) -> Any:
+        self.armed.append(getattr(callback, "__qualname__", repr(callback)))
+        return super().call_later(delay, callback, *args)
+
+    def lease_timers(self) -> int:
+        return sum(1 for name in self.armed if "Lease" in name)
+
+
+async def test_wakes_share_one_lease_timer_and_a_long_one_is_still_extended(
+        embedded_ds_server: EmbeddedServer, http: aiohttp.ClientSession) -> None:
+    """No timer per wake for its lease: the keeper's one timer, for the soonest due."""
+    srv, clock = embedded_ds_server, _TimerLog()
+    entered, release = asyncio.Event(), asyncio.Event()
+    seen: list[int] = []
+
+    async def handle(wake: Wake) -> None:
+        async for m in wake.messages(STREAM):
+            seen.append(m["i"])
+        if seen[-1] == 3:  # the fourth wake waits through two extensions
+            entered.set()
+            await release.wait()
+
+    # A 30 s lease: extended every 10 s of the test's clock, which only the test moves.
+    worker = make_worker(srv, handle, clock=clock, claim_lease=30.0, heartbeat_interval=None,
+                         read_idle_timeout=60.0, request_timeout=30.0, connect_timeout=30.0)
+    await create(http, srv)
+    async with worker:
+        try:
+            for i in range(3):
+                await append(http, srv, {"i": i})
+                await wait_for(lambda i=i: worker.stats.wakes_acked == i + 1, timeout=10,
+                               what=f"wake {i} acked")
+            assert clock.lease_timers() == 1  # three wakes, one timer (still armed, unfired)
+            assert worker.stats.lease_extensions == 0
+            await append(http, srv, {"i": 3})
+            await asyncio.wait_for(entered.wait(), 10)
+            for n in (1, 2):
+                await clock.advance(10.0)
+                await wait_for(lambda n=n: worker.stats.lease_extensions == n, timeout=10,
+                               what=f"extension {n}")
+        finally:
+            release.set()
+        await wait_for(lambda: worker.stats.wakes_acked == 4, timeout=10, what="wake 3 acked")
+    assert seen == [0, 1, 2, 3] and worker.stats.leases_lost == 0
+    assert worker.stats.wakes_claimed == 4  # never lost, never claimed again
+
+
 async def test_a_fenced_extension_cancels_the_handler(
         embedded_ds_server: EmbeddedServer, http: aiohttp.ClientSession) -> None:
     srv = embedded_ds_server
@@ -417,6 +471,43 @@ async def test_a_fenced_extension_cancels_the_handler(
                        what="the next generation acked")
     assert worker.stats.leases_lost == 1
     assert any(getattr(e, "code", None) == "FENCED" for e in errors), errors
+
+
+async def test_a_lost_lease_whose_handler_ignores_cancellation_frees_its_key(
+        embedded_ds_server: EmbeddedServer, http: aiohttp.ClientSession) -> None:
+    """The handler runs in its job's task: one that ignores the cancellation keeps
+    that task, and the rest of the job (count the lost lease, release nothing,
+    free the key) goes on in a new job after CANCEL_GRACE_S."""
+    srv = embedded_ds_server
+    swallowed, let_go, started = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def handle(wake: Wake) -> None:
+        if started.is_set():
+            return  # the next generation: done at once
+        started.set()
+        while not let_go.is_set():
+            try:
+                await let_go.wait()
+            except asyncio.CancelledError:
+                swallowed.set()  # and carry on
+
+    worker = make_worker(srv, handle, max_concurrency=2)
+    await create(http, srv)
+    try:
+        async with worker:
+            await append(http, srv, {"i": 0})
+            await asyncio.wait_for(started.wait(), 10)
+            srv.fail(ACK_PATH, 409, body={"error": {"code": "FENCED"}}, count=1)
+            await asyncio.wait_for(swallowed.wait(), 10)
+            await wait_for(lambda: worker.stats.wakes_acked == 1, timeout=15,
+                           what="the next generation acked")
+            assert worker.stats.leases_lost == 1 and worker.stats.wakes_released == 0
+            assert worker.stats.handlers_abandoned == 1 and worker.abandoned_handlers() == 1
+            assert worker.runner.runtime.jobs_active == 0
+    finally:
+        let_go.set()
+    await wait_for(lambda: worker.abandoned_handlers() == 0, timeout=5,
+                   what="the stubborn handler ended once told to")
 
 
 def _pullwake_garbage(garbage: list[Any]) -> list[str]:

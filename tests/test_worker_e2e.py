@@ -517,7 +517,10 @@ async def test_claim_failing_with_503_or_429_is_retried(
         await produce(http, ds_server, paths, 5)
         await settle(ds_server, seen, paths, expected(paths, 5))
     assert [getattr(e, "status", None) for e in errors] == [status, status], errors
-    assert worker.stats.wakes_claimed == worker.stats.wakes_acked == 1
+    # Every claimed wake acked, none released. (Appends that land after the
+    # retried claim, on a loaded machine, make a second wake: not a failure.)
+    stats = worker.stats
+    assert stats.wakes_claimed == stats.wakes_acked >= 1 and stats.wakes_released == 0
 
 
 async def test_ack_failing_with_500_is_not_lost(

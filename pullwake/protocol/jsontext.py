@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["NOT_WHOLE", "whole_json"]
+__all__ = ["NOT_WHOLE", "loads_or_none", "small_array", "whole_json"]
 
 #: What :func:`whole_json` answers for a text it leaves to ``json.loads``.
 NOT_WHOLE: Any = type("NotWhole", (), {"__repr__": lambda self: "<not whole>"})()
@@ -34,3 +34,24 @@ def whole_json(text: str, scan: Any = _scan) -> Any:
     except (StopIteration, ValueError, RecursionError):
         return NOT_WHOLE
     return value if end == len(text) else NOT_WHOLE
+
+
+def loads_or_none(text: str) -> Any:
+    """``json.loads(text)``, or None if it raises (an SSE control event's decode)."""
+    value = whole_json(text)
+    if value is NOT_WHOLE:
+        try:
+            value = json.loads(text)
+        except (ValueError, RecursionError):
+            value = None
+    return value
+
+
+def small_array(text: str, limit: int) -> list[Any] | None:
+    """``json.loads(text)`` if ``text`` is exactly one JSON array whose UTF-8 encoding
+    is surely within ``limit`` bytes (at most 4 a character), else None: then
+    :func:`~pullwake.protocol.framing.frame_sse_data` decides (and sizes it)."""
+    if len(text) * 4 > limit:
+        return None
+    value = whole_json(text)
+    return value if type(value) is list else None

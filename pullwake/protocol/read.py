@@ -47,7 +47,7 @@ from pullwake.errors import (
     redact_text,
 )
 from pullwake.protocol.framing import BodyFramer, Kind, Rejected, frame_sse_data, kind_of
-from pullwake.protocol.jsontext import NOT_WHOLE, whole_json
+from pullwake.protocol.jsontext import loads_or_none, small_array
 from pullwake.protocol.progress import PROGRESS_BYTES, ProgressWindow
 from pullwake.protocol.sse import Oversized, SSEParser
 
@@ -420,27 +420,14 @@ class ReadCore:
                 size=ev.size)))
             return ()
         if ev.event == "data":
-            data = ev.data
-            if (not self._base64 and (self.kind is None or self.kind == "json")
-                    and len(data) * 4 <= self.max_message_bytes):
-                # The common event: within the limit however it encodes (<= 4 bytes
-                # a character), and a JSON array here is one for frame_sse_data.
-                values = whole_json(data)
-                if type(values) is list:
-                    self._pending.extend(values)
-                    return ()
-            self._pending.extend(frame_sse_data(data, self.kind or "json",
-                                                base64=self._base64,
-                                                limit=self.max_message_bytes))
+            values = None if self._base64 or self.kind not in (None, "json") else \
+                small_array(ev.data, self.max_message_bytes)  # the common event, at once
+            self._pending.extend(values if values is not None else frame_sse_data(
+                ev.data, self.kind or "json", base64=self._base64, limit=self.max_message_bytes))
             return ()
         if ev.event != "control":
             return ()  # unknown event types are ignored (forward compatible)
-        ctl = whole_json(ev.data)
-        if ctl is NOT_WHOLE:
-            try:
-                ctl = json.loads(ev.data)
-            except (ValueError, RecursionError):
-                ctl = None
+        ctl = loads_or_none(ev.data)
         if not isinstance(ctl, dict):
             # Skippable on the wake stream (the next control event carries the
             # offset); a read for a caller raises it.

@@ -260,7 +260,9 @@ class Attempt:
         abandoned = self._owner._abandoned
         abandoned.add(task)
         task.add_done_callback(abandoned.discard)
-        cancelled = task.cancelling() > self._base + (1 if self.timed_out else 0)
+        if self.timed_out:
+            task.uncancel()  # ours (as run() does): what is left is the caller's, or a stop
+        cancelled = task.cancelling() > self._base
         self._observe("cancelled" if cancelled else "error")
         handover(None if cancelled else self._timeout_error(), cancelled)
 
