@@ -299,10 +299,11 @@ class Electric:
     async def _claim(self, request: web.Request) -> web.StreamResponse:
         self.paths.append(request.path_qs)
         self.claims += 1
-        await request.read()
+        body = await request.read()
         if self.claim_answers:
             return await self.claim_answers.pop(0)(request)
-        return web.json_response({"claim": self.claims})
+        stream = json.loads(body).get("stream") if body else None  # the wake claimed
+        return web.json_response({"claim": self.claims, "stream": stream})
 
 
 @contextlib.asynccontextmanager
@@ -321,11 +322,15 @@ async def electric_runner(**overrides: Any) -> AsyncIterator[tuple[Electric, Pul
 
 async def assert_still_working(srv: Electric, runner: PullWakeRunner,
                                rt: RecordingRuntime) -> None:
-    """The runner is streaming and the next wake is claimed and dispatched."""
-    before = len(rt.dispatched)
+    """The runner is streaming and the next wake is claimed and dispatched.
+
+    The wake's own claim is recognised by its stream (the server echoes it): an
+    earlier wake's claim, retried after a transient failure, may be dispatched
+    in the same turn of the loop, so counting dispatches would race.
+    """
     await eventually(lambda: srv.connected and runner.status == "streaming")
     off = srv.send_wake("after")
-    await eventually(lambda: len(rt.dispatched) == before + 1)
+    await eventually(lambda: [d.get("stream") for d in rt.dispatched].count("after") == 1)
     await eventually(lambda: runner.offset == off)
 
 
