@@ -10,6 +10,7 @@ found nothing to do). :mod:`pullwake.runtime.subscriptions` makes the calls.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -156,24 +157,10 @@ def claim_fields(value: Any, max_streams: int) -> ClaimFields | None:
 
 def _fast_claim(subscription_id: str, body: Mapping[str, Any],
                 deferred_streams: int) -> Claim | None:
-    """:meth:`Claim.parse` of a well-formed answer (every field of its exact type), or
-    None: then the field-by-field path names what is wrong."""
-    raw = body.get("streams", [])
-    wake_id, gen, token = body.get("wake_id"), body.get("generation"), body.get("token")
-    ttl = body.get("lease_ttl_ms", 30_000)
-    if type(raw) is not list or type(wake_id) is not str or type(gen) is not int \
-            or type(token) is not str or type(ttl) is not int:
+    """:meth:`Claim.parse` of a well-formed answer (:func:`claim_fields`, the streams
+    already bounded by the reader), or None: then the field-by-field path names
+    what is wrong."""
+    fields = claim_fields(body, max_streams=sys.maxsize)
+    if fields is None:
         return None
-    streams = []
-    for s in raw:
-        if type(s) is not dict:
-            return None
-        path, acked, tail = s.get("path"), s.get("acked_offset"), s.get("tail_offset")
-        pending = s.get("has_pending", True)
-        if type(path) is not str or type(acked) is not str or type(tail) is not str \
-                or type(pending) is not bool:
-            return None
-        streams.append(ClaimedStream(path, acked, tail, pending))
-    return Claim(subscription_id=subscription_id, wake_id=wake_id, generation=gen,
-                 token=token, streams=tuple(streams), lease_ttl_ms=ttl,
-                 deferred_streams=deferred_streams)
+    return Claim(subscription_id, *fields, deferred_streams=deferred_streams)
