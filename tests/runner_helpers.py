@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+
+from aiohttp import web
 
 from pullwake import PullWakeRunner, RunnerConfig
 from pullwake.testing import EmbeddedServer
@@ -97,3 +100,30 @@ async def started(runner: PullWakeRunner) -> AsyncIterator[PullWakeRunner]:
 
 def wake_requests(server: EmbeddedServer) -> list[Any]:
     return [r for r in server.requests_matching("/wake", method="GET")]
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@contextlib.asynccontextmanager
+async def raw_server(routes: dict[tuple[str, str], Handler], *,
+                     ssl_context: ssl.SSLContext | None = None,
+                     handler_cancellation: bool = False) -> AsyncIterator[str]:
+    """A bare aiohttp app on 127.0.0.1, port 0; yields its base URL.
+
+    ``handler_cancellation``: a handler is cancelled when its client goes away
+    (for answers that never come)."""
+    app = web.Application()
+    for (method, path), handler in routes.items():
+        app.router.add_route(method, path, handler)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.1,
+                           handler_cancellation=handler_cancellation)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    scheme = "https" if ssl_context is not None else "http"
+    try:
+        yield f"{scheme}://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()

@@ -29,7 +29,7 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from machine_helpers import RecordingEffects, drive_to, fire_or_report, payload_for
-from runner_helpers import RecordingRuntime
+from runner_helpers import RecordingRuntime, raw_server
 
 import pullwake.protocol.read as read
 from pullwake import PullWakeRunner, RunnerConfig
@@ -237,18 +237,12 @@ async def scripted_claims() -> Any:
         status, body = _ANSWERS[step]
         return web.json_response(body, status=status)
 
-    app = web.Application()
-    app.router.add_post("/v1/stream/__ds/subscriptions/sub1/claim", claim)
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}/v1/stream", script, seen
-    finally:
-        release.set()
-        await runner.cleanup()
+    routes = {("POST", "/v1/stream/__ds/subscriptions/sub1/claim"): claim}
+    async with raw_server(routes, handler_cancellation=True) as url:
+        try:
+            yield f"{url}/v1/stream", script, seen
+        finally:
+            release.set()
 
 
 class _Port:

@@ -30,14 +30,22 @@ import shutil
 import ssl
 import subprocess
 import tracemalloc
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 import pytest
 from aiohttp import web
-from runner_helpers import RecordingRuntime, eventually, make_runner, started, wake
+from runner_helpers import (
+    Handler,
+    RecordingRuntime,
+    eventually,
+    make_runner,
+    raw_server,
+    started,
+    wake,
+)
 
 from pullwake import PullWakeRunner, RunnerConfig
 from pullwake.errors import (
@@ -80,26 +88,6 @@ def assert_one_segment(path: str, before: list[str], after: list[str], expected:
 # ------------------------------------------------------------------ raw servers
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@contextlib.asynccontextmanager
-async def raw_server(routes: dict[tuple[str, str], Handler], *,
-                     ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[str]:
-    """A bare aiohttp app on 127.0.0.1, port 0; yields its base URL."""
-    app = web.Application()
-    for (method, path), handler in routes.items():
-        app.router.add_route(method, path, handler)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    scheme = "https" if ssl_context is not None else "http"
-    try:
-        yield f"{scheme}://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
 
 
 def sse_event(event: str, data: Any) -> bytes:
