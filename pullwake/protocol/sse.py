@@ -133,6 +133,7 @@ class SSEParser:
                 continue
             if text[0] == ":":
                 continue
+            # The field rules of _line_done, inline here (no call per line).
             field, sep, value = text.partition(":")
             if sep and value[:1] == " ":
                 value = value[1:]
