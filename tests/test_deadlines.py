@@ -326,6 +326,14 @@ class _OwnTimeLoop(asyncio.SelectorEventLoop):
         return super().time() + 86_400.0
 
 
+def _patched_loop() -> asyncio.AbstractEventLoop:
+    """A default loop whose own ``time`` was replaced on the instance."""
+    loop = asyncio.new_event_loop()
+    base = loop.time
+    loop.time = lambda: base() - 3_600.0  # type: ignore[method-assign]
+    return loop
+
+
 def _between(loop_factory: Any) -> tuple[float, float, float]:
     clock = LoopClock()
 
@@ -342,7 +350,7 @@ def _between(loop_factory: Any) -> tuple[float, float, float]:
         loop.close()
 
 
-@pytest.mark.parametrize("loop_factory", [asyncio.new_event_loop, _OwnTimeLoop])
+@pytest.mark.parametrize("loop_factory", [asyncio.new_event_loop, _OwnTimeLoop, _patched_loop])
 def test_loop_clock_monotonic_is_the_running_loops_time(loop_factory: Any) -> None:
     before, now, after = _between(loop_factory)
     assert before <= now <= after
@@ -355,10 +363,28 @@ def test_one_loop_clock_follows_each_loop_it_runs_on() -> None:
         loop = asyncio.get_running_loop()
         return loop.time(), clock.monotonic(), loop.time()
 
-    for factory in (asyncio.new_event_loop, _OwnTimeLoop, asyncio.new_event_loop):
+    for factory in (asyncio.new_event_loop, _OwnTimeLoop, _patched_loop,
+                    asyncio.new_event_loop):
         loop = factory()
         try:
             before, now, after = loop.run_until_complete(read())
         finally:
             loop.close()
         assert before <= now <= after
+
+
+@pytest.mark.parametrize("loop_factory", [_OwnTimeLoop, _patched_loop])
+def test_loop_clock_deadlines_expire_on_a_loop_keeping_its_own_time(loop_factory: Any) -> None:
+    clock = LoopClock()
+
+    async def run() -> list[str]:
+        return list(await asyncio.gather(_times_out(clock, 0.05), _times_out(clock, 0.01)))
+
+    loop = loop_factory()
+    try:
+        assert loop.run_until_complete(asyncio.wait_for(run(), 20)) == ["timed out"] * 2
+        shared = clock.shared_deadlines
+        assert shared is not None and shared.live == {}
+        assert shared.now() == pytest.approx(loop.time(), abs=5.0)  # the loop's scale
+    finally:
+        loop.close()

@@ -45,6 +45,13 @@ class Clock(Protocol):
 _BASE_LOOP_TIME = asyncio.BaseEventLoop.time
 
 
+def _loop_time(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
+    """What reads ``loop``'s time: ``time.monotonic`` itself if that is what it uses."""
+    if getattr(loop.time, "__func__", None) is _BASE_LOOP_TIME:
+        return time.monotonic
+    return loop.time
+
+
 class LoopClock:
     """The real clock: the running loop's timers and ``time.time()``.
 
@@ -65,7 +72,7 @@ class LoopClock:
     def monotonic(self) -> float:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
-            self._now = time.monotonic if type(loop).time is _BASE_LOOP_TIME else loop.time
+            self._now = _loop_time(loop)
             self._loop = loop
         return self._now()
 
@@ -80,62 +87,65 @@ class LoopClock:
 class DeadlineSet:
     """The live deadlines of one clock on one loop, under ONE armed timer.
 
-    A deadline adds its expiry (two dict operations per deadline, no timer):
-    the timer is armed for the soonest expiry, and re-armed only for a sooner
-    one; most deadlines have the same duration, so a new one expires after the
-    armed one and arms nothing. An exited deadline just leaves the set. When
-    the timer fires it expires what is due (soonest first) and re-arms for the
-    soonest left; it may find nothing due (the deadline it was armed for
-    exited: that does not cancel it) and then re-arms or stops. Its cost when
-    it fires is O(live deadlines), once per armed expiry.
+    A deadline adds its expiry (a dict entry, no timer): the timer is armed
+    for the soonest expiry, and re-armed only for a sooner one; most deadlines
+    have the same duration, so a new one expires after the armed one and arms
+    nothing. An exited deadline just leaves the set. When the timer fires it
+    expires what is due (soonest first) and re-arms for the soonest left; it
+    may find nothing due (the deadline it was armed for exited: that does not
+    cancel it) and then re-arms or stops. Its cost when it fires is O(live
+    deadlines), once per armed expiry.
 
     A clock opts in by having a ``shared_deadlines`` attribute (``None`` at
     first; :class:`deadline` keeps the set there and replaces it when the
-    running loop differs). Only the clock's ``monotonic`` and ``call_later``
-    are used. The set refers to the clock only through its armed timer's
-    arguments (no cycle left once the timer fires).
+    running loop differs). It is read with ``now`` (the clock's
+    ``monotonic``, or for a :class:`LoopClock` the loop's time read directly)
+    and armed with the clock's ``call_later``. The set refers to the clock
+    only through its armed timer's arguments (no cycle left once it fires).
     """
 
-    __slots__ = ("_armed", "_handle", "live", "loop")
+    __slots__ = ("armed", "handle", "live", "loop", "now")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, now: Callable[[], float]) -> None:
         self.loop = loop
+        self.now = now
         #: Each live deadline and its expiry (insertion order: entry order).
         self.live: dict[deadline, float] = {}
-        self._armed = math.inf  # the expiry the timer is armed for
-        self._handle: TimerHandle | None = None
+        self.armed = math.inf  # the expiry the timer is armed for
+        self.handle: TimerHandle | None = None
 
-    def add(self, item: deadline, clock: Clock, seconds: float) -> None:
-        when = clock.monotonic() + seconds
-        self.live[item] = when
-        if when < self._armed:  # sooner than the armed timer (or none): arm it
-            self._arm(clock, when, seconds)
+    @classmethod
+    def of(cls, clock: Clock, loop: asyncio.AbstractEventLoop) -> DeadlineSet:
+        """A new set for ``clock`` on ``loop``."""
+        if type(clock) is LoopClock:  # (not a subclass: it may keep other time)
+            return cls(loop, _loop_time(loop))
+        return cls(loop, clock.monotonic)
 
-    def _arm(self, clock: Clock, when: float, delay: float) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-        self._armed = when
-        self._handle = clock.call_later(delay, self._fire, clock)
+    def arm(self, clock: Clock, when: float, delay: float) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+        self.armed = when
+        self.handle = clock.call_later(delay, self._fire, clock)
 
     def _fire(self, clock: Clock) -> None:
         """The timer: expire every deadline due, soonest first; re-arm for the next."""
-        now = clock.monotonic()
+        now = self.now()
         # A timer may fire a hair early: what it was armed for is due.
-        due_by = max(self._armed, now)
-        self._handle, self._armed = None, math.inf
+        due_by = max(self.armed, now)
+        self.handle, self.armed = None, math.inf
         live = self.live
         due = [(when, item) for item, when in live.items() if when <= due_by]
         for _, item in due:
             del live[item]
         if live:
             soonest = min(live.values())
-            self._arm(clock, soonest, soonest - now)
+            self.arm(clock, soonest, soonest - now)
         due.sort(key=_first)  # stable: equal expiries in entry order
         for _, item in due:
             item._expire()
 
     def __repr__(self) -> str:
-        return f"<DeadlineSet: {len(self.live)} live, armed={self._handle is not None}>"
+        return f"<DeadlineSet: {len(self.live)} live, armed={self.handle is not None}>"
 
 
 def _first(pair: tuple[float, deadline]) -> float:
@@ -182,9 +192,13 @@ class deadline:  # lower case: used like a function, `with deadline(clock, 5):`
             self._handle = clock.call_later(seconds, self._expire)
             return
         if shared is None or shared.loop is not loop:
-            shared = clock.shared_deadlines = DeadlineSet(loop)
+            shared = clock.shared_deadlines = DeadlineSet.of(clock, loop)
         self._set = shared
-        shared.add(self, clock, seconds)
+        # (DeadlineSet.add, inline: once per request)
+        when = shared.now() + seconds
+        shared.live[self] = when
+        if when < shared.armed:  # sooner than the armed timer (or none): arm it
+            shared.arm(clock, when, seconds)
 
     def _expire(self) -> None:
         self._expired = True
