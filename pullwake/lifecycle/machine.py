@@ -264,12 +264,10 @@ class Lifecycle:
             # The hot path: nothing is running, so this event runs now. A
             # compiled decision (see _plan) runs without the queue; the rest
             # go through it as usual.
-            plans = self._plans.get(self.state_path)
-            if plans is None:
-                plans = self._plans_for(self.state_path)
-            plan = plans.get(event)
-            if plan is not None and (ticket is None or (
-                    not ticket.cancelled and self._owned.get(ticket.state) is ticket)):
+            state = self.state_path
+            plans = self._plans[state] if state in self._plans else self._plans_for(state)
+            plan = plans[event] if event in plans else None
+            if plan is not None and (ticket is None or not ticket.cancelled):
                 self._busy = True
                 try:
                     self._run_plan(plan, payload)
@@ -289,7 +287,7 @@ class Lifecycle:
         try:
             while self._queue:
                 ev, pl, t = self._queue.popleft()
-                if t is not None and not t.current:
+                if t is not None and t.cancelled:  # stale since it was queued
                     log.debug("dropped stale %s from %s#%d", ev, t.work, t.epoch)
                     continue
                 self._source = self.state_path
@@ -412,6 +410,9 @@ class Lifecycle:
         delay = self.backoff.next_delay() if work.delay == "backoff" else None
         ticket = WorkTicket(self, work.name, frozenset(work.reports), path, self._epoch,
                             delay, dict(ev.kwargs))
+        replaced = self._owned.get(path)
+        if replaced is not None:
+            replaced.cancelled = True  # stale (its results are dropped): not current
         self._owned[path] = ticket
         try:
             ticket.handle = getattr(self.effects, work.start)(ticket)
