@@ -31,21 +31,24 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_sse import _AlwaysGeneral, _LINES, split_at
+from test_sse import _LINES, _AlwaysGeneral, split_at
 
 from pullwake.errors import (
     InvalidMessage,
     MalformedMessage,
     MessageError,
     OffsetsWentBack,
+    OversizedMessage,
+    ProtocolError,
     PullwakeError,
     TransportError,
 )
 from pullwake.io.clock import LoopClock
 from pullwake.io.http import HttpClient
 from pullwake.io.transport import BadMessage, Checkpoint, Message
-from pullwake.protocol.framing import Rejected
-from pullwake.protocol.read import Batch, ReadCore
+from pullwake.protocol.framing import Rejected, frame_sse_data
+from pullwake.protocol.jsontext import loads_or_none, small_array
+from pullwake.protocol.read import Batch, ReadCore, valid_offset
 from pullwake.protocol.sse import Oversized, SSEEvent, SSEParser
 from pullwake.runtime.config import RunnerConfig
 from pullwake.runtime.control import WakeEvent
@@ -119,7 +122,9 @@ def _control_texts(draw: st.DrawFn) -> str:
 
 _DATA_TEXTS = st.sampled_from(['[{"type":"wake","stream":"a"}]', "[1,2.0,true,null]", "[]",
                                ' [1]', "[1] ", '{"a":1}', "1", "[1,", "", "[\"\u00e9\u00e9\"]",
-                               "[" + "1," * 30 + "1]", "W10=", "\ufeff[1]"])
+                               "[" + "1," * 30 + "1]", "W10=", "\ufeff[1]",
+                               '["' + "\u00e9" * 9 + '"]', '["' + "\u20ac" * 7 + '"]',
+                               '["' + "\u00e9" * 19 + '"]'])
 
 
 @st.composite
@@ -140,15 +145,56 @@ def _core(limit: int, kind: Any, base64: bool, offset: str) -> ReadCore:
     return core
 
 
-def _decided(core: ReadCore, events: list[Any], general: bool) -> Any:
+def _reference_sse_event(core: ReadCore, ev: Any) -> list[Any]:
+    """ReadCore._sse_event as it read before the fast path (dict.get, valid_offset)."""
+    if isinstance(ev, Oversized):
+        if ev.event == "control":
+            raise ProtocolError("SSE control event exceeds the size limit", url=core.url)
+        core._pending.append(Rejected(OversizedMessage(
+            f"SSE {ev.event} event of {ev.size} bytes exceeds the {ev.limit}-byte limit",
+            size=ev.size)))
+        return []
+    if ev.event == "data":
+        values = None if core._base64 or core.kind not in (None, "json") else \
+            small_array(ev.data, core.max_message_bytes)
+        core._pending.extend(values if values is not None else frame_sse_data(
+            ev.data, core.kind or "json", base64=core._base64, limit=core.max_message_bytes))
+        return []
+    if ev.event != "control":
+        return []
+    ctl = loads_or_none(ev.data)
+    if not isinstance(ctl, dict):
+        return [Rejected(MalformedMessage("SSE control event is not a JSON object"))]
+    nxt = ctl.get("streamNextOffset")
+    if not valid_offset(nxt):
+        raise ProtocolError("SSE control event without a valid streamNextOffset", url=core.url)
+    if core.offset not in ("-1", "now") and nxt < core.offset:
+        raise OffsetsWentBack("SSE streamNextOffset moved backwards", url=core.url)
+    out: list[Any] = []
+    if core._pending:
+        out.append(Batch(core._pending, core.offset, nxt, 0))
+        core._pending = []
+    cursor = ctl.get("streamCursor")
+    core.cursor = cursor if isinstance(cursor, str) and cursor else core.cursor
+    core.closed = ctl.get("streamClosed") is True
+    core.up_to_date = core.closed or ctl.get("upToDate") is True
+    core.offset = nxt
+    out.append(Checkpoint(nxt, core.cursor, core.up_to_date, core.closed))
+    if core.closed:
+        core.done = True
+    return out
+
+
+def _decided(core: ReadCore, events: list[Any], path: str) -> Any:
     out: list[Any] = []
     raised = None
     try:
-        if general:
-            for ev in events:
-                out.extend(core._sse_event(ev))
-        else:
+        if path == "fast":
             out = core._sse_events(events)
+        else:
+            for ev in events:
+                out.extend(core._sse_event(ev) if path == "general"
+                           else _reference_sse_event(core, ev))
     except PullwakeError as exc:
         raised = (type(exc).__name__, str(exc))
     shown = [("batch", _typed(e.values), e.start, e.offset, e.first) if isinstance(e, Batch)
@@ -161,15 +207,16 @@ def _decided(core: ReadCore, events: list[Any], general: bool) -> Any:
 
 @settings(max_examples=600, deadline=None, database=None)
 @given(events=st.lists(_sse_items(), max_size=8),
-       limit=st.sampled_from([8, 40, 1 << 20]),
+       limit=st.sampled_from([8, 24, 40, 1 << 20]),
        kind=st.sampled_from([None, "json", "json", "text", "bytes"]),
        base64=st.sampled_from([False, False, True]),
        offset=st.sampled_from(["-1", "now", "0_1", "0_2"]))
 def test_common_sse_events_are_decided_as_sse_event_decides_them(
         events: list[Any], limit: int, kind: Any, base64: bool, offset: str) -> None:
-    fast = _decided(_core(limit, kind, base64, offset), events, general=False)
-    general = _decided(_core(limit, kind, base64, offset), events, general=True)
-    assert fast == general
+    """The inline decisions against ``_sse_event`` now, and as it read before."""
+    fast = _decided(_core(limit, kind, base64, offset), events, "fast")
+    assert fast == _decided(_core(limit, kind, base64, offset), events, "general")
+    assert fast == _decided(_core(limit, kind, base64, offset), events, "reference")
 
 
 def test_the_wake_streams_events_take_the_fast_path() -> None:
@@ -351,10 +398,9 @@ class _Iterated:
 def _session(owner: _Owner, offset: str | None) -> WakeStreamSession:
     config = RunnerConfig(base_url="http://127.0.0.1:9", runner_id="r1", offset=offset)
     clock = LoopClock()
-    return WakeStreamSession(owner, config, http=HttpClient(headers={}, clock=clock, request_timeout=5.0),
-                             clock=clock,
-                             stats=Stats(), log=LabelledLog(logging.getLogger("t"), "t"),
-                             recreate=None)
+    http = HttpClient(headers={}, clock=clock, request_timeout=5.0)
+    return WakeStreamSession(owner, config, http=http, clock=clock, stats=Stats(),
+                             log=LabelledLog(logging.getLogger("t"), "t"), recreate=None)
 
 
 async def _reference_consume(session: WakeStreamSession, ticket: Any) -> None:
