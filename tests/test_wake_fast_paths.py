@@ -10,8 +10,6 @@ inputs, observing everything that path makes observable:
 - the read core's common SSE events (``_sse_events``: a JSON array data event,
   a JSON object control event) against :meth:`ReadCore._sse_event` event by
   event: the events, the error raised, and the core's state after;
-- :meth:`WakeEvent.parse` (exact-type tests, membership lookups) against the
-  rules as plain ``isinstance``/``dict.get``/``len`` tests;
 - the consumer taking a piece's items as one list (``next_items``) against
   the consumer loop as it was, item by item (``isinstance`` chain,
   ``ticket.current`` after each item).
@@ -23,7 +21,6 @@ tests/test_transport.py and test_hostile.py); Hypothesis draws the inputs.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +31,6 @@ from hypothesis import strategies as st
 from test_sse import _LINES, _AlwaysGeneral, split_at
 
 from pullwake.errors import (
-    InvalidMessage,
     MalformedMessage,
     MessageError,
     OffsetsWentBack,
@@ -228,85 +224,6 @@ def test_the_wake_streams_events_take_the_fast_path() -> None:
         SSEEvent("control", '{"streamNextOffset":"0_1","streamCursor":"c","upToDate":true}')])
     assert [type(e) for e in out] == [Batch, Checkpoint]
     assert out[1] == Checkpoint("0_1", "c", True, False)
-
-
-# ======================================================= WakeEvent.parse
-
-
-def _reference_parse(value: Any) -> WakeEvent | None:
-    """WakeEvent.parse's rules as plain tests (what it read before its fast path)."""
-    if not isinstance(value, dict) or value.get("type") != "wake":
-        return None
-    stream = value.get("stream")
-    if not isinstance(stream, str) or not stream or len(stream) > 1024:
-        raise InvalidMessage("wake event needs a non-empty string 'stream'")
-    sub = value.get("subscription_id")
-    if sub is not None and (not isinstance(sub, str) or len(sub) > 1024):
-        raise InvalidMessage("wake event 'subscription_id' must be a string")
-    gen = value.get("generation")
-    if gen is not None and (isinstance(gen, bool) or not isinstance(gen, int)):
-        raise InvalidMessage("wake event 'generation' must be an integer")
-    return WakeEvent(stream=stream, subscription_id=sub, generation=gen, ts=value.get("ts"),
-                     raw=value)
-
-
-class _Str(str):
-    pass
-
-
-class _Int(int):
-    pass
-
-
-class _Dict(dict):  # type: ignore[type-arg]
-    pass
-
-
-_FIELD_VALUES = st.sampled_from(["wake", "Wake", "", "s", "x" * 1024, "x" * 1025, _Str("s"),
-                                 _Str("x" * 1025), True, False, 0, 3, _Int(3), 1.5, None,
-                                 [], {}, "3"])
-
-
-@st.composite
-def _messages(draw: st.DrawFn) -> Any:
-    fields = {}
-    for key in ("type", "stream", "subscription_id", "generation", "ts", "other"):
-        if draw(st.booleans()):
-            fields[key] = draw(_FIELD_VALUES)
-    if draw(st.booleans()):
-        fields["type"] = "wake"
-    shape = draw(st.sampled_from([dict, dict, dict, _Dict, collections.OrderedDict,
-                                  "defaultdict", list, str, "none"]))
-    if shape == "defaultdict":
-        out: Any = collections.defaultdict(lambda: "wake")
-        out.update(fields)
-        return out
-    if shape == "none":
-        return None
-    if shape is list:
-        return [fields]
-    if shape is str:
-        return "wake"
-    return shape(fields)
-
-
-def _parsed(parse: Any, value: Any) -> Any:
-    before = _typed(value) if isinstance(value, dict) else None
-    try:
-        wake = parse(value)
-    except MessageError as exc:
-        got: Any = ("raised", type(exc).__name__, str(exc))
-    else:
-        got = None if wake is None else (
-            _typed(wake.stream), _typed(wake.subscription_id), _typed(wake.generation),
-            _typed(wake.ts), wake.raw is value)
-    return got, before == (_typed(value) if isinstance(value, dict) else None)
-
-
-@settings(max_examples=800, deadline=None, database=None)
-@given(value=_messages())
-def test_wake_event_parse_is_the_plain_rules(value: Any) -> None:
-    assert _parsed(WakeEvent.parse, value) == _parsed(_reference_parse, value)
 
 
 # ======================================================= the consumer

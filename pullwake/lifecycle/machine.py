@@ -264,9 +264,10 @@ class Lifecycle:
             # The hot path: nothing is running, so this event runs now. A
             # compiled decision (see _plan) runs without the queue; the rest
             # go through it as usual.
-            state = self.state_path
-            plans = self._plans[state] if state in self._plans else self._plans_for(state)
-            plan = plans[event] if event in plans else None
+            plans = self._plans.get(self.state_path)
+            if plans is None:
+                plans = self._plans_for(self.state_path)
+            plan = plans.get(event)
             if plan is not None and (ticket is None or not ticket.cancelled):
                 self._busy = True
                 try:

@@ -461,12 +461,9 @@ class ReadCore:
 
     def _control(self, ctl: dict[str, Any], out: list[Event]) -> None:
         """Apply one control event (a JSON object): its checkpoint, after the values of
-        the data events before it, appended to ``out``. Keys are looked up by
-        membership, and the offset checked as :func:`valid_offset` does, inline
-        (``type(x) is str``: a JSON decoder's strings are exactly ``str``)."""
-        nxt = ctl["streamNextOffset"] if "streamNextOffset" in ctl else None
-        if not (type(nxt) is str and _SERVER_OFFSET_RE.match(nxt)
-                and nxt not in SENTINELS):
+        the data events before it, appended to ``out``."""
+        nxt: Any = ctl.get("streamNextOffset")
+        if not valid_offset(nxt):
             # The offset to resume from is unknown: the answer cannot be used at all.
             raise ProtocolError("SSE control event without a valid streamNextOffset",
                                 url=self.url)
@@ -475,11 +472,10 @@ class ReadCore:
         if self._pending:
             out.append(Batch(self._pending, self.offset, nxt, 0))
             self._pending = []
-        cursor = ctl["streamCursor"] if "streamCursor" in ctl else None
-        if type(cursor) is str and cursor:
-            self.cursor = cursor
-        self.closed = ("streamClosed" in ctl and ctl["streamClosed"]) is True
-        self.up_to_date = self.closed or ("upToDate" in ctl and ctl["upToDate"]) is True
+        cursor = ctl.get("streamCursor")
+        self.cursor = cursor if isinstance(cursor, str) and cursor else self.cursor
+        self.closed = ctl.get("streamClosed") is True
+        self.up_to_date = self.closed or ctl.get("upToDate") is True
         self.offset = nxt
         out.append(Checkpoint(nxt, self.cursor, self.up_to_date, self.closed))
         if self.closed:

@@ -100,31 +100,20 @@ class WakeEvent:
 
     @classmethod
     def parse(cls, value: Any) -> WakeEvent | None:
-        """A WakeEvent, None for a non-wake message, or InvalidMessage if malformed.
-
-        Once per wake: the common types are tested with ``type(x) is``, and a
-        length bound ``len(x) > _MAX_ID`` as ``x[_MAX_ID:]`` (not empty: longer),
-        each falling back to the ``isinstance`` test for anything else (a
-        subclass), so every value is judged as the plain tests judge it.
-        """
-        if type(value) is not dict and not isinstance(value, dict):
+        """A WakeEvent, None for a non-wake message, or InvalidMessage if malformed."""
+        if not isinstance(value, dict) or value.get("type") != "wake":
             return None
-        if ("type" in value and value["type"]) != "wake":
-            return None
-        stream = value["stream"] if "stream" in value else None
-        if not (type(stream) is str or isinstance(stream, str)) or not stream \
-                or stream[_MAX_ID:]:
+        stream = value.get("stream")
+        if not isinstance(stream, str) or not stream or len(stream) > _MAX_ID:
             raise InvalidMessage("wake event needs a non-empty string 'stream'")
-        sub = value["subscription_id"] if "subscription_id" in value else None
-        if sub is not None and (not (type(sub) is str or isinstance(sub, str))
-                                or sub[_MAX_ID:]):
+        sub = value.get("subscription_id")
+        if sub is not None and (not isinstance(sub, str) or len(sub) > _MAX_ID):
             raise InvalidMessage("wake event 'subscription_id' must be a string")
-        gen = value["generation"] if "generation" in value else None
-        if gen is not None and type(gen) is not int and (
-                isinstance(gen, bool) or not isinstance(gen, int)):
+        gen = value.get("generation")
+        if gen is not None and (isinstance(gen, bool) or not isinstance(gen, int)):
             raise InvalidMessage("wake event 'generation' must be an integer")
-        return cls(stream=stream, subscription_id=sub, generation=gen,
-                   ts=value["ts"] if "ts" in value else None, raw=value)
+        return cls(stream=stream, subscription_id=sub, generation=gen, ts=value.get("ts"),
+                   raw=value)
 
 
 @dataclass(frozen=True)
