@@ -21,6 +21,7 @@ tests/test_transport.py and test_hostile.py); Hypothesis draws the inputs.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -92,6 +93,22 @@ def test_lf_chunks_leave_the_parser_as_the_general_path_does(
         assert fast.feed(piece) == general.feed(piece)
         assert _parser_state(fast) == _parser_state(general)
         assert fast.pending == general.pending
+
+
+@pytest.mark.parametrize("raw", [
+    b"id: 7\ndata: x\n\n",
+    b'event: data\ndata: [1]\n\nevent: control\nid: 8\ndata: {"streamNextOffset":"0_1"}\n\n',
+    b"data: a\ndata: b\n\ndata: c\nid: 9\n",
+    b"event: control\n\nid: a\x00b\ndata\n: c\n\n\n\nretry: 1\ndata:  d\n\n",
+])
+def test_lf_chunks_of_wake_stream_shapes_leave_the_general_state(raw: bytes) -> None:
+    """Shapes the wake stream sends, whole and cut at each line end."""
+    ends = [i + 1 for i, b in enumerate(raw) if b == 0x0A]
+    for cut in [len(raw), *ends]:
+        fast, general = SSEParser(max_event_bytes=64), _AlwaysGeneral(max_event_bytes=64)
+        for piece in (raw[:cut], raw[cut:]):
+            assert fast.feed(piece) == general.feed(piece)
+            assert _parser_state(fast) == _parser_state(general)
 
 
 # ======================================================= the read core's SSE events
@@ -403,3 +420,117 @@ def test_the_consumer_reads_lists_as_the_item_by_item_loop_did(
     listed, iterated, reference = asyncio.run(both())
     assert listed == reference
     assert iterated == reference
+
+
+# ======================================================= the transport's lists
+
+_WAKE = {"type": "wake", "stream": "s1", "subscription_id": "sub"}
+
+
+async def _read(url: str, live: str, how: str) -> list[Any]:
+    """Everything one session of the built-in stream gives (``how``: ``lists`` through
+    ``next_items``, ``iter`` item by item), and the error that ended it."""
+    import aiohttp
+
+    from pullwake.io.transport import StreamRequest, aiohttp_stream_factory
+
+    async with aiohttp.ClientSession() as session:
+        factory = aiohttp_stream_factory(lambda: session, LoopClock())
+        stream: Any = await factory(StreamRequest(url=url, offset="-1", live=live,
+                                                  read_idle_timeout=5.0))
+        got: list[Any] = []
+        try:
+            if how == "lists":
+                while items := await stream.next_items():
+                    assert items  # never an empty list before the end
+                    got.append(list(items))
+                got.append(await stream.next_items())  # over: stays over
+            else:
+                async for item in stream:
+                    got.append([item])
+                got.append([])
+        except PullwakeError as exc:
+            got.append(("raised", type(exc).__name__, str(exc).replace(url, "<url>")))
+        finally:
+            stream.close()
+    return got
+
+
+def _flat(got: list[Any]) -> list[Any]:
+    return [x for part in got for x in (part if isinstance(part, list) else [part])]
+
+
+def _sse_routes(requests: list[Any]) -> Any:
+    from aiohttp import web
+
+    async def wake(request: web.Request) -> web.StreamResponse:
+        requests.append(dict(request.query))
+        if len(requests) > 1:
+            return web.Response(status=404)  # a second request in the session is a bug
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b"event: data\ndata: [" + json.dumps(_WAKE).encode() + b"]\n\n"
+                         b'event: control\ndata: {"streamNextOffset":"0_1"}\n\n')
+        await resp.write(b'event: control\ndata: {"streamNextOffset":"0_1","upToDate":true}\n\n')
+        await resp.write_eof()
+        return resp
+
+    return {("GET", "/wake"): wake}
+
+
+@pytest.mark.parametrize("how", ["lists", "iter"])
+async def test_an_sse_answer_the_server_ends_ends_the_session(how: str) -> None:
+    """Its items, then nothing more: the runner reconnects (one request per session)."""
+    from runner_helpers import raw_server
+
+    requests: list[Any] = []
+    async with raw_server(_sse_routes(requests)) as base:
+        got = await _read(base + "/wake", "sse", how)
+    assert _flat(got) == [Message(_WAKE), Checkpoint("0_1"), Checkpoint("0_1", up_to_date=True)]
+    assert requests == [{"offset": "-1", "live": "sse"}]
+
+
+def _long_poll_routes(requests: list[Any], damaged: bool) -> Any:
+    from aiohttp import web
+
+    answers = [  # (body, headers): a catch-up read, then long-polls until closed
+        (json.dumps([_WAKE]), {"Stream-Next-Offset": "0_1", "Stream-Up-To-Date": "true"}),
+        ('[{"type":"other"},{"bad":tru}]' if damaged else json.dumps([_WAKE, _WAKE]),
+         {"Stream-Next-Offset": "0_2"}),
+        ("[]", {"Stream-Next-Offset": "0_2", "Stream-Closed": "true"}),
+    ]
+
+    async def wake(request: web.Request) -> web.Response:
+        requests.append(dict(request.query))
+        body, headers = answers[min(len(requests), len(answers)) - 1]
+        return web.Response(body=body.encode(), headers={
+            "Content-Type": "application/json", **headers})
+
+    return {("GET", "/wake"): wake}
+
+
+@pytest.mark.parametrize("damaged", [False, True])
+async def test_long_poll_answers_chain_into_lists_as_into_items(damaged: bool) -> None:
+    """The same items either way; a damaged value hands out the values before it
+    first, then ends the session (read once more from the last good offset)."""
+    from runner_helpers import raw_server
+
+    results = []
+    for how in ("lists", "iter"):
+        requests: list[Any] = []
+        async with raw_server(_long_poll_routes(requests, damaged)) as base:
+            got = await _read(base + "/wake", "long-poll", how)
+        results.append((_flat(got), requests))
+    assert results[0] == results[1]
+    items, requests = results[0]
+    if damaged:
+        assert items == [Message(_WAKE), Checkpoint("0_1", up_to_date=True),
+                         Message({"type": "other"}),
+                         ("raised", "ProtocolError", items[-1][2])]
+        assert "damaged answer" in items[-1][2]
+        assert len(requests) == 2
+    else:
+        assert items == [Message(_WAKE), Checkpoint("0_1", up_to_date=True), Message(_WAKE),
+                         Message(_WAKE), Checkpoint("0_2"),
+                         Checkpoint("0_2", up_to_date=True, closed=True), ]
+        assert [r.get("live") for r in requests] == [None, "long-poll", "long-poll"]
