@@ -162,7 +162,7 @@ def test_subscription_lag_runs_from_the_first_unacked_wake() -> None:
     st = SubscriptionStats()
     assert st.snapshot(0.0)["oldest_unacked_age_s"] is None
     st.wake_seen(10.0)
-    st.claimed(11.0, 1, ["events/a", "events/b"])
+    st.claimed(11.0, 1, 2)
     st.wake_seen(12.0)  # arrives while the claimed wake is handled: the next period
     snap = st.snapshot(15.0)
     assert (snap["state"], snap["oldest_unacked_age_s"], snap["pending_streams"]) == \
@@ -172,7 +172,7 @@ def test_subscription_lag_runs_from_the_first_unacked_wake() -> None:
     snap = st.snapshot(20.0)
     assert (snap["state"], snap["oldest_unacked_age_s"], snap["pending_streams"]) == \
         ("waiting", 8.0, 0)
-    st.claimed(21.0, 2, [])
+    st.claimed(21.0, 2, 0)
     st.acked(2)
     st.ended(2)
     assert st.snapshot(30.0)["oldest_unacked_age_s"] is None
@@ -183,8 +183,8 @@ def test_an_earlier_wakes_bookkeeping_never_clears_the_next_claimed_wake() -> No
     """The key frees at the done-ack answer: wake 2 may be claimed before wake 1's job ends."""
     st = SubscriptionStats()
     st.wake_seen(10.0)
-    st.claimed(10.0, 1, ["events/a"])
-    st.claimed(11.0, 2, ["events/b"])  # claimed the moment wake 1's ack answered
+    st.claimed(10.0, 1, 1)
+    st.claimed(11.0, 2, 1)  # claimed the moment wake 1's ack answered
     st.acked(1)
     st.ended(1)
     snap = st.snapshot(12.0)

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator, MutableMapping
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, overload
 
 __all__ = ["BoundedTable"]
 
 K = TypeVar("K")
 V = TypeVar("V")
+T = TypeVar("T")
 
 
 class BoundedTable(MutableMapping[K, V], Generic[K, V]):
@@ -33,6 +34,16 @@ class BoundedTable(MutableMapping[K, V], Generic[K, V]):
 
     def __getitem__(self, key: K) -> V:
         return self._data[key]
+
+    @overload
+    def get(self, key: K, /) -> V | None: ...
+
+    @overload
+    def get(self, key: K, default: V | T, /) -> V | T: ...
+
+    def get(self, key: K, default: object = None, /) -> object:
+        # (The mixin's get goes through __getitem__ and KeyError: a call more per read.)
+        return self._data.get(key, default)
 
     def __setitem__(self, key: K, value: V) -> None:
         data = self._data

@@ -23,7 +23,10 @@ Owns the claim tasks of one runner. A wake is a hint; the claim decides.
 - Each claim is one job of the runner's :class:`~pullwake.runtime.jobs.Jobs`
   (its grace, cancellation and failure go through it). An awaitable that the
   runtime's ``dispatch_wake`` returns runs on in that same job once the claim
-  is settled: one task per wake, however the runtime does its work.
+  is settled: one task per wake, however the runtime does its work. A wake
+  held back for a key that its own work frees (the runtime says so from that
+  work's task, when it acks) is claimed next in that same task once the work
+  is over, as a bare loop would: no new task per wake while a key stays busy.
 """
 
 from __future__ import annotations
@@ -131,6 +134,10 @@ class ClaimScheduler:
         self._held: dict[str, WakeEvent] = {}  # keys waiting for the runtime, each's wake
         self._retries: dict[str, TimerHandle] = {}  # their re-ask timers (busy_retry only)
         self._deferred: dict[str, WakeEvent] = {}
+        #: Keys whose dispatched work runs on in its claim's task, and that task.
+        self._working: dict[str, asyncio.Task[Any]] = {}
+        #: The wake each of those tasks claims next, once its work is over.
+        self._next: dict[str, WakeEvent] = {}
         self._open = False
         #: Held-back wakes re-checked because the retry timer fired (not an event).
         self.busy_retries = 0
@@ -149,6 +156,10 @@ class ClaimScheduler:
         self._retries.clear()
         self._held.clear()
         self._deferred.clear()
+        for key in self._next:  # freed wakes a job's task was to claim next: dropped too
+            if self._in_flight.get(key) is self._working.get(key):
+                del self._in_flight[key]
+        self._next.clear()
 
     @property
     def in_flight(self) -> int:
@@ -187,7 +198,14 @@ class ClaimScheduler:
             handle = self._retries.pop(k, None)
             if handle is not None:
                 handle.cancel()
-            self._spawn_claim(k, self._take_held(k))
+            task = self._working.get(k)
+            if task is not None and task is asyncio.current_task():
+                # Freed by its own work (it acked): that task claims it next, once
+                # the work is over; in flight from now on, as a spawned claim is.
+                self._in_flight[k] = task
+                self._next[k] = self._take_held(k)
+            else:
+                self._spawn_claim(k, self._take_held(k))
 
     def record_failure(self, error: BaseException) -> None:
         """Count and report one failed claim attempt (final, or about to be retried)."""
@@ -252,43 +270,69 @@ class ClaimScheduler:
             self._spawn_claim(key, wake)
 
     async def _claim(self, key: str, wake: WakeEvent) -> None:
+        task = asyncio.current_task()
+        assert task is not None
         stats = self._stats
-        work: Awaitable[Any] | None = None
-        try:
-            stats.last_claim_at = self._clock.time()
+        while True:
+            work: Awaitable[Any] | None = None
             try:
-                outcome = await self._control.claim(self._owner.http, wake)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - reported, never raised
-                self.record_failure(exc)
+                stats.last_claim_at = self._clock.time()
+                try:
+                    outcome = await self._control.claim(self._owner.http, wake)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - reported, never raised
+                    self.record_failure(exc)
+                    return
+                if not outcome.claimed:
+                    stats.count_skip("no_work")
+                    stats.last_claim_result = "no_work"
+                    self._notify()
+                    return
+                stats.claims_succeeded += 1
+                stats.last_claim_result = "claimed"
+                if not self._open:
+                    self._log.info("claim for %r completed after stop began: not dispatched",
+                                   key)
+                    self._notify()
+                    return
+                work = self._dispatch(outcome.notification or {})
+                # The job runs on in this frame: what it no longer needs goes now, not
+                # when the job ends (fewer objects alive for the collector to visit).
+                del outcome, wake
+            finally:
+                if self._in_flight.get(key) is task:
+                    del self._in_flight[key]
+                deferred = self._deferred.pop(key, None)
+                if deferred is not None and self._open:
+                    self._start(key, deferred)
+            if work is None:
                 return
-            if not outcome.claimed:
-                stats.count_skip("no_work")
-                stats.last_claim_result = "no_work"
-                self._notify()
-                return
-            stats.claims_succeeded += 1
-            stats.last_claim_result = "claimed"
-            if not self._open:
-                self._log.info("claim for %r completed after stop began: not dispatched", key)
-                self._notify()
-                return
-            work = self._dispatch(outcome.notification or {})
-            # The job runs on in this frame: what it no longer needs goes now, not
-            # when the job ends (fewer objects alive for the collector to visit).
-            del outcome, wake
-        finally:
-            if self._in_flight.get(key) is asyncio.current_task():
-                del self._in_flight[key]
-            deferred = self._deferred.pop(key, None)
-            if deferred is not None and self._open:
-                self._start(key, deferred)
-        if work is not None:
             # The runtime's work for this wake runs on in this job (one task per
             # wake, not one more). The claim is settled: the key is the runtime's
             # now (``is_wake_active``), and stop drains it (``drain_wakes``).
-            await work
+            self._working[key] = task
+            over = False
+            try:
+                await work
+                over = True
+            finally:
+                del work
+                if self._working.get(key) is task:
+                    del self._working[key]
+                after = self._next.pop(key, None)
+                if after is not None and not (over and self._open):
+                    # The work ended otherwise (cancelled, a stop began): the wake
+                    # it freed is not claimed here; a claim of its own, if still open.
+                    if self._in_flight.get(key) is task:
+                        del self._in_flight[key]
+                    if self._open:
+                        self._spawn_claim(key, after)
+                    after = None
+            if after is None:
+                return
+            wake = after  # freed by the work just over (runtime_free): claim it here
+            task.set_name(f"pullwake-claim:{key[:64]}")
 
     def _dispatch(self, notification: Any) -> Awaitable[Any] | None:
         try:

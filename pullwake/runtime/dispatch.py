@@ -194,12 +194,16 @@ class WorkerRuntime:
             raise RuntimeError("dispatch_wake is called from the runner's claim task")
         self.stats.wakes_claimed += 1
         key = claim.subscription_id
-        self._sub(claim).claimed(self._clock.monotonic(), claim.generation,
-                                 (s.path for s in claim.streams if s.tail_offset > s.acked_offset))
+        sub = self.sub_of(key)
+        pending = 0
+        for s in claim.streams:
+            if s.tail_offset > s.acked_offset:
+                pending += 1
+        sub.claimed(self._clock.monotonic(), claim.generation, pending)
         # The claim token is scrubbed from any text while, and only while, its job runs.
         scope = self._http.hold_secrets(claim.token)
         scope.__enter__()
-        job = self._jobs[key] = WakeJob(self, claim, task, scope)  # busy from now on
+        job = self._jobs[key] = WakeJob(self, claim, task, scope, sub)  # busy from now on
         self.stats.jobs_active = len(self._jobs)  # (is_wake_active), until acked or ended
         return job.run()
 
@@ -273,7 +277,7 @@ class WorkerRuntime:
             self.report(exc)  # not acked: the lease expires and the wake comes back
             return False
         self.stats.wakes_acked += 1
-        self._sub(claim).acked(claim.generation)
+        job.sub.acked(claim.generation)
         self.recovery.acked(claim.subscription_id, acks)
         self.job_over(job)  # acked: the next wake may be claimed before this job ends
         return True

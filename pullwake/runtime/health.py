@@ -31,7 +31,7 @@ page renders it. A counter added here is exported by adding one row to
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypedDict
 
@@ -321,7 +321,8 @@ class SubscriptionStats:
     generation: int | None = None
     handling_since: float | None = None
     unacked_since: float | None = None
-    pending_streams: tuple[str, ...] = ()
+    #: Streams of the wake in hand with work to do (claimed, not yet acked).
+    pending_streams: int = 0
     _next_since: float | None = field(default=None, repr=False)
 
     def wake_seen(self, now: float) -> None:
@@ -331,11 +332,11 @@ class SubscriptionStats:
         elif self.handling_since is not None and self._next_since is None:
             self._next_since = now
 
-    def claimed(self, now: float, generation: int | None, pending: Iterable[str]) -> None:
+    def claimed(self, now: float, generation: int | None, pending: int) -> None:
         self.wakes_claimed += 1
         self.generation = generation
         self.handling_since = now
-        self.pending_streams = tuple(pending)
+        self.pending_streams = pending
         self._next_since = None
         if self.unacked_since is None:
             self.unacked_since = now
@@ -350,7 +351,7 @@ class SubscriptionStats:
         self.wakes_acked += 1
         if generation != self.generation:
             return
-        self.pending_streams = ()
+        self.pending_streams = 0
         self.unacked_since = self._next_since
         self._next_since = None
 
@@ -391,6 +392,6 @@ class SubscriptionStats:
                                else round(max(0.0, now - self.handling_since), 3)),
             "oldest_unacked_age_s": (None if self.unacked_since is None
                                      else round(max(0.0, now - self.unacked_since), 3)),
-            "pending_streams": len(self.pending_streams),
+            "pending_streams": self.pending_streams,
         }
 

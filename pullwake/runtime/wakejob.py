@@ -83,13 +83,14 @@ class WakeJob:
     scrubbed while the job runs.
     """
 
-    __slots__ = ("_attempt", "_fails", "_host", "_lease", "_lost", "claim", "scope", "task",
-                 "wake")
+    __slots__ = ("_attempt", "_fails", "_host", "_lease", "_lost", "claim", "scope", "sub",
+                 "task", "wake")
 
     def __init__(self, host: JobHost, claim: Claim, task: asyncio.Task[Any],
-                 scope: AbstractContextManager[Any]) -> None:
+                 scope: AbstractContextManager[Any], sub: SubscriptionStats) -> None:
         self._host = host
         self.claim = claim
+        self.sub = sub  # its subscription's stats (health)
         self.task = task
         self.scope = scope
         self.wake: Wake | None = None
@@ -169,12 +170,12 @@ class WakeJob:
 
     async def _cancelled(self, tried_in: asyncio.Task[Any]) -> None:
         """The attempt (in ``tried_in``) was cancelled: the lease was lost, or a stop."""
-        host, claim = self._host, self.claim
+        host = self._host
         if self._lost is not None and tried_in.cancelling() <= 1:
             if tried_in is asyncio.current_task():
                 tried_in.uncancel()  # ours, not a stop: the job ends here
             host.stats.leases_lost += 1  # the lease is gone: nothing to release
-            host.sub_of(claim.subscription_id).leases_lost += 1
+            self.sub.leases_lost += 1
             host.report(self._lost)
             return
         await self._stopped()
@@ -195,7 +196,7 @@ class WakeJob:
                 if error is None:
                     lease.stop()
                     host.stats.wakes_handled += 1
-                    host.sub_of(claim.subscription_id).wakes_handled += 1
+                    self.sub.wakes_handled += 1
                     fails.succeeded()
                     await host.finish(self)
                     return
@@ -225,5 +226,5 @@ class WakeJob:
             self._lease.stop()  # (already, but for a bug raising: no lease kept forever)
         self.scope.__exit__(None, None, None)
         claim = self.claim
-        self._host.sub_of(claim.subscription_id).ended(claim.generation)
+        self.sub.ended(claim.generation)
         self._host.job_over(self)
