@@ -99,7 +99,7 @@ class AsyncShell:
 
     :meth:`step` is the whole read, one awaited call per group of events (no
     generator per layer: a worker reads on every wake); :meth:`events` is the
-    same as an async iterator; :meth:`open` and :meth:`answer` are its two
+    same as an async iterator; :meth:`open` and :meth:`answer_events` are its two
     halves, for a live read that chains answers itself (the wake stream).
     """
 
@@ -247,21 +247,19 @@ class AsyncShell:
                                              "the idle timeout (a trickle)", url=self.url))
         return out
 
-    async def answer(self, resp: aiohttp.ClientResponse, live: Live) -> AsyncIterator[Any]:
-        """The events of one open answer; closes it. Transport failures carry ``_io``."""
-        idle = self._read_idle(live)
-        window = ProgressWindow(idle)
-        try:
-            while True:
-                piece = await self._piece(resp, idle)
-                if not piece:
-                    break
-                for event in self._take(window, piece):
-                    yield event
-            for event in self.core.end():
-                yield event
-        finally:
-            resp.close()
+    def answer_window(self, live: Live) -> ProgressWindow:
+        """The progress bound of one open answer of ``live`` (its ``idle_s`` also bounds
+        each network read of it): one per answer, for :meth:`answer_events`."""
+        return ProgressWindow(self._read_idle(live))
+
+    async def answer_events(self, resp: aiohttp.ClientResponse,
+                            window: ProgressWindow) -> list[Any] | None:
+        """The events the next piece of an open answer completes (maybe none); None
+        once its body ended (then ``core.end()`` has the last events). One awaited
+        call per piece, no generator: the wake stream reads every wake through it.
+        Transport failures carry ``_io``; the caller closes the answer."""
+        piece = await self._piece(resp, window.idle_s)
+        return self._take(window, piece) if piece else None
 
     async def step(self) -> list[Any]:
         """The next events of the read, with bounded retries of transient failures.

@@ -47,9 +47,9 @@ from pullwake.errors import (
     redact_text,
 )
 from pullwake.protocol.framing import BodyFramer, Kind, Rejected, frame_sse_data, kind_of
-from pullwake.protocol.jsontext import loads_or_none, small_array
+from pullwake.protocol.jsontext import loads_or_none, small_array, whole_json
 from pullwake.protocol.progress import PROGRESS_BYTES, ProgressWindow
-from pullwake.protocol.sse import Oversized, SSEParser
+from pullwake.protocol.sse import Oversized, SSEEvent, SSEParser
 
 __all__ = [
     "PROGRESS_BYTES",
@@ -326,10 +326,7 @@ class ReadCore:
     def feed(self, data: bytes) -> list[Event]:
         """Frame body bytes; returns the events they complete."""
         if self._sse is not None:
-            out: list[Event] = []
-            for ev in self._sse.feed(data):
-                out.extend(self._sse_event(ev))
-            return out
+            return self._sse_events(self._sse.feed(data))
         if self._framer is None or not data:
             return []
         values = self._framer.feed(data)  # (usually none: a small body is framed at its end)
@@ -411,6 +408,32 @@ class ReadCore:
         return [Batch(e.values, e.start, nxt, e.first) if isinstance(e, Batch)
                 and e.offset != nxt else e for e in events]
 
+    def _sse_events(self, events: list[Any]) -> list[Event]:
+        """The read events of SSE events, twice a wake: the common ones are decided
+        here (a data event that is one JSON array surely within the limit, a control
+        event that is one JSON object), the rest by :meth:`_sse_event`, which decides
+        these the same way (tests/test_fast_paths.py compares them)."""
+        out: list[Event] = []
+        for ev in events:
+            if type(ev) is SSEEvent:
+                name = ev.event
+                if name == "data":
+                    kind = self.kind
+                    if not self._base64 and (kind is None or kind == "json"):
+                        text = ev.data
+                        if len(text) * 4 <= self.max_message_bytes:  # small_array's test
+                            values = whole_json(text)
+                            if type(values) is list:
+                                self._pending += values
+                                continue
+                elif name == "control":
+                    ctl = whole_json(ev.data)
+                    if type(ctl) is dict:
+                        self._control(ctl, out)
+                        continue
+            out.extend(self._sse_event(ev))
+        return out
+
     def _sse_event(self, ev: Any) -> Sequence[Event]:
         if isinstance(ev, Oversized):
             if ev.event == "control":
@@ -432,15 +455,20 @@ class ReadCore:
             # Skippable on the wake stream (the next control event carries the
             # offset); a read for a caller raises it.
             return [Rejected(MalformedMessage("SSE control event is not a JSON object"))]
-        nxt = ctl.get("streamNextOffset")
+        out: list[Event] = []
+        self._control(ctl, out)
+        return out
+
+    def _control(self, ctl: dict[str, Any], out: list[Event]) -> None:
+        """Apply one control event (a JSON object): its checkpoint, after the values of
+        the data events before it, appended to ``out``."""
+        nxt: Any = ctl.get("streamNextOffset")
         if not valid_offset(nxt):
             # The offset to resume from is unknown: the answer cannot be used at all.
             raise ProtocolError("SSE control event without a valid streamNextOffset",
                                 url=self.url)
-        assert isinstance(nxt, str)
         if self.offset not in SENTINELS and nxt < self.offset:
             raise OffsetsWentBack("SSE streamNextOffset moved backwards", url=self.url)
-        out: list[Event] = []
         if self._pending:
             out.append(Batch(self._pending, self.offset, nxt, 0))
             self._pending = []
@@ -452,4 +480,3 @@ class ReadCore:
         out.append(Checkpoint(nxt, self.cursor, self.up_to_date, self.closed))
         if self.closed:
             self.done = True
-        return out
