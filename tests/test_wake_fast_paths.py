@@ -534,3 +534,20 @@ async def test_long_poll_answers_chain_into_lists_as_into_items(damaged: bool) -
                          Message(_WAKE), Checkpoint("0_2"),
                          Checkpoint("0_2", up_to_date=True, closed=True), ]
         assert [r.get("live") for r in requests] == [None, "long-poll", "long-poll"]
+
+
+# ======================================================= WakeEvent.parse
+
+
+@pytest.mark.parametrize("value", [
+    {"type": "wake", "stream": "s", "subscription_id": "sub", "generation": 3, "ts": 17},
+    {"type": "wake", "stream": "s"},
+    {"type": "wake", "stream": "s", "generation": 0, "ts": None, "extra": [1]},
+])
+def test_wake_event_parse_builds_what_the_keywords_build(value: dict[str, Any]) -> None:
+    """parse builds its WakeEvent positionally (once a wake): field for field the
+    keyword construction."""
+    wake = WakeEvent.parse(value)
+    assert wake == WakeEvent(stream=value["stream"], subscription_id=value.get("subscription_id"),
+                             generation=value.get("generation"), ts=value.get("ts"), raw=value)
+    assert wake is not None and wake.raw is value

@@ -81,7 +81,12 @@ class StreamRequest:
 
 
 class WakeStream(Protocol):
-    """An open live read. Iterate it for items; ``close()`` is sync and idempotent."""
+    """An open live read. Iterate it for items; ``close()`` is sync and idempotent.
+
+    A stream may also offer ``async next_items() -> list[StreamItem]`` (the
+    built-in one does): the items of its next read, ``[]`` once it is over;
+    the runner's consumer then takes them a list at a time.
+    """
 
     def __aiter__(self) -> AsyncIterator[StreamItem]: ...
     def close(self) -> None: ...

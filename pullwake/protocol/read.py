@@ -423,7 +423,7 @@ class ReadCore:
         """The read events of SSE events, twice a wake: the common ones are decided
         here (a data event that is one JSON array surely within the limit, a control
         event that is one JSON object), the rest by :meth:`_sse_event`, which decides
-        these the same way (tests/test_fast_paths.py compares them)."""
+        these the same way (tests/test_wake_fast_paths.py compares them)."""
         out: list[Event] = []
         for ev in events:
             if type(ev) is SSEEvent:
