@@ -38,6 +38,7 @@ from pullwake.errors import (
 )
 from pullwake.io.clock import LoopClock
 from pullwake.io.http import HttpClient, translate, transport_error
+from pullwake.protocol import RetryPolicy
 from pullwake.testing import EmbeddedServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -191,3 +192,32 @@ async def test_a_read_cut_mid_body_is_retried(server: EmbeddedServer) -> None:
                                 max_message_bytes=1000)
     assert [m["i"] for m in result.messages] == list(range(1, 30))
     assert len(server.requests_matching(f"/{PATH}", method="GET")) == 2
+
+
+async def test_a_read_error_echoing_a_sent_header_is_scrubbed() -> None:
+    """A broken answer whose status line echoes the credential sent (a bad proxy):
+    the typed error and aiohttp's own exception in its chain do not show it (the
+    header values a shell sent are secrets of its errors, not only ``Bearer`` ones)."""
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(f"HTTP/1.1 2x0 {TOKEN}\r\n\r\n".encode())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(PullwakeError) as info:
+            await aread_stream(f"http://127.0.0.1:{port}/v1/stream/x", "-1",
+                               headers={"X-Api-Key": TOKEN}, retry=RetryPolicy(attempts=1))
+    finally:
+        server.close()
+        await server.wait_closed()
+    chain: list[BaseException] = []
+    error: BaseException | None = info.value
+    while error is not None:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    assert any(type(e).__module__.startswith("aiohttp") for e in chain)
+    for e in chain:
+        assert TOKEN not in str(e) and TOKEN not in repr(e.args), e

@@ -76,8 +76,8 @@ _MAPPINGS = frozenset({dict, MappingProxyType})
 
 
 class _Lazy:
-    """An iterable of secrets computed when iterated (only error paths iterate it):
-    the caller's, then the header values sent (``sent``, kept by the shell).
+    """An iterable of secrets computed when iterated: the caller's, then the header
+    values sent. Made only when an error is scrubbed (a read without one makes none).
 
     It holds what it reads, not the shell: a shell referring to itself through
     a bound method would be a reference cycle per read, left to the garbage
@@ -86,9 +86,9 @@ class _Lazy:
 
     __slots__ = ("_get", "sent")
 
-    def __init__(self, get: Callable[[], tuple[str, ...]]) -> None:
+    def __init__(self, get: Callable[[], tuple[str, ...]], sent: tuple[str, ...]) -> None:
         self._get = get
-        self.sent: tuple[str, ...] = ()
+        self.sent = sent
 
     def __iter__(self) -> Iterator[str]:
         return iter((*self._get(), *self.sent))
@@ -123,8 +123,9 @@ class AsyncShell:
         self.idle_timeout = idle_timeout
         self.retry = retry
         # The caller's secrets and the header values sent (secrets too, as on the
-        # sync path), computed only when an error is scrubbed.
-        self._secrets = _Lazy(secrets)
+        # sync path), computed only when an error is scrubbed (_scrubbed).
+        self._caller_secrets = secrets
+        self._sent: tuple[str, ...] = ()
         self.responses = 0
         self.cached = 0
         self.bytes_read = 0
@@ -144,19 +145,18 @@ class AsyncShell:
         out = check_headers(value)
         sent = tuple(v for v in out.values() if len(v) >= 4)
         sent += tuple(v.split(" ", 1)[1] for v in sent if " " in v)
-        known = self._secrets.sent
+        known = self._sent
         if sent and not set(sent) <= set(known):
-            self._secrets.sent = tuple(dict.fromkeys((*known, *sent)))[-64:]  # bounded
+            self._sent = tuple(dict.fromkeys((*known, *sent)))[-64:]  # bounded
         return out
 
     def secrets(self) -> tuple[str, ...]:
         """Everything scrubbed from error text: the caller's secrets and header values sent."""
-        return tuple(self._secrets)
+        return (*self._caller_secrets(), *self._sent)
 
-    def _wait_for_head(self, live: Live) -> float | None:
-        if live == "long-poll":  # held open up to the server's timeout
-            return self._floor(self.idle_timeout)
-        return self.connect_timeout
+    def _scrubbed(self) -> _Lazy:
+        """:meth:`secrets`, computed when iterated (only if the error has text to scrub)."""
+        return _Lazy(self._caller_secrets, self._sent)
 
     def _floor(self, seconds: float | None) -> float | None:
         if seconds is None or not self.live_floor:
@@ -180,14 +180,16 @@ class AsyncShell:
         # (IdleTimeout), like the rest of an open stream; anything else is a connect.
         phase: Any = "read" if req.live == "long-poll" else "connect"
         try:
-            with deadline(self.clock, self._wait_for_head(req.live)):
+            # (the wait for the head; a long-poll is held open up to the server's timeout)
+            with deadline(self.clock, self.connect_timeout if phase == "connect"
+                          else self._floor(self.idle_timeout)):
                 # (not to_url: each read's query is new, and would evict the
                 # control-plane URLs that repeat every wake from its cache)
                 resp = await self.session.get(URL(req.url(self.url), encoded=True),
                                               headers=headers or None,
                                               allow_redirects=False, timeout=NO_TOTAL)
         except BaseException as exc:  # translate's mapping, from a plain except
-            error = transport_error(exc, phase, url=self.url, secrets=self._secrets)
+            error = transport_error(exc, phase, url=self.url, secrets=self._scrubbed())
             if error is None:
                 if isinstance(exc, (ConnectError, ProtocolError, IdleTimeout)):
                     mark_transport(exc)
@@ -229,7 +231,7 @@ class AsyncShell:
                 with deadline(self.clock, idle):
                     piece = await content.readany()
         except BaseException as exc:  # translate's mapping, from a plain except
-            error = transport_error(exc, "read", url=self.url, secrets=self._secrets)
+            error = transport_error(exc, "read", url=self.url, secrets=self._scrubbed())
             if error is not None:
                 raise mark_transport(error) from exc
             if isinstance(exc, PullwakeError):
@@ -279,7 +281,7 @@ class AsyncShell:
                         return []
                     resp, live = await self.open()
                     self._resp = resp
-                    self._idle = self._read_idle(live)
+                    self._idle = self.idle_timeout if live != "sse" else self._read_idle(live)
                     self._window = None
                 piece = await self._piece(resp, self._idle)
                 if piece:
@@ -296,7 +298,8 @@ class AsyncShell:
                             return out
                         continue
                 out = core.end()
-                self.close()
+                self._resp = None  # (close(), inline)
+                resp.close()
                 if self._retrying is not None:
                     self._retrying.progressed()
                 if out:
