@@ -33,7 +33,7 @@ from pullwake.errors import (
     PullwakeError,
 )
 from pullwake.io.clock import Clock, LoopClock, deadline, sleep
-from pullwake.io.http import make_session, translate
+from pullwake.io.http import make_session, transport_error
 from pullwake.protocol import (
     DEFAULT_RETRY,
     Assembler,
@@ -125,7 +125,6 @@ class AsyncShell:
         # The caller's secrets and the header values sent (secrets too, as on the
         # sync path), computed only when an error is scrubbed.
         self._secrets = _Lazy(secrets)
-        self._reading = translate("read", url=url, secrets=self._secrets)
         self.responses = 0
         self.cached = 0
         self.bytes_read = 0
@@ -181,15 +180,21 @@ class AsyncShell:
         # (IdleTimeout), like the rest of an open stream; anything else is a connect.
         phase: Any = "read" if req.live == "long-poll" else "connect"
         try:
-            with translate(phase, url=self.url, secrets=self._secrets), \
-                    deadline(self.clock, self._wait_for_head(req.live)):
+            with deadline(self.clock, self._wait_for_head(req.live)):
                 # (not to_url: each read's query is new, and would evict the
                 # control-plane URLs that repeat every wake from its cache)
                 resp = await self.session.get(URL(req.url(self.url), encoded=True),
                                               headers=headers or None,
                                               allow_redirects=False, timeout=NO_TOTAL)
-        except (ConnectError, ProtocolError, IdleTimeout) as error:
-            raise mark_transport(error)  # noqa: B904 - the cause is already chained by translate
+        except BaseException as exc:  # translate's mapping, from a plain except
+            error = transport_error(exc, phase, url=self.url, secrets=self._secrets)
+            if error is None:
+                if isinstance(exc, (ConnectError, ProtocolError, IdleTimeout)):
+                    mark_transport(exc)
+                raise
+            if isinstance(error, (ConnectError, ProtocolError, IdleTimeout)):
+                mark_transport(error)
+            raise error from exc
         self.responses += 1
         try:
             head = self.core.head(resp.status, resp.headers)
@@ -219,13 +224,17 @@ class AsyncShell:
         """
         content = resp.content
         try:
-            with self._reading:
-                piece = content.read_nowait()
-                if not piece and not content.is_eof():
-                    with deadline(self.clock, idle):
-                        piece = await content.readany()
-        except PullwakeError as error:
-            raise mark_transport(error) from error.__cause__
+            piece = content.read_nowait()
+            if not piece and not content.is_eof():
+                with deadline(self.clock, idle):
+                    piece = await content.readany()
+        except BaseException as exc:  # translate's mapping, from a plain except
+            error = transport_error(exc, "read", url=self.url, secrets=self._secrets)
+            if error is not None:
+                raise mark_transport(error) from exc
+            if isinstance(exc, PullwakeError):
+                raise mark_transport(exc) from exc.__cause__
+            raise
         return piece
 
     def _take(self, window: ProgressWindow, piece: bytes) -> list[Any]:

@@ -201,9 +201,14 @@ class ReadCore:
                  extra_params: tuple[tuple[str, str], ...] = ()) -> None:
         if live not in ("catch-up", "long-poll", "sse"):
             raise ConfigError(f"live must be 'catch-up', 'long-poll' or 'sse', got {live!r}")
-        check_offset(offset)
-        if until is not None and check_offset(until, "until") in SENTINELS:
-            raise ConfigError("until must be an offset token, not '-1' or 'now'")
+        # (check_offset's test inline: a read starts every wake; it names the error)
+        if not isinstance(offset, str) or not _CALLER_OFFSET_RE.match(offset):
+            check_offset(offset)
+        if until is not None:
+            if not isinstance(until, str) or not _CALLER_OFFSET_RE.match(until):
+                check_offset(until, "until")
+            if until in SENTINELS:
+                raise ConfigError("until must be an offset token, not '-1' or 'now'")
         if isinstance(max_message_bytes, bool) or not isinstance(max_message_bytes, int) \
                 or max_message_bytes <= 0:
             raise ConfigError("max_message_bytes must be a positive int")
@@ -222,7 +227,7 @@ class ReadCore:
         self.extra_params = extra_params
         self.up_to_date = False
         self.closed = False
-        self.done = self._reached(offset)
+        self.done = until is not None and offset not in SENTINELS and offset >= until
         self.etag: str | None = None
         self.content_type: str | None = None
         # per answer
@@ -255,7 +260,7 @@ class ReadCore:
 
     def request(self) -> Request:
         """The next request. Do not call once ``done``."""
-        mode = self._next_mode()
+        mode = self.live if self.live == "catch-up" else self._next_mode()
         params: list[tuple[str, str]] = [("offset", self.offset)]
         headers: list[tuple[str, str]] = []
         if mode != "catch-up":
@@ -350,10 +355,10 @@ class ReadCore:
             nxt_raw = self._next
             if nxt_raw is None:
                 raise ProtocolError("answer has no Stream-Next-Offset header", url=self.url)
-            if not valid_offset(nxt_raw):
+            if not (isinstance(nxt_raw, str) and _SERVER_OFFSET_RE.match(nxt_raw)) \
+                    or nxt_raw in SENTINELS:  # (valid_offset inline)
                 raise ProtocolError("answer has an invalid Stream-Next-Offset header",
                                     url=self.url)
-            assert nxt_raw is not None
             nxt = nxt_raw
         if self.offset not in SENTINELS and nxt < self.offset:
             raise OffsetsWentBack("Stream-Next-Offset moved backwards", url=self.url)
@@ -361,15 +366,21 @@ class ReadCore:
         if etag and self._mode == "catch-up" and not self._not_modified:
             self.etag = etag
         cursor = headers.get("Stream-Cursor") or self.cursor
-        closed = _true(headers.get("Stream-Closed"))
-        up_to_date = closed or _true(headers.get("Stream-Up-To-Date")) or self._not_modified
+        # (_true inline, exact "true" first: both are read every answer)
+        flag = headers.get("Stream-Closed")
+        closed = flag is not None and (flag == "true" or _true(flag))
+        flag = headers.get("Stream-Up-To-Date")
+        up_to_date = closed or (flag is not None and (flag == "true" or _true(flag))) \
+            or self._not_modified
         advanced = nxt != self.offset
         out = self._stamp(out, nxt)
         self._drop = 0
         self.offset, self.cursor = nxt, cursor
         self.up_to_date, self.closed = up_to_date, closed
         out.append(Checkpoint(nxt, cursor, up_to_date, closed, self._status))
-        if closed or (self.live == "catch-up" and (up_to_date or self._reached(nxt))):
+        until = self.until
+        if closed or (self.live == "catch-up" and (up_to_date or (
+                until is not None and nxt not in SENTINELS and nxt >= until))):  # _reached
             self.done = True
         elif self.live == "catch-up" and not advanced:
             raise ProtocolError("the server did not say up to date, yet "
