@@ -70,13 +70,14 @@ Live = Literal["catch-up", "long-poll", "sse"]
 Event = Any  # Batch | Checkpoint | Rejected
 
 SENTINELS = ("-1", "now")
+#: (Each pattern ends in ``\Z``: ``$`` would also match before a final line feed.)
 #: Offsets a caller passes: a conservative URL-safe alphabet (PROTOCOL.md §8:
 #: tokens never contain , & = ? /), at most 256 characters.
-_CALLER_OFFSET_RE = re.compile(r"^[A-Za-z0-9._~:+-]{1,256}$")
+_CALLER_OFFSET_RE = re.compile(r"[A-Za-z0-9._~:+-]{1,256}\Z")
 #: Offsets a server sends: opaque, but printable ASCII without , & = ? / (§8)
 #: and bounded, so one can never smuggle a query parameter into the next request.
-_SERVER_OFFSET_RE = re.compile(r"^[\x21-\x25\x27-\x2b\x2d\x2e\x30-\x3c\x3e\x40-\x7e]{1,256}$")
-_CODE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_SERVER_OFFSET_RE = re.compile(r"[\x21-\x25\x27-\x2b\x2d\x2e\x30-\x3c\x3e\x40-\x7e]{1,256}\Z")
+_CODE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}\Z")
 #: Query values ``quote`` would leave as they are (offsets usually are).
 _UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*\Z")
 #: Codes pullwake assigns when the server's error body carries none.
