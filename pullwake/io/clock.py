@@ -2,8 +2,10 @@
 
 This module owns the :class:`Clock` protocol, the real :class:`LoopClock`
 (asyncio's loop time and wall time) and :func:`deadline`, the one timeout
-primitive the runner uses for connect, idle-read and request timeouts. A test
-passes a manual clock (:class:`pullwake.testing.clock.ManualClock`) and moves
+primitive the runner uses for connect, idle-read and request timeouts, with
+:class:`DeadlineSet`, which keeps a LoopClock's deadlines under one loop timer
+per loop (a request arms no timer of its own). A test passes a manual clock
+(:class:`pullwake.testing.clock.ManualClock`, a timer per deadline) and moves
 time forward itself: backoff, heartbeat and timeout tests never sleep.
 """
 
