@@ -88,14 +88,30 @@ def make_runner(server: EmbeddedServer, runtime: Any | None = None, *,
     return PullWakeRunner(RunnerConfig(**cfg), runtime or RecordingRuntime())
 
 
+#: Real seconds a test's cleanup waits for ``runner.stop()``. A stop whose grace
+#: runs on a manual clock nobody advances any more (the test failed half-way)
+#: would wait forever, past pytest-timeout (which fires once, in the body).
+STOP_BOUND_S = 15.0
+
+
+async def bounded_stop(runner: PullWakeRunner, bound: float = STOP_BOUND_S) -> None:
+    """``runner.stop()`` for a test's cleanup: its errors ignored, but never a hang."""
+    try:
+        await asyncio.wait_for(runner.stop(), bound)
+    except TimeoutError:
+        raise AssertionError(f"runner.stop() did not return within {bound:g}s "
+                             f"(status {runner.status})") from None
+    except Exception:  # noqa: BLE001 - cleanup: the test's own outcome is what counts
+        pass
+
+
 @contextlib.asynccontextmanager
 async def started(runner: PullWakeRunner) -> AsyncIterator[PullWakeRunner]:
     runner.start()
     try:
         yield runner
     finally:
-        with contextlib.suppress(Exception):
-            await runner.stop()
+        await bounded_stop(runner)
 
 
 def wake_requests(server: EmbeddedServer) -> list[Any]:

@@ -96,7 +96,7 @@ def test_sse_with_a_known_kind_goes_live_at_once_with_accept() -> None:
     assert ("Accept", "text/event-stream") in req.headers
 
 
-@pytest.mark.parametrize("bad", ["", "a b", "a&live=sse", "x" * 300, None, 5])
+@pytest.mark.parametrize("bad", ["", "a b", "a&live=sse", "x" * 300, None, 5, "0_1\n", "0_1\r\n"])
 def test_hostile_offsets_are_config_errors(bad: Any) -> None:
     with pytest.raises(ConfigError):
         ReadCore(offset=bad)
@@ -370,3 +370,23 @@ def test_a_trickle_is_stalled_but_silence_and_steady_progress_are_not() -> None:
     assert not w.update(101.0, PROGRESS_BYTES, False)  # steady progress
     assert not w.update(102.9, PROGRESS_BYTES, False)
     assert not ProgressWindow(None).update(1e9, 1, False)
+
+
+@pytest.mark.parametrize("tail", ["\n", "\r\n", "\n\n"])
+def test_a_line_break_after_an_offset_or_a_code_is_not_accepted(tail: str) -> None:
+    """The patterns match the whole value (``$`` alone would let a final line feed by)."""
+    from pullwake.errors import ConfigError as _ConfigError
+    from pullwake.io.fetchcache import FetchCache
+    from pullwake.protocol.read import check_offset, error_code, valid_offset
+    from pullwake.testing._streams import OFFSET_RE
+
+    assert valid_offset("0_1") and not valid_offset("0_1" + tail)
+    assert check_offset("0_1") == "0_1"
+    with pytest.raises(_ConfigError):
+        check_offset("0_1" + tail)
+    assert error_code({"code": "NOT_FOUND"}) == "NOT_FOUND"
+    assert error_code({"code": "NOT_FOUND" + tail}) is None
+    assert OFFSET_RE.match("1_2") and not OFFSET_RE.match("1_2" + tail)  # the embedded server
+    FetchCache(auth_headers=("Authorization",))
+    with pytest.raises(_ConfigError):
+        FetchCache(auth_headers=("Authorization" + tail,))

@@ -24,7 +24,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from runner_helpers import RecordingRuntime, eventually, make_runner, started, wake, wake_requests
+from runner_helpers import (
+    STOP_BOUND_S,
+    RecordingRuntime,
+    bounded_stop,
+    eventually,
+    make_runner,
+    started,
+    wake,
+    wake_requests,
+)
 
 from pullwake import (
     ConnectError,
@@ -193,6 +202,29 @@ async def test_server_paused_mid_stream_then_for_every_connect(server: EmbeddedS
         await eventually(lambda: runner.status == "streaming")
         await server.append_runner_wake("r1", wake("s1"))
         await eventually(lambda: len(rt.dispatched) == 1)
+
+
+async def test_a_cleanup_stop_waiting_on_a_manual_clock_fails_instead_of_hanging(
+        server: EmbeddedServer) -> None:
+    """A test that fails half-way leaves its manual clock where it was: a stop whose
+    grace runs on it would wait forever (pytest-timeout fires once, in the body).
+    The helpers' cleanup stop fails in real time instead, and the stop still ends
+    once the clock moves."""
+    clock = ManualClock()
+    server.hang(CLAIM_PATH, count=1)
+    runner = make_runner(server, RecordingRuntime(), clock=clock, heartbeat_interval=None,
+                         request_timeout=30, claim_grace=5.0)
+    runner.start()
+    await eventually(lambda: runner.status == "streaming")
+    await server.append_runner_wake("r1", wake("s1", 1))
+    await eventually(lambda: len(server.claims("r1")) == 1)  # hung: in flight at stop
+    with pytest.raises(AssertionError, match=r"runner.stop\(\) did not return within 0.2s"):
+        await bounded_stop(runner, bound=0.2)
+    stopping = asyncio.ensure_future(runner.stop())
+    await eventually(lambda: 5.0 in clock.pending)
+    await clock.advance(5.0)  # the grace ends: the hung claim is cancelled
+    await asyncio.wait_for(stopping, 10)
+    assert runner.status == "stopped"
 
 
 async def test_hung_claim_fails_at_request_timeout_is_retried_then_the_next_wake_claimed(
@@ -493,10 +525,9 @@ async def in_state(server: EmbeddedServer, state: str) -> AsyncIterator[Scenario
         if rt.drain_gate is not None:
             rt.drain_gate.set()
         server.clear_faults()
-        with contextlib.suppress(Exception):
-            await runner.stop()
+        await bounded_stop(runner)
         if sc.stop_task is not None:
-            await sc.stop_task
+            await asyncio.wait_for(sc.stop_task, STOP_BOUND_S)
 
 
 STATES = ["stopped", "connecting", "streaming", "reconnecting", "stopping"]

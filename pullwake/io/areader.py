@@ -33,7 +33,7 @@ from pullwake.errors import (
     PullwakeError,
 )
 from pullwake.io.clock import Clock, LoopClock, deadline, sleep
-from pullwake.io.http import make_session, translate
+from pullwake.io.http import make_session, transport_error
 from pullwake.protocol import (
     DEFAULT_RETRY,
     Assembler,
@@ -76,8 +76,8 @@ _MAPPINGS = frozenset({dict, MappingProxyType})
 
 
 class _Lazy:
-    """An iterable of secrets computed when iterated (only error paths iterate it):
-    the caller's, then the header values sent (``sent``, kept by the shell).
+    """An iterable of secrets computed when iterated: the caller's, then the header
+    values sent. Made only when an error is scrubbed (a read without one makes none).
 
     It holds what it reads, not the shell: a shell referring to itself through
     a bound method would be a reference cycle per read, left to the garbage
@@ -86,9 +86,9 @@ class _Lazy:
 
     __slots__ = ("_get", "sent")
 
-    def __init__(self, get: Callable[[], tuple[str, ...]]) -> None:
+    def __init__(self, get: Callable[[], tuple[str, ...]], sent: tuple[str, ...]) -> None:
         self._get = get
-        self.sent: tuple[str, ...] = ()
+        self.sent = sent
 
     def __iter__(self) -> Iterator[str]:
         return iter((*self._get(), *self.sent))
@@ -99,7 +99,7 @@ class AsyncShell:
 
     :meth:`step` is the whole read, one awaited call per group of events (no
     generator per layer: a worker reads on every wake); :meth:`events` is the
-    same as an async iterator; :meth:`open` and :meth:`answer` are its two
+    same as an async iterator; :meth:`open` and :meth:`answer_events` are its two
     halves, for a live read that chains answers itself (the wake stream).
     """
 
@@ -123,9 +123,9 @@ class AsyncShell:
         self.idle_timeout = idle_timeout
         self.retry = retry
         # The caller's secrets and the header values sent (secrets too, as on the
-        # sync path), computed only when an error is scrubbed.
-        self._secrets = _Lazy(secrets)
-        self._reading = translate("read", url=url, secrets=self._secrets)
+        # sync path), computed only when an error is scrubbed (_scrubbed).
+        self._caller_secrets = secrets
+        self._sent: tuple[str, ...] = ()
         self.responses = 0
         self.cached = 0
         self.bytes_read = 0
@@ -145,19 +145,18 @@ class AsyncShell:
         out = check_headers(value)
         sent = tuple(v for v in out.values() if len(v) >= 4)
         sent += tuple(v.split(" ", 1)[1] for v in sent if " " in v)
-        known = self._secrets.sent
+        known = self._sent
         if sent and not set(sent) <= set(known):
-            self._secrets.sent = tuple(dict.fromkeys((*known, *sent)))[-64:]  # bounded
+            self._sent = tuple(dict.fromkeys((*known, *sent)))[-64:]  # bounded
         return out
 
     def secrets(self) -> tuple[str, ...]:
         """Everything scrubbed from error text: the caller's secrets and header values sent."""
-        return tuple(self._secrets)
+        return (*self._caller_secrets(), *self._sent)
 
-    def _wait_for_head(self, live: Live) -> float | None:
-        if live == "long-poll":  # held open up to the server's timeout
-            return self._floor(self.idle_timeout)
-        return self.connect_timeout
+    def _scrubbed(self) -> _Lazy:
+        """:meth:`secrets`, computed when iterated (only if the error has text to scrub)."""
+        return _Lazy(self._caller_secrets, self._sent)
 
     def _floor(self, seconds: float | None) -> float | None:
         if seconds is None or not self.live_floor:
@@ -181,15 +180,23 @@ class AsyncShell:
         # (IdleTimeout), like the rest of an open stream; anything else is a connect.
         phase: Any = "read" if req.live == "long-poll" else "connect"
         try:
-            with translate(phase, url=self.url, secrets=self._secrets), \
-                    deadline(self.clock, self._wait_for_head(req.live)):
+            # (the wait for the head; a long-poll is held open up to the server's timeout)
+            with deadline(self.clock, self.connect_timeout if phase == "connect"
+                          else self._floor(self.idle_timeout)):
                 # (not to_url: each read's query is new, and would evict the
                 # control-plane URLs that repeat every wake from its cache)
                 resp = await self.session.get(URL(req.url(self.url), encoded=True),
                                               headers=headers or None,
                                               allow_redirects=False, timeout=NO_TOTAL)
-        except (ConnectError, ProtocolError, IdleTimeout) as error:
-            raise mark_transport(error)  # noqa: B904 - the cause is already chained by translate
+        except BaseException as exc:  # translate's mapping, from a plain except
+            error = transport_error(exc, phase, url=self.url, secrets=self._scrubbed())
+            if error is None:
+                if isinstance(exc, (ConnectError, ProtocolError, IdleTimeout)):
+                    mark_transport(exc)
+                raise
+            if isinstance(error, (ConnectError, ProtocolError, IdleTimeout)):
+                mark_transport(error)
+            raise error from exc
         self.responses += 1
         try:
             head = self.core.head(resp.status, resp.headers)
@@ -219,13 +226,17 @@ class AsyncShell:
         """
         content = resp.content
         try:
-            with self._reading:
-                piece = content.read_nowait()
-                if not piece and not content.is_eof():
-                    with deadline(self.clock, idle):
-                        piece = await content.readany()
-        except PullwakeError as error:
-            raise mark_transport(error) from error.__cause__
+            piece = content.read_nowait()
+            if not piece and not content.is_eof():
+                with deadline(self.clock, idle):
+                    piece = await content.readany()
+        except BaseException as exc:  # translate's mapping, from a plain except
+            error = transport_error(exc, "read", url=self.url, secrets=self._scrubbed())
+            if error is not None:
+                raise mark_transport(error) from exc
+            if isinstance(exc, PullwakeError):
+                raise mark_transport(exc) from exc.__cause__
+            raise
         return piece
 
     def _take(self, window: ProgressWindow, piece: bytes) -> list[Any]:
@@ -238,21 +249,19 @@ class AsyncShell:
                                              "the idle timeout (a trickle)", url=self.url))
         return out
 
-    async def answer(self, resp: aiohttp.ClientResponse, live: Live) -> AsyncIterator[Any]:
-        """The events of one open answer; closes it. Transport failures carry ``_io``."""
-        idle = self._read_idle(live)
-        window = ProgressWindow(idle)
-        try:
-            while True:
-                piece = await self._piece(resp, idle)
-                if not piece:
-                    break
-                for event in self._take(window, piece):
-                    yield event
-            for event in self.core.end():
-                yield event
-        finally:
-            resp.close()
+    def answer_window(self, live: Live) -> ProgressWindow:
+        """The progress bound of one open answer of ``live`` (its ``idle_s`` also bounds
+        each network read of it): one per answer, for :meth:`answer_events`."""
+        return ProgressWindow(self._read_idle(live))
+
+    async def answer_events(self, resp: aiohttp.ClientResponse,
+                            window: ProgressWindow) -> list[Any] | None:
+        """The events the next piece of an open answer completes (maybe none); None
+        once its body ended (then ``core.end()`` has the last events). One awaited
+        call per piece, no generator: the wake stream reads every wake through it.
+        Transport failures carry ``_io``; the caller closes the answer."""
+        piece = await self._piece(resp, window.idle_s)
+        return self._take(window, piece) if piece else None
 
     async def step(self) -> list[Any]:
         """The next events of the read, with bounded retries of transient failures.
@@ -272,7 +281,7 @@ class AsyncShell:
                         return []
                     resp, live = await self.open()
                     self._resp = resp
-                    self._idle = self._read_idle(live)
+                    self._idle = self.idle_timeout if live != "sse" else self._read_idle(live)
                     self._window = None
                 piece = await self._piece(resp, self._idle)
                 if piece:
@@ -289,7 +298,8 @@ class AsyncShell:
                             return out
                         continue
                 out = core.end()
-                self.close()
+                self._resp = None  # (close(), inline)
+                resp.close()
                 if self._retrying is not None:
                     self._retrying.progressed()
                 if out:

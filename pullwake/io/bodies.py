@@ -49,17 +49,21 @@ async def read_bounded(resp: aiohttp.ClientResponse, limit: int, *, idle: float 
     With ``idle`` (and ``clock``), each chunk must arrive within ``idle``
     seconds of the previous one: progress, not the total duration, is bounded.
     """
-    if resp.content_length is not None and resp.content_length > limit:
-        raise ProtocolError(f"response body of {resp.content_length} bytes exceeds the "
+    length = resp.content_length
+    if length is not None and length > limit:
+        raise ProtocolError(f"response body of {length} bytes exceeds the "
                             f"{limit}-byte limit", url=str(resp.url))
-    if (idle is None and resp.content_length is not None
+    if (idle is None and length is not None
             and "Content-Encoding" not in resp.headers
             and not resp.headers.get("Transfer-Encoding")):
         return await resp.read()  # exact length known, no decompression: bounded already
     # Count while reading, each chunk within ``idle`` of the last. A small
     # answer is one chunk (returned as it is); only several chunks are joined.
-    body = await _chunk(resp, idle, clock)
-    if len(body) <= limit and resp.content.at_eof():
+    # (what is buffered, taken inline: once a request; a body still to come is
+    # read by the loop below, each chunk within ``idle``)
+    content = resp.content
+    body = content.read_nowait()
+    if len(body) <= limit and content.at_eof():
         return body  # the whole body came with the head: no further read
     more: list[bytes] = []
     size = len(body)

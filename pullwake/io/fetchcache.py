@@ -31,7 +31,7 @@ Store = Literal["memory", "sqlite"]
 DEFAULT_EXPIRE_AFTER_S = 300.0  #: a cached chunk is revalidated (``If-None-Match``) after this
 DEFAULT_MAX_MEMORY_BYTES = 128 * 1024 * 1024  #: the memory store evicts LRU chunks beyond this
 DEFAULT_LOCK_TIMEOUT_S = 1.0  #: one SQLite operation waits this long for another's lock
-_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -65,6 +65,7 @@ __all__ = [
     "secret_values",
     "to_url",
     "translate",
+    "transport_error",
 ]
 
 Phase = Literal["connect", "read", "request"]
@@ -74,7 +75,6 @@ HeadersSource = (
 )
 #: Control-plane answers larger than this are an error (they are small JSON).
 MAX_CONTROL_BODY = 1024 * 1024
-_NO_SCOPE = contextlib.nullcontext()
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 #: ``json.dumps(value, separators=(",", ":"))`` without building an encoder per call.
 _compact = json.JSONEncoder(separators=(",", ":")).encode
@@ -136,7 +136,8 @@ class translate:  # lower case: used like a function, `with translate("read", ur
     ``connect``: until response headers of the wake stream; ``read``: reading
     an open wake stream; ``request``: a control-plane call. pullwake's own
     errors and cancellation pass through untouched. (A class, not a generator:
-    it wraps every request.)
+    it wraps every request.) The mapping itself is :func:`transport_error`,
+    which a hot path calls from a plain ``except`` instead (no object per use).
     """
 
     __slots__ = ("operation", "phase", "secrets", "url")
@@ -153,32 +154,39 @@ class translate:  # lower case: used like a function, `with translate("read", ur
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: object) -> None:
-        if exc is None or isinstance(exc, (PullwakeError, asyncio.CancelledError)):
+        if exc is None:
             return
-        mapped = self._map(exc)
+        mapped = transport_error(exc, self.phase, url=self.url, operation=self.operation,
+                                 secrets=self.secrets)
         if mapped is not None:
             raise mapped from exc
 
-    def _map(self, exc: BaseException) -> PullwakeError | None:
-        phase, url, operation = self.phase, self.url, self.operation
-        if isinstance(exc, aiohttp.ClientError):
-            scrub_response_error(exc, self.secrets)
-        if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError)):
-            if phase == "connect":
-                return ConnectTimeout(f"no response headers in time: {exc}", url=url)
-            if phase == "read":
-                return IdleTimeout(f"stream silent too long: {exc}", url=url)
-            return RequestTimeout(str(exc) or "timed out", operation=operation, url=url)
-        if isinstance(exc, aiohttp.InvalidURL):
-            return ConfigError(f"invalid URL for {operation}")
-        if isinstance(exc, (aiohttp.ClientError, OSError, UnicodeDecodeError, ValueError)):
-            text = redact_text(f"{type(exc).__name__}: {exc}", self.secrets)
-            if phase == "connect":
-                return ConnectError(f"connection failed: {text}", url=url)
-            if phase == "read":
-                return ProtocolError(f"stream broken: {text}", url=url)
-            return ControlPlaneError(f"transport failure: {text}", operation=operation, url=url)
+
+def transport_error(exc: BaseException, phase: Phase, *, url: str | None = None,
+                    operation: str = "request", secrets: Iterable[str] = ()
+                    ) -> PullwakeError | None:
+    """What :class:`translate` raises for ``exc`` (``raise it from exc``), or None
+    to let ``exc`` propagate (pullwake's own errors, cancellation, the rest)."""
+    if isinstance(exc, (PullwakeError, asyncio.CancelledError)):
         return None
+    if isinstance(exc, aiohttp.ClientError):
+        scrub_response_error(exc, secrets)
+    if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError)):
+        if phase == "connect":
+            return ConnectTimeout(f"no response headers in time: {exc}", url=url)
+        if phase == "read":
+            return IdleTimeout(f"stream silent too long: {exc}", url=url)
+        return RequestTimeout(str(exc) or "timed out", operation=operation, url=url)
+    if isinstance(exc, aiohttp.InvalidURL):
+        return ConfigError(f"invalid URL for {operation}")
+    if isinstance(exc, (aiohttp.ClientError, OSError, UnicodeDecodeError, ValueError)):
+        text = redact_text(f"{type(exc).__name__}: {exc}", secrets)
+        if phase == "connect":
+            return ConnectError(f"connection failed: {text}", url=url)
+        if phase == "read":
+            return ProtocolError(f"stream broken: {text}", url=url)
+        return ControlPlaneError(f"transport failure: {text}", operation=operation, url=url)
+    return None
 
 
 def scrub_response_error(exc: BaseException, secrets: Iterable[str]) -> None:
@@ -392,15 +400,17 @@ class HttpClient:
         given, else it is read whole up to ``max_body``.
         """
         limit = self.request_timeout if timeout is None else timeout
-        scoped: contextlib.AbstractContextManager[None] = _NO_SCOPE
+        known = self._secrets
+        scoped: _Hold | None = None
         if headers:  # a request's own header values: secret for this request
-            known = self._secrets
             for value in headers.values():
                 if value not in known:  # (usually all known: a wake's token is held)
                     scoped = known.hold([v for v in secret_values(headers) if v not in known])
+                    scoped.__enter__()
                     break
-        with scoped, translate("request", url=url, operation=operation,
-                               secrets=self._secrets):
+        # (translate's mapping from a plain except, and the session's checks
+        # inline: no context manager or property call per request)
+        try:
             with deadline(self._clock, limit):
                 src = self._headers
                 if src is None:
@@ -415,8 +425,11 @@ class HttpClient:
                 if json_body is not None:
                     data = _compact(json_body).encode()
                     hdrs.setdefault("content-type", "application/json")
-                resp = await self.session.request(method, to_url(url), data=data,
-                                                  headers=hdrs, allow_redirects=False)
+                session = self._session
+                if session is None or self._closed or session.closed:
+                    session = self.session
+                resp = await session.request(method, to_url(url), data=data, headers=hdrs,
+                                             allow_redirects=False)
             async with resp:
                 if method == "HEAD":
                     return HttpAnswer(resp.status, resp.headers, b"")
@@ -427,6 +440,15 @@ class HttpClient:
                     return HttpAnswer(resp.status, resp.headers, b"", streamed)
                 body = await read_bounded(resp, max_body, idle=limit, clock=self._clock)
                 return HttpAnswer(resp.status, resp.headers, body)  # read-only view
+        except BaseException as exc:
+            mapped = transport_error(exc, "request", url=url, operation=operation,
+                                     secrets=known)
+            if mapped is None:
+                raise
+            raise mapped from exc
+        finally:
+            if scoped is not None:
+                scoped.__exit__(None, None, None)
 
 
 def raise_for_answer(answer: HttpAnswer, *, operation: str, url: str,

@@ -75,25 +75,6 @@ class Secrets:
         """Scrub ``values`` while the block runs; forget them after (unless held elsewhere)."""
         return _Hold(self, tuple(values))
 
-    def _add_held(self, vals: tuple[str, ...]) -> None:
-        held = self._held
-        for v in vals:
-            n = held.get(v, 0)
-            held[v] = n + 1
-            if n == 0 and v not in self._kept:
-                self._snapshot = self._pattern = None  # (inline: per wake)
-
-    def _drop_held(self, vals: tuple[str, ...]) -> None:
-        held = self._held
-        for v in vals:
-            n = held[v] - 1
-            if n:
-                held[v] = n
-            else:
-                del held[v]
-                if v not in self._kept:
-                    self._snapshot = self._pattern = None
-
     def _changed(self) -> None:
         self._snapshot = None
         self._pattern = None
@@ -131,7 +112,12 @@ class Secrets:
 
 
 class _Hold:
-    """``with secrets.hold(values):`` (a class, not a generator: it wraps requests)."""
+    """``with secrets.hold(values):`` (a class, not a generator: it wraps requests).
+
+    Entering counts each value held once more, exiting once less; a value no
+    longer held (and not kept) is forgotten: the snapshot and pattern are
+    rebuilt when next read.
+    """
 
     __slots__ = ("_owner", "_vals")
 
@@ -140,7 +126,24 @@ class _Hold:
         self._vals = vals
 
     def __enter__(self) -> None:
-        self._owner._add_held(self._vals)
+        owner = self._owner
+        held = owner._held
+        for v in self._vals:
+            if v in held:
+                held[v] += 1
+            else:
+                held[v] = 1
+                if v not in owner._kept:
+                    owner._snapshot = owner._pattern = None
 
     def __exit__(self, *exc: object) -> None:
-        self._owner._drop_held(self._vals)
+        owner = self._owner
+        held = owner._held
+        for v in self._vals:
+            n = held[v] - 1
+            if n:
+                held[v] = n
+            else:
+                del held[v]
+                if v not in owner._kept:
+                    owner._snapshot = owner._pattern = None

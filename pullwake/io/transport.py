@@ -81,7 +81,12 @@ class StreamRequest:
 
 
 class WakeStream(Protocol):
-    """An open live read. Iterate it for items; ``close()`` is sync and idempotent."""
+    """An open live read. Iterate it for items; ``close()`` is sync and idempotent.
+
+    A stream may also offer ``async next_items() -> list[StreamItem]`` (the
+    built-in one does): the items of its next read, ``[]`` once it is over;
+    the runner's consumer then takes them a list at a time.
+    """
 
     def __aiter__(self) -> AsyncIterator[StreamItem]: ...
     def close(self) -> None: ...
@@ -91,45 +96,93 @@ StreamFactory = Callable[[StreamRequest], Awaitable[WakeStream]]
 
 
 class _CoreStream:
-    """One live read session: the first answer is open; long-polls chain from it."""
+    """One live read session: the first answer is open; long-polls chain from it.
+
+    :meth:`next_items` reads it a piece at a time: the runner's consumer takes
+    each piece's items as one list (no generator step per item, twice a wake);
+    iterating the stream gives the same items one by one.
+    """
 
     def __init__(self, shell: AsyncShell, resp: aiohttp.ClientResponse, live: Any,
                  damaged: list[str | None]) -> None:
         self._shell = shell
         self._damaged = damaged  # [start offset of the last damaged answer], across sessions
-        self._resp: aiohttp.ClientResponse | None = resp
+        self._resp: aiohttp.ClientResponse | None = resp  # the answer being read
+        self._window = shell.answer_window(live)
         self._live = live
         self._closed = False
+        self._over = False  # the session ended (the last answer's items were handed out)
+        self._error: BaseException | None = None  # raised once the items before it are out
 
     def close(self) -> None:
         self._closed = True
-        if self._resp is not None:
-            self._resp.close()
+        resp, self._resp = self._resp, None
+        if resp is not None:
+            resp.close()
 
     async def __aiter__(self) -> AsyncIterator[StreamItem]:
-        shell, core = self._shell, self._shell.core
-        while not self._closed:
-            resp, self._resp = self._resp, None
-            if resp is None:
-                resp, self._live = await shell.open()
-                self._resp = resp
-            async for event in shell.answer(resp, self._live):
-                kind = type(event)
-                if kind is Batch:
-                    for value in event.values:
-                        if type(value) is Rejected:
-                            self._check_damage(value, event.start)
-                            yield BadMessage(value.error)
-                        else:
-                            yield Message(value)
-                elif kind is Checkpoint:
-                    yield event
-                elif kind is Rejected:
-                    yield BadMessage(event.error)
-            self._resp = None
-            if core.done or self._live == "sse":
-                return  # closed; or the server ended the SSE answer: the runner reconnects
+        while items := await self.next_items():
+            for item in items:
+                yield item
 
+    async def next_items(self) -> list[StreamItem]:
+        """The items of the next piece read (never empty); ``[]`` once the session is over.
+
+        The session is over when the stream is closed (by the server, or by
+        :meth:`close`), or when the server ends an SSE answer (the runner
+        reconnects); long-poll answers chain until then. A failure ends it
+        too: raised once the items read before it were handed out.
+        """
+        shell = self._shell
+        while not (self._closed or self._over):
+            resp = self._resp
+            try:
+                if self._error is not None:
+                    error, self._error = self._error, None
+                    raise error
+                if resp is None:
+                    resp, self._live = await shell.open()
+                    self._resp = resp
+                    self._window = shell.answer_window(self._live)
+                events = await shell.answer_events(resp, self._window)
+                if events is None:  # the answer ended
+                    self._resp = None
+                    resp.close()
+                    core = shell.core
+                    events = core.end()
+                    self._over = core.done or self._live == "sse"
+                items = self._items(events) if events else None
+            except BaseException:
+                self._over = True
+                self.close()
+                raise
+            if items:
+                return items
+        return []
+
+    def _items(self, events: list[Any]) -> list[StreamItem]:
+        """Each event's items: a batch's values one by one, a checkpoint as it is."""
+        items: list[StreamItem] = []
+        for event in events:
+            kind = type(event)
+            if kind is Batch:
+                for value in event.values:
+                    if type(value) is Rejected:
+                        try:
+                            self._check_damage(value, event.start)
+                        except ProtocolError as exc:
+                            if not items:
+                                raise
+                            self._error = exc  # the items before it are delivered first
+                            return items
+                        items.append(BadMessage(value.error))
+                    else:
+                        items.append(Message(value))
+            elif kind is Checkpoint:
+                items.append(event)
+            elif kind is Rejected:
+                items.append(BadMessage(event.error))
+        return items
 
     def _check_damage(self, rejected: Rejected, start: str) -> None:
         """Long-poll damage a transport fault could explain is read once more, then skipped.

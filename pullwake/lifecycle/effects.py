@@ -92,8 +92,6 @@ def effect_hook_names() -> frozenset[str]:
 class _TicketIssuer(Protocol):
     """The side of the machine a ticket reports to (:class:`~.machine.Lifecycle`)."""
 
-    _owned: dict[str, WorkTicket]
-
     def _enqueue(self, event: str, payload: Payload, ticket: WorkTicket | None) -> None: ...
 
 
@@ -102,6 +100,10 @@ class WorkTicket:
 
     ``delay`` is set for timers (the backoff delay); ``payload`` is the payload
     of the event that entered the state (e.g. ``stream`` for the consumer).
+    ``cancelled`` turns True, for good, once the ticket stops being current:
+    the machine sets it when the state is left (the work is cancelled) and
+    when the work is started again (the ticket replaced), so a hot loop can
+    read the attribute rather than :attr:`current`.
     """
 
     __slots__ = ("_lifecycle", "cancelled", "delay", "epoch", "handle", "payload", "reports",
@@ -130,7 +132,7 @@ class WorkTicket:
     @property
     def current(self) -> bool:
         """True while the owning state is active and this is its latest start."""
-        return not self.cancelled and self._lifecycle._owned.get(self.state) is self
+        return not self.cancelled
 
     def report(self, event: str, **payload: Any) -> bool:
         """Fire ``event`` if this ticket is still current; drop it otherwise.
@@ -140,11 +142,10 @@ class WorkTicket:
         """
         if event not in self.reports:
             raise ValueError(f"work {self.work!r} does not report {event!r}")
-        lifecycle = self._lifecycle
-        if self.cancelled or lifecycle._owned.get(self.state) is not self:  # not current
+        if self.cancelled:  # not current
             log.debug("dropped stale %s from %s#%d", event, self.work, self.epoch)
             return False
-        lifecycle._enqueue(event, payload, self)
+        self._lifecycle._enqueue(event, payload, self)
         return True
 
     def __repr__(self) -> str:

@@ -268,8 +268,7 @@ class Lifecycle:
             if plans is None:
                 plans = self._plans_for(self.state_path)
             plan = plans.get(event)
-            if plan is not None and (ticket is None or (
-                    not ticket.cancelled and self._owned.get(ticket.state) is ticket)):
+            if plan is not None and (ticket is None or not ticket.cancelled):
                 self._busy = True
                 try:
                     self._run_plan(plan, payload)
@@ -289,7 +288,7 @@ class Lifecycle:
         try:
             while self._queue:
                 ev, pl, t = self._queue.popleft()
-                if t is not None and not t.current:
+                if t is not None and t.cancelled:  # stale since it was queued
                     log.debug("dropped stale %s from %s#%d", ev, t.work, t.epoch)
                     continue
                 self._source = self.state_path
@@ -412,6 +411,9 @@ class Lifecycle:
         delay = self.backoff.next_delay() if work.delay == "backoff" else None
         ticket = WorkTicket(self, work.name, frozenset(work.reports), path, self._epoch,
                             delay, dict(ev.kwargs))
+        replaced = self._owned.get(path)
+        if replaced is not None:
+            replaced.cancelled = True  # stale (its results are dropped): not current
         self._owned[path] = ticket
         try:
             ticket.handle = getattr(self.effects, work.start)(ticket)

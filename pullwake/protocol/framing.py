@@ -279,9 +279,12 @@ class _Skip:
             elif c in "[{":
                 self.depth, pos = self.depth + 1, m.end()
             elif c in "]}":
-                if self.depth == 0:  # the enclosing array ends: the value ended before
-                    self.seen += m.start() - start
-                    return m.start()
+                if self.depth == 0:
+                    if c == "]":  # the enclosing array ends: the value ended before
+                        self.seen += m.start() - start
+                        return m.start()
+                    pos = m.end()  # a stray '}' is part of the damage (else no progress)
+                    continue
                 self.depth, pos = self.depth - 1, m.end()
                 if self.depth == 0:
                     self.seen += pos - start
@@ -307,11 +310,27 @@ class _Skip:
             damaged=True)
 
 
-def decode_json_array(body: bytes, limit: int) -> list[Any]:
-    """Frame a whole JSON-array body. One ``json.loads`` when it is within ``limit``."""
+def decode_json_array(body: bytes, limit: int, *, scan: bool = True) -> list[Any]:
+    """Frame a whole JSON-array body. One ``json.loads`` when it is within ``limit``.
+
+    ``scan``: first, if the body is exactly one array (from its first byte to
+    its last, in what ``json.loads`` reads as UTF-8), decode it with the C
+    scanner ``json.loads`` ends in, alone; anything else (whitespace around it,
+    other encodings, invalid JSON) goes the general way, so results and
+    rejections are ``json.loads``'s (``scan=False``: the general way only).
+    """
     if not body.strip():
         return []
     if len(body) <= limit:
+        if scan and body[:1] == b"[" and body[1:2] != b"\x00":
+            try:
+                text = body.decode("utf-8", "surrogatepass")
+                value, end = _SCAN(text, 0)
+            except (ValueError, StopIteration, RecursionError):
+                pass
+            else:
+                if end == len(text):
+                    return value  # type: ignore[no-any-return]
         try:
             value = json.loads(body)
         except (ValueError, RecursionError):

@@ -47,9 +47,9 @@ from pullwake.errors import (
     redact_text,
 )
 from pullwake.protocol.framing import BodyFramer, Kind, Rejected, frame_sse_data, kind_of
-from pullwake.protocol.jsontext import loads_or_none, small_array
+from pullwake.protocol.jsontext import loads_or_none, small_array, whole_json
 from pullwake.protocol.progress import PROGRESS_BYTES, ProgressWindow
-from pullwake.protocol.sse import Oversized, SSEParser
+from pullwake.protocol.sse import Oversized, SSEEvent, SSEParser
 
 __all__ = [
     "PROGRESS_BYTES",
@@ -70,13 +70,14 @@ Live = Literal["catch-up", "long-poll", "sse"]
 Event = Any  # Batch | Checkpoint | Rejected
 
 SENTINELS = ("-1", "now")
+#: (Each pattern ends in ``\Z``: ``$`` would also match before a final line feed.)
 #: Offsets a caller passes: a conservative URL-safe alphabet (PROTOCOL.md §8:
 #: tokens never contain , & = ? /), at most 256 characters.
-_CALLER_OFFSET_RE = re.compile(r"^[A-Za-z0-9._~:+-]{1,256}$")
+_CALLER_OFFSET_RE = re.compile(r"[A-Za-z0-9._~:+-]{1,256}\Z")
 #: Offsets a server sends: opaque, but printable ASCII without , & = ? / (§8)
 #: and bounded, so one can never smuggle a query parameter into the next request.
-_SERVER_OFFSET_RE = re.compile(r"^[\x21-\x25\x27-\x2b\x2d\x2e\x30-\x3c\x3e\x40-\x7e]{1,256}$")
-_CODE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_SERVER_OFFSET_RE = re.compile(r"[\x21-\x25\x27-\x2b\x2d\x2e\x30-\x3c\x3e\x40-\x7e]{1,256}\Z")
+_CODE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}\Z")
 #: Query values ``quote`` would leave as they are (offsets usually are).
 _UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*\Z")
 #: Codes pullwake assigns when the server's error body carries none.
@@ -200,9 +201,14 @@ class ReadCore:
                  extra_params: tuple[tuple[str, str], ...] = ()) -> None:
         if live not in ("catch-up", "long-poll", "sse"):
             raise ConfigError(f"live must be 'catch-up', 'long-poll' or 'sse', got {live!r}")
-        check_offset(offset)
-        if until is not None and check_offset(until, "until") in SENTINELS:
-            raise ConfigError("until must be an offset token, not '-1' or 'now'")
+        # (check_offset's test inline: a read starts every wake; it names the error)
+        if not isinstance(offset, str) or not _CALLER_OFFSET_RE.match(offset):
+            check_offset(offset)
+        if until is not None:
+            if not isinstance(until, str) or not _CALLER_OFFSET_RE.match(until):
+                check_offset(until, "until")
+            if until in SENTINELS:
+                raise ConfigError("until must be an offset token, not '-1' or 'now'")
         if isinstance(max_message_bytes, bool) or not isinstance(max_message_bytes, int) \
                 or max_message_bytes <= 0:
             raise ConfigError("max_message_bytes must be a positive int")
@@ -221,7 +227,7 @@ class ReadCore:
         self.extra_params = extra_params
         self.up_to_date = False
         self.closed = False
-        self.done = self._reached(offset)
+        self.done = until is not None and offset not in SENTINELS and offset >= until
         self.etag: str | None = None
         self.content_type: str | None = None
         # per answer
@@ -254,7 +260,7 @@ class ReadCore:
 
     def request(self) -> Request:
         """The next request. Do not call once ``done``."""
-        mode = self._next_mode()
+        mode = self.live if self.live == "catch-up" else self._next_mode()
         params: list[tuple[str, str]] = [("offset", self.offset)]
         headers: list[tuple[str, str]] = []
         if mode != "catch-up":
@@ -326,10 +332,7 @@ class ReadCore:
     def feed(self, data: bytes) -> list[Event]:
         """Frame body bytes; returns the events they complete."""
         if self._sse is not None:
-            out: list[Event] = []
-            for ev in self._sse.feed(data):
-                out.extend(self._sse_event(ev))
-            return out
+            return self._sse_events(self._sse.feed(data))
         if self._framer is None or not data:
             return []
         values = self._framer.feed(data)  # (usually none: a small body is framed at its end)
@@ -352,10 +355,10 @@ class ReadCore:
             nxt_raw = self._next
             if nxt_raw is None:
                 raise ProtocolError("answer has no Stream-Next-Offset header", url=self.url)
-            if not valid_offset(nxt_raw):
+            if not (isinstance(nxt_raw, str) and _SERVER_OFFSET_RE.match(nxt_raw)) \
+                    or nxt_raw in SENTINELS:  # (valid_offset inline)
                 raise ProtocolError("answer has an invalid Stream-Next-Offset header",
                                     url=self.url)
-            assert nxt_raw is not None
             nxt = nxt_raw
         if self.offset not in SENTINELS and nxt < self.offset:
             raise OffsetsWentBack("Stream-Next-Offset moved backwards", url=self.url)
@@ -363,15 +366,21 @@ class ReadCore:
         if etag and self._mode == "catch-up" and not self._not_modified:
             self.etag = etag
         cursor = headers.get("Stream-Cursor") or self.cursor
-        closed = _true(headers.get("Stream-Closed"))
-        up_to_date = closed or _true(headers.get("Stream-Up-To-Date")) or self._not_modified
+        # (_true inline, exact "true" first: both are read every answer)
+        flag = headers.get("Stream-Closed")
+        closed = flag is not None and (flag == "true" or _true(flag))
+        flag = headers.get("Stream-Up-To-Date")
+        up_to_date = closed or (flag is not None and (flag == "true" or _true(flag))) \
+            or self._not_modified
         advanced = nxt != self.offset
         out = self._stamp(out, nxt)
         self._drop = 0
         self.offset, self.cursor = nxt, cursor
         self.up_to_date, self.closed = up_to_date, closed
         out.append(Checkpoint(nxt, cursor, up_to_date, closed, self._status))
-        if closed or (self.live == "catch-up" and (up_to_date or self._reached(nxt))):
+        until = self.until
+        if closed or (self.live == "catch-up" and (up_to_date or (
+                until is not None and nxt not in SENTINELS and nxt >= until))):  # _reached
             self.done = True
         elif self.live == "catch-up" and not advanced:
             raise ProtocolError("the server did not say up to date, yet "
@@ -411,6 +420,32 @@ class ReadCore:
         return [Batch(e.values, e.start, nxt, e.first) if isinstance(e, Batch)
                 and e.offset != nxt else e for e in events]
 
+    def _sse_events(self, events: list[Any]) -> list[Event]:
+        """The read events of SSE events, twice a wake: the common ones are decided
+        here (a data event that is one JSON array surely within the limit, a control
+        event that is one JSON object), the rest by :meth:`_sse_event`, which decides
+        these the same way (tests/test_wake_fast_paths.py compares them)."""
+        out: list[Event] = []
+        for ev in events:
+            if type(ev) is SSEEvent:
+                name = ev.event
+                if name == "data":
+                    kind = self.kind
+                    if not self._base64 and (kind is None or kind == "json"):
+                        text = ev.data
+                        if len(text) * 4 <= self.max_message_bytes:  # small_array's test
+                            values = whole_json(text)
+                            if type(values) is list:
+                                self._pending += values
+                                continue
+                elif name == "control":
+                    ctl = whole_json(ev.data)
+                    if type(ctl) is dict:
+                        self._control(ctl, out)
+                        continue
+            out.extend(self._sse_event(ev))
+        return out
+
     def _sse_event(self, ev: Any) -> Sequence[Event]:
         if isinstance(ev, Oversized):
             if ev.event == "control":
@@ -432,15 +467,20 @@ class ReadCore:
             # Skippable on the wake stream (the next control event carries the
             # offset); a read for a caller raises it.
             return [Rejected(MalformedMessage("SSE control event is not a JSON object"))]
-        nxt = ctl.get("streamNextOffset")
+        out: list[Event] = []
+        self._control(ctl, out)
+        return out
+
+    def _control(self, ctl: dict[str, Any], out: list[Event]) -> None:
+        """Apply one control event (a JSON object): its checkpoint, after the values of
+        the data events before it, appended to ``out``."""
+        nxt: Any = ctl.get("streamNextOffset")
         if not valid_offset(nxt):
             # The offset to resume from is unknown: the answer cannot be used at all.
             raise ProtocolError("SSE control event without a valid streamNextOffset",
                                 url=self.url)
-        assert isinstance(nxt, str)
         if self.offset not in SENTINELS and nxt < self.offset:
             raise OffsetsWentBack("SSE streamNextOffset moved backwards", url=self.url)
-        out: list[Event] = []
         if self._pending:
             out.append(Batch(self._pending, self.offset, nxt, 0))
             self._pending = []
@@ -452,4 +492,3 @@ class ReadCore:
         out.append(Checkpoint(nxt, self.cursor, self.up_to_date, self.closed))
         if self.closed:
             self.done = True
-        return out

@@ -117,33 +117,42 @@ class SSEParser:
                      ) -> list[SSEEvent | Oversized]:
         """:meth:`feed` for the common chunk: LF line ends only, no line carried over,
         and too small to overflow an event (so no size check can trigger). The
-        same events as :meth:`_any_lines`, line by line without its bookkeeping."""
+        same events as :meth:`_any_lines`, line by line without its bookkeeping:
+        the field rules of :meth:`_line_done` and the dispatch of :meth:`_dispatch`
+        inline (no call per line or event), and the size of the data held
+        (``_data_size``, the sum of its lines' ``len + 1``) counted only for an
+        event still open when the chunk ends."""
         end = chunk.rfind(b"\n")
         if end < 0:
             if chunk:
                 self._line += chunk  # the start of a line still to come
             return out
+        data = self._data
         # One decode for all the chunk's whole lines: LF is never part of a UTF-8
         # sequence, so a bad sequence is replaced as it is in each line alone.
         for text in chunk[:end].decode("utf-8", errors="replace").split("\n"):
-            if not text:
-                item = self._dispatch()
-                if item is not None:
-                    out.append(item)
+            if not text:  # a blank line: dispatch (no overflow is possible here)
+                if self._id is not None:
+                    self._last_id = self._id
+                    self._id = None
+                if data:
+                    out.append(SSEEvent(self._event or "message", "\n".join(data),
+                                        self._last_id))
+                    data = self._data = []
+                self._event = ""
                 continue
             if text[0] == ":":
                 continue
-            # The field rules of _line_done, inline here (no call per line).
             field, sep, value = text.partition(":")
             if sep and value[:1] == " ":
                 value = value[1:]
             if field == "data":
-                self._data.append(value)
-                self._data_size += len(value) + 1
+                data.append(value)
             elif field == "event":
                 self._event = value
             elif field == "id" and "\0" not in value:
                 self._id = value
+        self._data_size = sum(map(len, data)) + len(data) if data else 0
         if end + 1 < len(chunk):
             self._line += chunk[end + 1:]  # after the last LF: a line still to come
         return out

@@ -46,6 +46,32 @@ from pullwake.runtime.logs import LabelledLog
 __all__ = ["StreamOwner", "WakeStreamSession"]
 
 
+#: The stream items, by exact type (see :func:`_kind_of` for any other).
+_KINDS = frozenset({Message, Checkpoint, BadMessage})
+
+
+def _kind_of(item: object) -> type | None:
+    """The item class ``item`` is an instance of (a subclass of one), else None."""
+    for kind in (Message, Checkpoint, BadMessage):
+        if isinstance(item, kind):
+            return kind
+    return None
+
+
+def _one_by_one(stream: Any) -> Callable[[], Awaitable[list[Any]]]:
+    """``next_items`` for a stream that is only iterable: one item per list, ``[]`` at
+    its end (exactly what ``async for`` takes from it)."""
+    items = aiter(stream)
+
+    async def step() -> list[Any]:
+        try:
+            return [await anext(items)]
+        except StopAsyncIteration:
+            return []
+
+    return step
+
+
 class StreamOwner(Protocol):
     """What the session tells its runner: errors, and that something changed."""
 
@@ -162,30 +188,55 @@ class WakeStreamSession:
     # ============================================================= consuming
 
     async def consume(self, ticket: WorkTicket) -> None:
-        """Read the connected stream; reports ``WAKE``/``OFFSET``, then how it ended."""
+        """Read the connected stream; reports ``WAKE``/``OFFSET``, then how it ended.
+
+        The built-in stream hands over each piece's items as one list
+        (``next_items``); any other stream is iterated item by item. Each item
+        is judged by its exact type first (the built-in ones), any other by
+        ``isinstance``, in the same order. Once the ticket is stale (the
+        consumer is cancelled or replaced: ``ticket.cancelled``, see
+        :class:`~pullwake.lifecycle.effects.WorkTicket`), nothing more is read.
+        """
         stream = ticket.payload["stream"]
+        step = getattr(stream, "next_items", None)
+        if step is None:
+            step = _one_by_one(stream)
         error: BaseException | None = None
         closed = False
         try:
-            async for item in stream:
-                if isinstance(item, Message):
-                    self.messages_read += 1
-                    self._on_message(ticket, item.value)
-                elif isinstance(item, Checkpoint):
-                    if self.offset is not None and item.next_offset < self.offset:
-                        raise OffsetsWentBack(f"offsets went back to {item.next_offset}",
-                                              url=self.config.wake_stream_url)
-                    if item.cursor:
-                        self._cursor = item.cursor
-                    if item.next_offset != self.offset:  # keep-alives repeat it
-                        ticket.report("OFFSET", offset=item.next_offset)
-                    if item.closed:
-                        closed = True
-                        break
-                elif isinstance(item, BadMessage):
-                    self._reject(item.error)
-                if not ticket.current:
-                    return
+            items: list[Any]
+            while items := await step():
+                for item in items:
+                    kind: type | None = type(item)
+                    if kind not in _KINDS:
+                        kind = _kind_of(item)
+                    if kind is Message:
+                        self.messages_read += 1
+                        try:
+                            wake = WakeEvent.parse(item.value)
+                        except MessageError as exc:
+                            self._reject(exc)
+                        else:
+                            if wake is not None:
+                                ticket.report("WAKE", wake=wake)
+                    elif kind is Checkpoint:
+                        offset = item.next_offset
+                        if self.offset is not None and offset < self.offset:
+                            raise OffsetsWentBack(f"offsets went back to {offset}",
+                                                  url=self.config.wake_stream_url)
+                        if item.cursor:
+                            self._cursor = item.cursor
+                        if offset != self.offset:  # keep-alives repeat it
+                            ticket.report("OFFSET", offset=offset)
+                        if item.closed:
+                            closed = True
+                            break
+                    elif kind is BadMessage:
+                        self._reject(item.error)
+                    if ticket.cancelled:
+                        return
+                if closed:
+                    break
         except asyncio.CancelledError:
             raise
         except OffsetsWentBack as exc:
@@ -202,15 +253,6 @@ class WakeStreamSession:
             ticket.report("STREAM_CLOSED")
         else:
             ticket.report("STREAM_END", error=error)
-
-    def _on_message(self, ticket: WorkTicket, value: Any) -> None:
-        try:
-            wake = WakeEvent.parse(value)
-        except MessageError as exc:
-            self._reject(exc)
-            return
-        if wake is not None:
-            ticket.report("WAKE", wake=wake)
 
     def _reject(self, error: MessageError) -> None:
         self._stats.messages_rejected += 1

@@ -37,7 +37,7 @@ from typing import Any
 ZERO_OFFSET = "0000000000000000_0000000000000000"
 BEFORE_FIRST_OFFSET = "-1"
 FRAME_OVERHEAD_BYTES = 5
-OFFSET_RE = re.compile(r"^(-1|now|\d+_\d+)$")
+OFFSET_RE = re.compile(r"(-1|now|\d+_\d+)\Z")
 
 #: cursor.ts: intervals of 20 s counted from 2024-10-09T00:00:00Z.
 CURSOR_EPOCH_MS = 1_728_432_000_000
