@@ -519,7 +519,7 @@ async def profile_throughput(app: _Appender, n: int) -> dict[str, Any]:
             results[kind] = {"total": total, "groups": _by_group(st), "stats": st}
     rs = results["runner"]["stats"]
     hot = {
-        "lifecycle machine (Lifecycle._enqueue -> transitions trigger)":
+        "lifecycle machine (Lifecycle._enqueue: a compiled decision or transitions)":
             _cum(rs, lambda f, fn: f.endswith("lifecycle/machine.py") and fn == "_enqueue"),
         "  of which the hooks themselves (claim_wake, record_offset)":
             _cum(rs, lambda f, fn: f.endswith("pullwake/runtime/runner.py") and fn == "claim_wake")
@@ -528,10 +528,11 @@ async def profile_throughput(app: _Appender, n: int) -> dict[str, Any]:
             _cum(rs, lambda f, fn: f.endswith("pullwake/runtime/claims.py") and fn == "_claim"),
         "HttpClient.request": _cum(rs, lambda f, fn: f.endswith("pullwake/io/http.py")
                                    and fn == "request"),
-        "stream read: PullWakeRunner._consume": _cum(
-            rs, lambda f, fn: f.endswith("pullwake/runtime/runner.py") and fn == "_consume"),
-        "clock.deadline (async-generator context manager)": _cum(
-            rs, lambda f, fn: f.endswith("pullwake/io/clock.py") and fn == "deadline"),
+        "stream read: WakeStreamSession.consume": _cum(
+            rs, lambda f, fn: f.endswith("pullwake/runtime/wakestream.py") and fn == "consume"),
+        "clock.deadline (its enter and exit; one loop timer for all)": _cum(
+            rs, lambda f, fn: f.endswith("pullwake/io/clock.py")
+            and fn in ("__enter__", "__exit__")),
     }
     bs = results["bare"]["stats"]
     hot_bare = {
@@ -998,8 +999,8 @@ def render(res: dict[str, Any], args: argparse.Namespace) -> str:
         f"(~{ch['runner_cpu_us'] - ch['bare_cpu_us']:.0f} us, server in a child) is about "
         f"{res['machine_event_us']:.0f} us for the `WAKE` event (decided as compiled from the "
         "loaded `transitions` machine), "
-        f"~{http_extra:.0f} us for the claim's HTTP layers (`deadline`/`translate` context "
-        "managers, header resolution, `dict(resp.headers)`, `read_bounded`), and "
+        f"~{http_extra:.0f} us for the claim's HTTP layers (its `deadline`, header "
+        "resolution, secret scrubbing, the error mapping, `read_bounded`), and "
         f"~{ch['runner_gc_us'] - ch['bare_gc_us']:.0f} us more garbage-collector time: the "
         "runner allocates more container objects per wake, so a burst crosses the full-"
         f"collection threshold more often ({ch['runner_full_gcs']:g} vs "
