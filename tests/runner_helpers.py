@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -15,6 +16,10 @@ from typing import Any
 from aiohttp import web
 
 from pullwake import PullWakeRunner, RunnerConfig
+from pullwake.io.clock import Clock
+from pullwake.runtime.control import ClaimOutcome, WakeEvent
+from pullwake.runtime.jobs import Jobs
+from pullwake.runtime.logs import LabelledLog
 from pullwake.testing import EmbeddedServer
 
 
@@ -143,3 +148,47 @@ async def raw_server(routes: dict[tuple[str, str], Handler], *,
         yield f"{scheme}://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
+
+
+# ------------------------------------------------- the claims' seams (no HTTP)
+
+
+class GrantingControl:
+    """A control plane seam for a ``ClaimScheduler``: every claim is granted at once
+    (no HTTP), keyed by subscription; it records the streams it claimed."""
+
+    def __init__(self) -> None:
+        self.claimed: list[str] = []
+
+    def claim_key(self, wake: WakeEvent) -> str:
+        return wake.subscription_id or wake.stream
+
+    async def claim(self, http: Any, wake: WakeEvent) -> ClaimOutcome:
+        self.claimed.append(wake.stream)
+        return ClaimOutcome(True, {"wake": wake.stream})
+
+    async def heartbeat(self, http: Any, **kw: Any) -> None:  # pragma: no cover - unused
+        return None
+
+
+class ClaimsOwner:
+    """The claims' owner seam (a runner's ``ClaimOwner``), with a job owner of its own:
+    ``failed`` gets what a job raised, ``reported`` what the claims reported."""
+
+    http: Any = None
+    claim_token_header = None
+
+    def __init__(self, clock: Clock) -> None:
+        self.log = LabelledLog(logging.getLogger("pullwake.test.claims"), "t1")
+        self.failed: list[BaseException] = []
+        self.jobs = Jobs(clock=clock, on_error=self.failed.append)
+        self.reported: list[object] = []
+
+    async def claim_headers(self) -> dict[str, str]:
+        return {}
+
+    def report(self, error: object, *, where: str = "runner", quiet: bool = False) -> None:
+        self.reported.append(error)
+
+    def activity(self) -> None:
+        pass

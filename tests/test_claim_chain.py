@@ -18,60 +18,21 @@ next wake made while its predecessor is held, none lost, none polled).
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from runner_helpers import ClaimsOwner, GrantingControl
 
 from pullwake.runtime.claims import ClaimScheduler
-from pullwake.runtime.control import ClaimOutcome, WakeEvent
+from pullwake.runtime.control import WakeEvent
 from pullwake.runtime.health import Stats
-from pullwake.runtime.jobs import Jobs
-from pullwake.runtime.logs import LabelledLog
 from pullwake.runtime.ports import RuntimeHooks
 from pullwake.testing.clock import ManualClock
 
 pytestmark = [pytest.mark.timeout(60)]
 
 KEY = "sub1"
-
-
-class _Control:
-    """Every claim is granted at once (no HTTP); it records what it claimed."""
-
-    def __init__(self) -> None:
-        self.claimed: list[str] = []
-
-    def claim_key(self, wake: WakeEvent) -> str:
-        return wake.subscription_id or wake.stream
-
-    async def claim(self, http: Any, wake: WakeEvent) -> ClaimOutcome:
-        self.claimed.append(wake.stream)
-        return ClaimOutcome(True, {"wake": wake.stream})
-
-    async def heartbeat(self, http: Any, **kw: Any) -> None:  # pragma: no cover - unused
-        return None
-
-
-class _Owner:
-    http: Any = None
-    claim_token_header = None
-
-    def __init__(self, clock: ManualClock) -> None:
-        self.log = LabelledLog(logging.getLogger("pullwake.test.chain"), "t1")
-        self.failed: list[BaseException] = []
-        self.jobs = Jobs(clock=clock, on_error=self.failed.append)
-        self.reported: list[object] = []
-
-    async def claim_headers(self) -> dict[str, str]:
-        return {}
-
-    def report(self, error: object, *, where: str = "runner", quiet: bool = False) -> None:
-        self.reported.append(error)
-
-    def activity(self) -> None:
-        pass
 
 
 class _Runtime:
@@ -109,9 +70,9 @@ class _Runtime:
             await then()
 
 
-def _setup() -> tuple[ClaimScheduler, _Control, _Runtime, _Owner]:
+def _setup() -> tuple[ClaimScheduler, GrantingControl, _Runtime, ClaimsOwner]:
     clock = ManualClock()
-    control, runtime, owner = _Control(), _Runtime(), _Owner(clock)
+    control, runtime, owner = GrantingControl(), _Runtime(), ClaimsOwner(clock)
     claims = ClaimScheduler(owner, control=control,  # type: ignore[arg-type]
                             runtime=RuntimeHooks.of(runtime),  # type: ignore[arg-type]
                             clock=clock, stats=Stats(), busy_retry=300.0)

@@ -17,16 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
+from runner_helpers import ClaimsOwner, GrantingControl
 
 from pullwake.errors import ControlPlaneError
 from pullwake.io.http import HttpClient, Secrets
-from pullwake.runtime.control import ClaimOutcome, WakeEvent
+from pullwake.runtime.control import WakeEvent
 from pullwake.testing.clock import ManualClock
 from pullwake.testing.interface import DurableStreamsServer
 from pullwake.testing.server import EmbeddedServer
@@ -210,23 +210,6 @@ async def test_an_ack_answer_echoing_the_live_token_is_scrubbed(
 # ----------------------------------------------------------- a held wake waits
 
 
-class _Control:
-    """A control plane seam: every claim is granted at once (no HTTP)."""
-
-    def __init__(self) -> None:
-        self.claimed: list[str] = []
-
-    def claim_key(self, wake: WakeEvent) -> str:
-        return wake.subscription_id or wake.stream
-
-    async def claim(self, http: Any, wake: WakeEvent) -> ClaimOutcome:
-        self.claimed.append(wake.stream)
-        return ClaimOutcome(True, {"wake": wake.stream})
-
-    async def heartbeat(self, http: Any, **kw: Any) -> None:  # pragma: no cover - unused
-        return None
-
-
 class _BusyRuntime:
     notifies_wake_free = True
 
@@ -241,38 +224,13 @@ class _BusyRuntime:
         self.dispatched.append(notification)
 
 
-class _Owner:
-    """The claims' owner seam (a runner's ClaimOwner), with a job owner of its own."""
-
-    http: Any = None
-    claim_token_header = None
-
-    def __init__(self, clock: ManualClock) -> None:
-        from pullwake.runtime.jobs import Jobs
-        from pullwake.runtime.logs import LabelledLog
-
-        self.log = LabelledLog(logging.getLogger("pullwake.test.claims"), "t1")
-        self.jobs = Jobs(clock=clock)
-        self.reported: list[object] = []
-
-    async def claim_headers(self) -> dict[str, str]:
-        return {}
-
-    def report(self, error: object, *, where: str = "runner", quiet: bool = False) -> None:
-        self.reported.append(error)
-
-    def activity(self) -> None:
-        pass
-
-
-
 async def test_a_held_back_wake_is_claimed_when_the_runtime_frees_the_key() -> None:
     from pullwake.runtime.claims import ClaimScheduler
     from pullwake.runtime.health import Stats
     from pullwake.runtime.ports import RuntimeHooks
 
     clock = ManualClock()
-    control, runtime, owner = _Control(), _BusyRuntime(), _Owner(clock)
+    control, runtime, owner = GrantingControl(), _BusyRuntime(), ClaimsOwner(clock)
     jobs = owner.jobs
     claims = ClaimScheduler(owner, control=control,
                             runtime=RuntimeHooks.of(runtime),  # type: ignore[arg-type]
