@@ -559,7 +559,7 @@ async def test_dispatch_runs_on_what_inspect_calls_awaitable(returns: str) -> No
     recognised by its type first)."""
     import inspect
 
-    from test_wake_costs import _Owner
+    from runner_helpers import ClaimsOwner
 
     from pullwake.runtime.claims import ClaimScheduler
     from pullwake.runtime.health import Stats
@@ -577,7 +577,7 @@ async def test_dispatch_runs_on_what_inspect_calls_awaitable(returns: str) -> No
             made.append(value)
             return value
 
-    claims = ClaimScheduler(_Owner(ManualClock()), control=None,  # type: ignore[arg-type]
+    claims = ClaimScheduler(ClaimsOwner(ManualClock()), control=None,  # type: ignore[arg-type]
                             runtime=RuntimeHooks.of(Runtime()),  # type: ignore[arg-type]
                             clock=ManualClock(), stats=Stats(), busy_retry=1.0)
     work = claims._dispatch({})
