@@ -17,6 +17,7 @@ Redirects are never followed.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from types import MappingProxyType
@@ -58,7 +59,7 @@ from pullwake.protocol.calls import (
     start_core,
     transient,
 )
-from pullwake.protocol.read import ERROR_BODY_LIMIT, ProgressWindow
+from pullwake.protocol.read import ERROR_BODY_LIMIT, ProgressWindow, Request
 from pullwake.protocol.retry import Retrying
 
 __all__ = ["AsyncShell", "aiter_chunks", "aiter_items", "aread_stream"]
@@ -92,6 +93,31 @@ class _Lazy:
 
     def __iter__(self) -> Iterator[str]:
         return iter((*self._get(), *self.sent))
+
+
+@functools.lru_cache(maxsize=1024)
+def _url_parts(base: str) -> tuple[str, str, str] | None:
+    """A stream URL's scheme, authority and path, exactly as given (cached: a
+    worker reads the same streams every wake); None if it has a query or fragment."""
+    if "?" in base or "#" in base:
+        return None
+    url = URL(base, encoded=True)
+    return url.scheme, url.raw_authority, url.raw_path
+
+
+def _request_url(base: str, req: Request) -> URL:
+    """The URL of one read, sent exactly as built (no re-quoting).
+
+    Built from the stream URL's cached parts and the read's query, never
+    parsed: each read's query is new, so parsing it would miss yarl's cache
+    every time (and evict the control-plane URLs that repeat every wake).
+    """
+    parts = _url_parts(base)
+    if parts is None:
+        return URL(req.url(base), encoded=True)
+    scheme, authority, path = parts
+    return URL.build(scheme=scheme, authority=authority, path=path, query_string=req.query(),
+                     encoded=True)
 
 
 class AsyncShell:
@@ -183,9 +209,7 @@ class AsyncShell:
             # (the wait for the head; a long-poll is held open up to the server's timeout)
             with deadline(self.clock, self.connect_timeout if phase == "connect"
                           else self._floor(self.idle_timeout)):
-                # (not to_url: each read's query is new, and would evict the
-                # control-plane URLs that repeat every wake from its cache)
-                resp = await self.session.get(URL(req.url(self.url), encoded=True),
+                resp = await self.session.get(_request_url(self.url, req),
                                               headers=headers or None,
                                               allow_redirects=False, timeout=NO_TOTAL)
         except BaseException as exc:  # translate's mapping, from a plain except

@@ -139,10 +139,14 @@ class Request:
     headers: tuple[tuple[str, str], ...]
     live: Live
 
+    def query(self) -> str:
+        """The query string, percent-encoded (unreserved values as they are)."""
+        return "&".join([
+            f"{k}={v if _UNRESERVED.match(v) else quote(v, safe='')}" for k, v in self.params])
+
     def url(self, base: str) -> str:
         sep = "&" if "?" in base else "?"
-        return base + sep + "&".join([
-            f"{k}={v if _UNRESERVED.match(v) else quote(v, safe='')}" for k, v in self.params])
+        return base + sep + self.query()
 
 
 @dataclass(frozen=True, slots=True)
