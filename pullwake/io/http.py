@@ -423,13 +423,15 @@ class HttpClient:
                     hdrs.update(headers)
                 data = None
                 if json_body is not None:
-                    data = _compact(json_body).encode()
-                    hdrs.setdefault("content-type", "application/json")
+                    # The payload names its type (a configured Content-Type still
+                    # wins): no header to add, no registry lookup in aiohttp.
+                    data = aiohttp.BytesPayload(_compact(json_body).encode(),
+                                                content_type="application/json")
                 session = self._session
                 if session is None or self._closed or session.closed:
                     session = self.session
-                resp = await session.request(method, to_url(url), data=data, headers=hdrs,
-                                             allow_redirects=False)
+                resp = await session.request(method, to_url(url), data=data,
+                                             headers=hdrs or None, allow_redirects=False)
             async with resp:
                 if method == "HEAD":
                     return HttpAnswer(resp.status, resp.headers, b"")
