@@ -10,6 +10,7 @@ Benchmarks (each also runs alone):
   bench_runner.py   recovery/bound ratios, wakes/s vs a bare loop, 1,000 runners
   bench_worker.py   worker wake cycles/s vs a bare loop on the reference server
   bench_scaling.py  worker vs bare loop at N = 1..64 subscriptions, reads, latency
+  bench_features.py diagnostic: the worker/bare CPU ratio split by layer (N = 16)
   bench_cache.py    fetch cache: cached vs uncached, miss overhead
 The soak under faults is separate: benchmarks/soak.py (docs/reliability.md).
 """
@@ -28,6 +29,7 @@ BENCHES = [
     ("bench_runner.py", [], ["--quick"]),
     ("bench_worker.py", [], ["--cycles", "100"]),
     ("bench_scaling.py", [], ["--quick"]),
+    ("bench_features.py", [], ["--rounds", "1", "--duration", "1"]),
     ("bench_cache.py", [], []),
 ]
 

@@ -68,3 +68,19 @@ def test_quick_soak_reports_windows_and_writes_no_docs() -> None:
     assert "streams/claim" in proc.stdout and "streams per claim" in proc.stdout
     assert "client CPU per wake" in proc.stdout and "RSS" in proc.stdout
     assert docs_digest() == before
+
+
+@pytest.mark.realserver
+@pytest.mark.timeout(240)
+def test_the_layer_diagnostic_runs_on_the_current_internals_and_writes_no_docs() -> None:
+    """bench_features patches worker internals by name (mock.patch.object refuses a
+    name that no longer exists): it must follow their changes."""
+    _skip_or_fail_real()
+    before = docs_digest()
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_features.py"),
+                           "--rounds", "1", "--duration", "0.5", "--warmup", "0.3"],
+                          cwd=REPO, capture_output=True, text=True, timeout=220, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    for side in ("| bare ", "| io ", "| lean ", "| worker "):
+        assert side in proc.stdout, side
+    assert docs_digest() == before
