@@ -254,8 +254,8 @@ class HandlerDurations(Collector):
         key = (subscription, outcome)
         series = self._series.get(key)
         if series is None:
+            self._created[key] = self._clock.time()  # first: a scrape finds both or neither
             series = self._series[key] = [0.0] * (len(self.bounds) + 2)
-            self._created[key] = self._clock.time()
         series[bisect.bisect_left(self.bounds, seconds)] += 1
         series[-1] += seconds
 
