@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from runner_helpers import raw_server
 
 from pullwake.io.clock import LoopClock
 from pullwake.io.http import HttpClient
@@ -29,15 +30,8 @@ async def seen() -> AsyncIterator[tuple[str, list[tuple[dict[str, str], bytes]]]
         got.append(({k.lower(): v for k, v in request.headers.items()}, await request.read()))
         return web.json_response({"ok": True})
 
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", record)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}", got
-    finally:
-        await runner.cleanup()
+    async with raw_server({("POST", "/{tail:.*}"): record}) as root:
+        yield root, got
 
 
 async def _post(root: str, body: Any, *, configured: Any = None,

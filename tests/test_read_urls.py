@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from runner_helpers import raw_server
 from yarl import URL
 
 from pullwake.io.areader import AsyncShell, _request_url
@@ -61,17 +62,8 @@ async def targets() -> AsyncIterator[tuple[str, list[str]]]:
         return web.Response(body=b"[1]", content_type="application/json",
                             headers={"Stream-Next-Offset": "0_9", "Stream-Up-To-Date": "true"})
 
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", stream)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}", seen
-    finally:
-        await runner.cleanup()
+    async with raw_server({("GET", "/{tail:.*}"): stream}) as root:
+        yield root, seen
 
 
 @pytest.mark.parametrize("path", ["/v1/stream/a%2Fb/%E2%82%AC", "/s?tenant=t%201&x=%2F"])
