@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
+import aiohttp
 from aiohttp import web
 
 from pullwake import PullWakeRunner, RunnerConfig
@@ -148,6 +151,28 @@ async def raw_server(routes: dict[tuple[str, str], Handler], *,
         yield f"{scheme}://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
+
+
+def server_path(srv: EmbeddedServer, path: str) -> str:
+    """A stream's path as the embedded server sees it (where its faults match)."""
+    return urlsplit(srv.stream_root).path + "/" + path
+
+
+async def fill_stream(srv: EmbeddedServer, path: str, n: int,
+                      batch: Callable[[int], list[Any]]) -> list[str]:
+    """Create the JSON stream ``path`` and append ``batch(i)`` for ``i < n``, one
+    request each; the offset after each append."""
+    offsets = []
+    async with aiohttp.ClientSession() as s:
+        url = f"{srv.stream_root}/{path}"
+        async with s.put(url, headers={"Content-Type": "application/json"}) as r:
+            assert r.status in (200, 201)
+        for i in range(n):
+            async with s.post(url, data=json.dumps(batch(i)),
+                              headers={"Content-Type": "application/json"}) as r:
+                assert r.status in (200, 204)
+                offsets.append(r.headers["Stream-Next-Offset"])
+    return offsets
 
 
 # ------------------------------------------------- the claims' seams (no HTTP)

@@ -17,12 +17,11 @@ import json
 import os
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
-from runner_helpers import eventually
+from runner_helpers import eventually, fill_stream, server_path
 from yarl import URL
 
 from pullwake import aiter_items, aread_stream
@@ -115,21 +114,11 @@ async def server() -> AsyncIterator[EmbeddedServer]:
 
 
 def _raw(srv: EmbeddedServer, path: str) -> str:
-    return urlsplit(srv.stream_root).path + "/" + path
+    return server_path(srv, path)
 
 
 async def _fill(srv: EmbeddedServer, n: int) -> list[str]:
-    offsets = []
-    async with aiohttp.ClientSession() as s:
-        url = f"{srv.stream_root}/{PATH}"
-        async with s.put(url, headers={"Content-Type": "application/json"}) as r:
-            assert r.status in (200, 201)
-        for i in range(n):
-            async with s.post(url, data=json.dumps([{"i": i, "pad": os.urandom(200).hex()}]),
-                              headers={"Content-Type": "application/json"}) as r:
-                assert r.status in (200, 204)
-                offsets.append(r.headers["Stream-Next-Offset"])
-    return offsets
+    return await fill_stream(srv, PATH, n, lambda i: [{"i": i, "pad": os.urandom(200).hex()}])
 
 
 async def test_a_dropped_control_request_is_a_typed_failure_and_lets_its_secrets_go(

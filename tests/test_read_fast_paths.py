@@ -18,10 +18,10 @@ import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
+from runner_helpers import fill_stream, server_path
 
 from pullwake import MessageError, StreamStatusError, aread_stream
 from pullwake.io.clock import LoopClock
@@ -63,22 +63,12 @@ async def server() -> AsyncIterator[EmbeddedServer]:
 
 def raw(srv: EmbeddedServer) -> str:
     """The stream's path as the server sees it (where its faults match)."""
-    return urlsplit(srv.stream_root).path + "/" + PATH
+    return server_path(srv, PATH)
 
 
 async def fill(srv: EmbeddedServer, n: int) -> list[str]:
     """A JSON stream of ``n`` appends (two messages each); the offset after each."""
-    offsets = []
-    async with aiohttp.ClientSession() as s:
-        url = f"{srv.stream_root}/{PATH}"
-        async with s.put(url, headers={"Content-Type": "application/json"}) as r:
-            assert r.status in (200, 201)
-        for i in range(n):
-            async with s.post(url, data=json.dumps([{"i": i, "pad": os.urandom(150).hex()}, i]),
-                              headers={"Content-Type": "application/json"}) as r:
-                assert r.status in (200, 204)
-                offsets.append(r.headers["Stream-Next-Offset"])
-    return offsets
+    return await fill_stream(srv, PATH, n, lambda i: [{"i": i, "pad": os.urandom(150).hex()}, i])
 
 
 @contextlib.asynccontextmanager
