@@ -531,3 +531,47 @@ async def test_a_wake_leaves_no_reference_cycles_behind(
     assert seen == list(range(wakes))
     assert worker.stats.lease_extensions >= 1
     assert found == [], sorted(set(found))
+
+
+@pytest.mark.parametrize("interval", [60.0, 0.0])
+async def test_a_worker_probes_liveness_on_its_interval_not_per_wake(
+        embedded_ds_server: EmbeddedServer, http: aiohttp.ClientSession,
+        interval: float) -> None:
+    """A worker's heartbeat (a ``HEAD`` of its wake stream) carries no diagnostics:
+    wakes send no extra, event-driven one; the periodic one still goes on time.
+    With ``heartbeat_interval=0`` (event-driven only) changes still send one."""
+    srv = embedded_ds_server
+    clock = ManualClock()
+    handled: list[int] = []
+
+    async def handle(wake: Wake) -> None:
+        handled.append(len(handled))
+
+    def probes() -> int:
+        return len(srv.requests_matching("/wake/pool", method="HEAD"))
+
+    # Every other timer far beyond the time advanced (the clock jumps: a 2 s
+    # request timeout would expire requests still on their way).
+    worker = make_worker(srv, handle, clock=clock, heartbeat_interval=interval,
+                         claim_lease=600.0, read_idle_timeout=3000.0, request_timeout=600.0,
+                         connect_timeout=600.0)
+    await create(http, srv)
+    async with worker:
+        await wait_for(lambda: worker.runner.status == "streaming", timeout=10,
+                       what="streaming")
+        if interval:
+            await wait_for(lambda: probes() == 1, timeout=10, what="the start's probe")
+        start = probes()
+        for i in range(3):
+            await append(http, srv, {"i": i})
+            await wait_for(lambda n=i: worker.stats.wakes_acked > n, timeout=10,
+                           what=f"wake {i} acked")
+            await clock.advance(2.5)  # past the event-driven throttle (2 s) each time
+        if interval:
+            # The next probe is the periodic one, and it is the only one since the start.
+            await clock.advance(interval)
+            await wait_for(lambda: probes() > start, timeout=10, what="the periodic probe")
+            assert probes() == start + 1
+        else:
+            await wait_for(lambda: probes() > start, timeout=10, what="an event-driven probe")
+        assert len(handled) == 3

@@ -7,6 +7,8 @@ with ``interval`` 0, which turns off only the periodic ones; ``None`` turns
 off both). While a
 heartbeat is in flight, further requests coalesce into one follow-up. A
 failure is retried at once (so a hung or failing server is confirmed quickly);
+``events`` False turns the event-driven ones off (a control plane whose
+heartbeat carries no diagnostics: an extra one would tell the server nothing).
 ``failures_before_reset`` consecutive failures call the owner's
 ``heartbeat_reset`` (the runner then fires ``STREAM_RESET``) and the count
 starts again. Its owner (:class:`HeartbeatOwner`, the runner) sends each
@@ -56,6 +58,7 @@ class Heartbeater:
         interval: float | None,
         throttle: float,
         failures_before_reset: int,
+        events: bool = True,
     ) -> None:
         self._send = owner.send_heartbeat
         self._clock = clock
@@ -65,6 +68,8 @@ class Heartbeater:
         self._on_result = owner.heartbeat_result
         self._on_reset = owner.heartbeat_reset
         self._jobs = owner.jobs
+        #: Event-driven heartbeats at all (see :meth:`notify`).
+        self.events = events
         self._in_flight: asyncio.Task[Any] | None = None
         self._follow_up = False
         self._periodic: TimerHandle | None = None
@@ -105,7 +110,7 @@ class Heartbeater:
 
     def notify(self) -> None:
         """Diagnostics changed: heartbeat soon, at most once per ``throttle`` window."""
-        if not self.active or self._throttled is not None:
+        if not self.events or not self.active or self._throttled is not None:
             return
         now = self._clock.monotonic()
         delay = 0.0 if self._last_sent is None else max(0.0, self._last_sent + self.throttle - now)

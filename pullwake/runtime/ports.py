@@ -183,6 +183,11 @@ class ControlHooks:
 
     on_connected: Callable[[HttpClient], Awaitable[None]] | None = None
     recreate_wake_stream: Callable[[HttpClient], Awaitable[bool]] | None = None
+    #: Its ``heartbeat`` sends the diagnostics it is given (a control plane
+    #: without the attribute does, as the Electric runner API's does); one that
+    #: does not (``heartbeat_diagnostics = False``: a liveness probe) gets no
+    #: event-driven heartbeats and an empty mapping.
+    heartbeat_diagnostics: bool = True
 
     @classmethod
     def of(cls, control: object) -> ControlHooks:
@@ -190,4 +195,5 @@ class ControlHooks:
             on_connected=control.on_connected
             if isinstance(control, WatchesConnections) else None,
             recreate_wake_stream=control.recreate_wake_stream
-            if isinstance(control, OwnsWakeStream) else None)
+            if isinstance(control, OwnsWakeStream) else None,
+            heartbeat_diagnostics=getattr(control, "heartbeat_diagnostics", True) is not False)

@@ -116,10 +116,14 @@ class PullWakeRunner:
             rng=config.rng)
         self._control_hooks = ControlHooks.of(self.control)
         self._runtime_hooks = RuntimeHooks.of(runtime)
+        # Event-driven heartbeats push changed diagnostics; to a control plane
+        # whose heartbeat carries none they would say nothing, so it gets only
+        # the periodic ones (unless it has only event-driven ones: interval 0).
         self._heartbeat = Heartbeater(
             self, clock=self._clock, interval=config.heartbeat_interval,
             throttle=config.event_heartbeat_throttle,
-            failures_before_reset=config.heartbeat_failures_before_reset)
+            failures_before_reset=config.heartbeat_failures_before_reset,
+            events=self._control_hooks.heartbeat_diagnostics or config.heartbeat_interval == 0)
         # The session and the claims tell the heartbeat of activity directly
         # (what activity() does, one call less, several times a wake).
         self._session = WakeStreamSession(
@@ -438,7 +442,8 @@ class PullWakeRunner:
         try:
             await self.control.heartbeat(
                 self.http, lease_ms=self.config.effective_lease_ms, offset=self._session.offset,
-                diagnostics=self._snapshot().diagnostics())
+                diagnostics=self._snapshot().diagnostics()
+                if self._control_hooks.heartbeat_diagnostics else {})
         except asyncio.CancelledError:
             raise
         except Exception:

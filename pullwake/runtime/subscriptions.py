@@ -306,7 +306,13 @@ class SubscriptionControlPlane:
     once; without a keeper it fails. A claim that fails transiently is
     retried until it gets an answer (each failure is reported to the runner
     it is attached to, ``claim_failed``); stopping the runner cancels it.
+
+    Its heartbeat is a ``HEAD`` of the wake stream, a liveness probe that
+    carries no diagnostics (``heartbeat_diagnostics``): the runner sends it
+    periodically, not on every change.
     """
+
+    heartbeat_diagnostics = False
 
     def __init__(self, client: SubscriptionClient, *, worker: str,
                  subscriptions: Mapping[str, SubscriptionConfig], wake_stream_url: str,
