@@ -11,6 +11,7 @@ Benchmarks (each also runs alone):
   bench_worker.py   worker wake cycles/s vs a bare loop on the reference server
   bench_scaling.py  worker vs bare loop at N = 1..64 subscriptions, reads, latency
   bench_features.py diagnostic: the worker/bare CPU ratio split by layer (N = 16)
+  bench_instructions.py diagnostic: the same split in instructions (callgrind)
   bench_cache.py    fetch cache: cached vs uncached, miss overhead
 The soak under faults is separate: benchmarks/soak.py (docs/reliability.md).
 """
@@ -30,6 +31,7 @@ BENCHES = [
     ("bench_worker.py", [], ["--cycles", "100"]),
     ("bench_scaling.py", [], ["--quick"]),
     ("bench_features.py", [], ["--rounds", "1", "--duration", "1"]),
+    ("bench_instructions.py", [], ["--ns", "1", "--duration", "5"]),
     ("bench_cache.py", [], []),
 ]
 

@@ -9,6 +9,8 @@ goals live in the benchmark's own output, never in tests.
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -83,4 +85,30 @@ def test_the_layer_diagnostic_runs_on_the_current_internals_and_writes_no_docs()
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     for side in ("| bare ", "| io ", "| lean ", "| worker "):
         assert side in proc.stdout, side
+    assert docs_digest() == before
+
+
+@pytest.mark.realserver
+@pytest.mark.timeout(300)
+def test_the_instruction_count_diagnostic_counts_only_its_window_and_writes_no_docs() -> None:
+    """bench_instructions runs each side under callgrind, counting only the window."""
+    _skip_or_fail_real()
+    if shutil.which("valgrind") is None:
+        if os.environ.get("CI"):
+            pytest.fail("valgrind is missing: .ci/setup installs it")
+        pytest.skip("valgrind is not installed")
+    before = docs_digest()
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_instructions.py"),
+                           "--ns", "1", "--sides", "bare,worker", "--duration", "2"],
+                          cwd=REPO, capture_output=True, text=True, timeout=280, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    per_wake = {}
+    for line in proc.stdout.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 7 and cells[0] == "1":
+            per_wake[cells[1]] = float(cells[4])
+    assert set(per_wake) == {"bare", "worker"}, proc.stdout[-2000:]
+    # Counted over the window only: a wake is millions of instructions, the
+    # interpreter's start-up (not counted) billions.
+    assert all(0.2 < v < 50 for v in per_wake.values()), per_wake
     assert docs_digest() == before
