@@ -45,6 +45,13 @@ from _report import machine_line, write_section  # noqa: E402
 
 TITLE = "Worker's extra CPU by layer (diagnostic)"
 SIDES = ("bare", "io", "lean", "worker")
+#: Each side in a table's "what" column.
+SIDE_WHAT = {
+    "bare": "hand-written aiohttp loop",
+    "io": "pullwake's io layer, no runtime",
+    "lean": "Worker, per-wake bookkeeping patched out",
+    "worker": "Worker as shipped",
+}
 
 
 @contextlib.contextmanager
@@ -96,12 +103,7 @@ async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
 
 def report(result: dict[str, list[float]], args: argparse.Namespace, argv: Sequence[str]) -> str:
     per_wake, ratio = result["per_wake"], result["ratio"]
-    what = {
-        "bare": "hand-written aiohttp loop",
-        "io": "pullwake's io layer, no runtime",
-        "lean": "Worker, per-wake bookkeeping patched out",
-        "worker": "Worker as shipped",
-    }
+    what = SIDE_WHAT
     rows = []
     for i, side in enumerate(SIDES):
         step = "" if i == 0 else f"{ratio[i] - ratio[i - 1]:+.3f}"

@@ -43,11 +43,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import bench_features  # noqa: E402
 from _common import REPO, table  # noqa: E402
 from _report import machine_line, write_section  # noqa: E402
 
 TITLE = "Instructions per wake by layer (diagnostic, callgrind)"
-SIDES = ("bare", "io", "lean", "worker")
+SIDES = bench_features.SIDES
 _COLLECTED = re.compile(r"Collected : (\d+)")
 
 
@@ -67,7 +68,6 @@ class _Window:
 
 async def _child(side: str, n: int, rate: float, seconds: float) -> None:
     """In the valgrind child: one run of ``side``, counted over its window."""
-    import bench_features
     import bench_scaling as scaling
 
     async with scaling.Bench(scaling.parse([])) as bench:
@@ -114,12 +114,7 @@ def measure(ns: Sequence[int], sides: Sequence[str], rate: float, seconds: float
 
 def report(results: dict[tuple[str, int], tuple[int, int, int]], args: argparse.Namespace,
            argv: Sequence[str]) -> str:
-    what = {
-        "bare": "hand-written aiohttp loop",
-        "io": "pullwake's io layer, no runtime",
-        "lean": "Worker, per-wake bookkeeping patched out",
-        "worker": "Worker as shipped",
-    }
+    what = bench_features.SIDE_WHAT
     rows = []
     for n in args.ns:
         base = results[("bare", n)]
