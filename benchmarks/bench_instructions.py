@@ -4,7 +4,9 @@ CPU seconds on a shared VM swing by +-15 % from one run to the next, more than
 most of what separates the worker from the bare loop. This counts
 instructions instead: each side runs in its own process under valgrind's
 callgrind, which counts only while the measured window is open (switched with
-``callgrind_control``), and the count repeats to within about 1 % run to run.
+``callgrind_control``), and the count repeats to within 1-2 % run to run
+(the wakes in the window do not all carry exactly one message, and a
+periodic timer may or may not fall in it).
 
 The sides are ``bench_features.py``'s (``bare``, ``io``, ``lean``, ``worker``;
 its docstring says what each is; ``lean`` is ``worker`` less its per-wake
@@ -134,8 +136,8 @@ def report(results: dict[tuple[str, int], tuple[int, int, int]], args: argparse.
         f"Command: `{cmd}`. {machine_line()} Reference server, the producer appending "
         f"{args.rate:g} messages/s in all (about one per wake), {args.duration:g} s counted "
         "per side, each side in its own process under valgrind's callgrind (counting only "
-        "in the window). A diagnostic, not a target: instruction counts repeat to about "
-        "1 % where CPU seconds swing by 15 %, so this is where a step of a few per cent "
+        "in the window). A diagnostic, not a target: instruction counts repeat to 1-2 % "
+        "where CPU seconds swing by 15 %, so this is where a step of a few per cent "
         "can be seen; it is a proxy for CPU time, not CPU time (see the script's "
         "docstring). The sides are `bench_features.py`'s.",
         tab,
