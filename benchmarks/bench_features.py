@@ -103,11 +103,11 @@ async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
 
 def report(result: dict[str, list[float]], args: argparse.Namespace, argv: Sequence[str]) -> str:
     per_wake, ratio = result["per_wake"], result["ratio"]
-    what = SIDE_WHAT
     rows = []
     for i, side in enumerate(SIDES):
         step = "" if i == 0 else f"{ratio[i] - ratio[i - 1]:+.3f}"
-        rows.append([side, what[side], f"{per_wake[i] * 1e3:.3f}", f"**{ratio[i]:.3f}**", step])
+        rows.append([side, SIDE_WHAT[side], f"{per_wake[i] * 1e3:.3f}", f"**{ratio[i]:.3f}**",
+                     step])
     tab = table([f"side (N = {args.n})", "what", "client CPU ms/wake (median)",
                  "CPU per wake / bare (median of rounds)", "step from the row above"], rows)
     cmd = " ".join(["python", "benchmarks/bench_features.py", *argv])

@@ -116,7 +116,6 @@ def measure(ns: Sequence[int], sides: Sequence[str], rate: float, seconds: float
 
 def report(results: dict[tuple[str, int], tuple[int, int, int]], args: argparse.Namespace,
            argv: Sequence[str]) -> str:
-    what = bench_features.SIDE_WHAT
     rows = []
     for n in args.ns:
         base = results[("bare", n)]
@@ -125,7 +124,7 @@ def report(results: dict[tuple[str, int], tuple[int, int, int]], args: argparse.
         for side in args.sides:
             ins, wakes, messages = results[(side, n)]
             ratio = ins / wakes / base_per
-            rows.append([str(n), side, what[side], f"{wakes} / {messages}",
+            rows.append([str(n), side, bench_features.SIDE_WHAT[side], f"{wakes} / {messages}",
                          f"{ins / wakes / 1e6:.3f}", f"**{ratio:.3f}**",
                          "" if side == "bare" else f"{ratio - prev:+.3f}"])
             prev = ratio

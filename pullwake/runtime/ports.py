@@ -196,4 +196,4 @@ class ControlHooks:
             if isinstance(control, WatchesConnections) else None,
             recreate_wake_stream=control.recreate_wake_stream
             if isinstance(control, OwnsWakeStream) else None,
-            heartbeat_diagnostics=getattr(control, "heartbeat_diagnostics", True) is not False)
+            heartbeat_diagnostics=bool(getattr(control, "heartbeat_diagnostics", True)))
